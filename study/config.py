@@ -1,0 +1,212 @@
+"""The study's typed configuration: one YAML file per version under ``configs/``.
+
+Validation is pydantic's (unknown keys, wrong types and impossible values are
+refused); ``ConfigError`` turns the first problem into one line naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+EMBEDDED_BASE = "embedded:mini"  # the tiny LoopFormer shipped in study/assets/mini-base
+
+PositiveInt = Annotated[int, Field(gt=0)]
+LoopGrid = Annotated[list[PositiveInt], Field(min_length=1)]
+
+
+class ConfigError(ValueError):
+    """A bad configuration value (user error, reported in one line)."""
+
+
+class Section(BaseModel):
+    # strict: "4" or 4.0 is not a loop count; unknown keys are typos, not extensions
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelConfig(Section):
+    source: str = Field(description=f"hub repo id, local folder in the released layout, or {EMBEDDED_BASE!r}")
+    revision: str | None = Field(None, description="hub revision (commit sha, tag or branch) pinned for the base")
+    tokenizer: str = Field("auto", description="'auto' (the checkpoint's own, else GPT-2), 'gpt2', or a folder")
+    label: str = Field("", description="how figures and the report name the base model")
+
+
+class DataConfig(Section):
+    source: Literal["hub", "bundled"] = "bundled"
+    directory: str | None = Field(None, description="folder with train.jsonl/test.jsonl instead of the bundled copy")
+    sft_examples: PositiveInt = 512
+    nll_test_examples: PositiveInt = 300
+    nll_train_examples: PositiveInt = 300
+    em_examples: PositiveInt = 40
+
+
+class LoraConfig(Section):
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    target_modules: list[str] = Field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"], min_length=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class SFTConfig(Section):
+    train_loops: LoopGrid = Field(default_factory=lambda: [8, 4])
+    epochs: PositiveInt = 2
+    batch_size: PositiveInt = 1
+    grad_accum: PositiveInt = 8
+    learning_rate: float = Field(5.0e-6, gt=0.0)
+    max_length: PositiveInt = 256
+    dtype: Literal["float32"] = "float32"
+    deterministic: bool = True
+    save_steps: PositiveInt = Field(16, description="optimizer steps between resumable checkpoints")
+    lora: LoraConfig | None = None
+
+    @model_validator(mode="after")
+    def _distinct_loops(self) -> SFTConfig:
+        if len(set(self.train_loops)) != len(self.train_loops):
+            raise ValueError(f"train_loops has repeated entries: {self.train_loops}")
+        return self
+
+
+class NLLConfig(Section):
+    inference_loops: LoopGrid = Field(default_factory=lambda: [2, 4, 6, 8, 10, 12, 16])
+    batch_size: PositiveInt = 16
+    bootstrap_resamples: PositiveInt = 2000
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+
+
+class ExactMatchConfig(Section):
+    inference_loops: LoopGrid = Field(default_factory=lambda: [2, 8, 16])
+    max_new_tokens: PositiveInt = 256
+    batch_size: PositiveInt = 8
+
+
+class LatencyConfig(Section):
+    inference_loops: LoopGrid = Field(default_factory=lambda: [2, 4, 6, 8, 10, 12, 16])
+    new_tokens: PositiveInt = 64
+    warmup: Annotated[int, Field(ge=0)] = 2
+    samples: PositiveInt = 10
+
+
+class ChecksConfig(Section):
+    examples: PositiveInt = 16
+    max_nll_fraction_of_uniform: float = Field(0.8, gt=0.0, le=1.0)
+
+
+class StudyConfig(Section):
+    name: str
+    description: str = ""
+    seed: Annotated[int, Field(ge=0)] = 2026
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    nll: NLLConfig = Field(default_factory=NLLConfig)
+    exact_match: ExactMatchConfig = Field(default_factory=ExactMatchConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
+
+    @model_validator(mode="after")
+    def _train_slice_inside_sft(self) -> StudyConfig:
+        if self.data.nll_train_examples > self.data.sft_examples:
+            raise ValueError(
+                f"data.nll_train_examples ({self.data.nll_train_examples}) exceeds data.sft_examples "
+                f"({self.data.sft_examples}): the train diagnostics are drawn from the SFT subset"
+            )
+        return self
+
+    def section_hash(self, *sections: str) -> str:
+        """Hash of the named sections (all when none): a stage's outputs are reused
+        only while the sections it depends on are unchanged."""
+        dumped = self.model_dump(mode="json")
+        chosen = {k: dumped[k] for k in sections} if sections else dumped
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif "input" in first and first["type"] not in ("missing",):
+        message = f"{message} (got {first['input']!r})"
+    return f"{origin}: {key}: {message}"
+
+
+def resolve_config_path(version: str) -> Path:
+    """A version name under ``configs/`` or a path to a YAML file of the same schema."""
+    candidate = Path(version)
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        if not candidate.is_file():
+            raise ConfigError(f"{candidate}: config file not found")
+        return candidate
+    path = CONFIG_DIR / f"{version}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"--version: unknown version {version!r} (known: {', '.join(known)}, or a .yaml path)")
+    return path
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. nll.batch_size=8")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML") from None
+    return key.strip().split("."), value
+
+
+def _apply_override(data: dict, path: list[str], value: Any, item: str) -> None:
+    node = data
+    for depth, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None and part in _nested_sections(path[:depth]):
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item}: {'.'.join(path[: depth + 1])} is not a config section")
+        node = child
+    node[path[-1]] = value
+
+
+def _nested_sections(prefix: list[str]) -> set[str]:
+    model: type[BaseModel] = StudyConfig
+    for part in prefix:
+        annotation = model.model_fields[part].annotation
+        model = next(a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type))
+    return {
+        name
+        for name, field in model.model_fields.items()
+        if any(
+            isinstance(a, type) and issubclass(a, BaseModel)
+            for a in getattr(field.annotation, "__args__", (field.annotation,))
+        )
+    }
+
+
+def load_config(version: str, overrides: list[str] | tuple[str, ...] = (), seed: int | None = None) -> StudyConfig:
+    path = resolve_config_path(version)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())[:200]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections")
+    for item in overrides:
+        keys, value = _parse_override(item)
+        _apply_override(data, keys, value, item)
+    if seed is not None:
+        data["seed"] = seed
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as error:
+        origin = f"{path}" + (" with --set overrides" if overrides else "")
+        raise ConfigError(_format_error(error, origin)) from None

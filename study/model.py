@@ -1,0 +1,484 @@
+"""LoopFormer: an elastic-depth looped transformer, as a Hugging Face model.
+
+A nanoGPT-style decoder whose shared stack of ``n_layer`` blocks is applied once per
+step of a *schedule* (a list of step sizes summing to 1). Step i runs at time
+t_i = sum of the earlier steps with step size dt_i; both reach every block through
+adaLN: the scale of the no-affine RMSNorms and gates on the attention and MLP
+residuals. ``num_loops=M`` is the uniform schedule of M steps of 1/M.
+
+Module names follow the authors' implementation so the released checkpoint
+(``armenjeddi/LoopFormer-3block-8iterations``) loads key for key under the ``gpt.``
+prefix; the LM head is tied to the token embedding and not stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+SCHEDULE_TOLERANCE = 1e-6
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the LoopFormer layout (user error, not a bug)."""
+
+
+class LoopFormerConfig(PretrainedConfig):
+    """Fields of the released ``config.json`` plus ``train_loops``, the loop count a
+    forward pass uses when it is given neither ``schedule`` nor ``num_loops``."""
+
+    model_type = "loopformer"
+    attribute_map = {
+        "hidden_size": "n_embd",
+        "num_hidden_layers": "n_layer",
+        "num_attention_heads": "n_head",
+        "max_position_embeddings": "block_size",
+        "intermediate_size": "intermediate_dim",
+    }
+
+    def __init__(
+        self,
+        block_size: int = 1024,
+        vocab_size: int = 50304,
+        n_layer: int = 3,
+        n_head: int = 32,
+        n_embd: int = 2048,
+        intermediate_dim: int = 5120,
+        bias: bool = False,
+        dropout: float = 0.0,
+        train_loops: int = 8,
+        initializer_range: float = 0.02,
+        bos_token_id: int = 50256,
+        eos_token_id: int = 50256,
+        pad_token_id: int = 50256,
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ) -> None:
+        self.block_size = block_size
+        self.vocab_size = vocab_size
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.n_embd = n_embd
+        self.intermediate_dim = intermediate_dim
+        self.bias = bias
+        self.dropout = dropout
+        self.train_loops = train_loops
+        self.initializer_range = initializer_range
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        if train_loops < 1:
+            raise ValueError(f"train_loops must be a positive integer, got {train_loops}")
+        super().__init__(
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+
+def resolve_schedule(
+    schedule: Sequence[float] | None, num_loops: int | None, default_loops: int
+) -> list[float]:
+    """The step sizes a forward pass runs: ``schedule`` if given, else ``num_loops``
+    uniform steps, else ``default_loops`` uniform steps."""
+    if schedule is not None and num_loops is not None:
+        raise ValueError("pass either schedule or num_loops, not both")
+    if schedule is None:
+        loops = default_loops if num_loops is None else num_loops
+        if isinstance(loops, bool) or not isinstance(loops, int) or loops < 1:
+            raise ValueError(f"num_loops must be a positive integer, got {loops!r}")
+        return [1.0 / loops] * loops
+    steps = [float(s) for s in schedule]
+    if not steps:
+        raise ValueError("schedule is empty: it needs at least one step size")
+    bad = [s for s in steps if not s > 0]
+    if bad:
+        raise ValueError(f"schedule has non-positive step sizes {bad}: every step must be > 0")
+    total = math.fsum(steps)
+    if abs(total - 1.0) > SCHEDULE_TOLERANCE:
+        raise ValueError(f"schedule sums to {total!r}, not 1 (tolerance {SCHEDULE_TOLERANCE})")
+    return steps
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar -> [cos(s*f), sin(s*f)] with 128 geometric frequencies -> MLP."""
+
+    frequency_dim = 256
+
+    def __init__(self, n_embd: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(self.frequency_dim, n_embd), nn.SiLU(), nn.Linear(n_embd, n_embd)
+        )
+
+    def forward(self, s: float) -> torch.Tensor:
+        weight = self.mlp[0].weight
+        half = self.frequency_dim // 2
+        freqs = torch.exp(
+            -math.log(10000.0) * torch.arange(half, device=weight.device, dtype=torch.float32) / half
+        )
+        angles = float(s) * freqs
+        features = torch.cat([torch.cos(angles), torch.sin(angles)]).to(weight.dtype)
+        return self.mlp(features[None])  # (1, n_embd): one vector shared by every sequence
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: LoopFormerConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        cache: Cache | None,
+        cache_index: int,
+    ) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.c_attn(x).split(width, dim=2)
+        q, k, v = (z.view(batch, length, self.n_head, -1).transpose(1, 2) for z in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(k, v, cache_index)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            # a square call with no padding is plain causal; anything else carries its mask
+            is_causal=attn_mask is None and length > 1 and k.shape[2] == length,
+        )
+        y = y.transpose(1, 2).reshape(batch, length, width)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: LoopFormerConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.intermediate_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.intermediate_dim, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class LoopBlock(nn.Module):
+    """Pre-norm block whose norms are scaled and residuals gated by the loop's (t, dt)."""
+
+    def __init__(self, config: LoopFormerConfig) -> None:
+        super().__init__()
+        self.norm_1 = nn.RMSNorm(config.n_embd, elementwise_affine=False)
+        self.attn = CausalSelfAttention(config)
+        self.norm_2 = nn.RMSNorm(config.n_embd, elementwise_affine=False)
+        self.mlp = MLP(config)
+        self.adaLN_modulation = nn.Sequential(
+            nn.SiLU(), nn.Linear(config.n_embd, 4 * config.n_embd, bias=True)
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        conditioning: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        cache: Cache | None,
+        cache_index: int,
+    ) -> torch.Tensor:
+        modulation = self.adaLN_modulation(conditioning)[:, None, :]  # (1, 1, 4*n_embd)
+        gate_attn, gate_mlp, scale_attn, scale_mlp = modulation.chunk(4, dim=-1)
+        x = x + gate_attn * self.attn(self.norm_1(x) * (1 + scale_attn), attn_mask, cache, cache_index)
+        x = x + gate_mlp * self.mlp(self.norm_2(x) * (1 + scale_mlp))
+        return x
+
+
+class LoopStack(nn.Module):
+    """The shared blocks; a module of its own so keys read ``transformer.h.blocks.{i}``."""
+
+    def __init__(self, config: LoopFormerConfig) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(LoopBlock(config) for _ in range(config.n_layer))
+
+
+class LoopFormerPreTrainedModel(PreTrainedModel):
+    config_class = LoopFormerConfig
+    config: LoopFormerConfig
+    base_model_prefix = "gpt"
+    main_input_name = "input_ids"
+    _no_split_modules = ["LoopBlock"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, LoopBlock):
+            # adaLN-zero: every loop starts as the identity, as in DiT and the authors' code
+            init.zeros_(module.adaLN_modulation[1].weight)
+            init.zeros_(module.adaLN_modulation[1].bias)
+        if isinstance(module, (CausalSelfAttention, MLP)):
+            std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
+            init.normal_(module.c_proj.weight, mean=0.0, std=std)
+
+
+def _padding_mask(
+    attention_mask: torch.Tensor, query_length: int, past_length: int
+) -> torch.Tensor:
+    """Boolean (B, 1, T, past+T) mask: causal, padded keys hidden. A query always sees
+    itself, so a padded query row is finite rather than NaN (its output is ignored)."""
+    key_length = past_length + query_length
+    query_pos = torch.arange(past_length, key_length, device=attention_mask.device)[:, None]
+    key_pos = torch.arange(key_length, device=attention_mask.device)[None, :]
+    causal = key_pos <= query_pos
+    keys = attention_mask[:, None, None, -key_length:].bool()
+    return (causal & keys) | (key_pos == query_pos)
+
+
+class LoopFormerModel(LoopFormerPreTrainedModel):
+    """The backbone: embeddings, the looped stack and the final norm (no head)."""
+
+    def __init__(self, config: LoopFormerConfig) -> None:
+        super().__init__(config)
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=LoopStack(config),
+                norm_f=nn.RMSNorm(config.n_embd),
+            )
+        )
+        self.time_embedder = TimestepEmbedder(config.n_embd)
+        self.dt_embedder = TimestepEmbedder(config.n_embd)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.transformer.wte = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        schedule: Sequence[float] | None = None,
+        num_loops: int | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        steps = resolve_schedule(schedule, num_loops, self.config.train_loops)
+        batch, length = input_ids.shape
+        blocks = self.transformer.h.blocks
+        if use_cache is None:
+            use_cache = not self.training
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache()
+        cache = past_key_values if use_cache else None
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if cache is not None:
+            # one cache slot per (schedule step, block): loops never share keys
+            while len(cache.layers) < len(steps) * len(blocks):
+                cache.layers.append(DynamicLayer())
+        if past_length + length > self.config.block_size:
+            raise ValueError(
+                f"sequence length {past_length + length} exceeds block_size {self.config.block_size}"
+            )
+
+        if position_ids is None:
+            if attention_mask is not None:
+                # learned absolute positions count real tokens only, so left padding is harmless
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+            else:
+                position_ids = torch.arange(past_length, past_length + length, device=input_ids.device)[None]
+        if attention_mask is not None and not bool(attention_mask.all()):
+            attn_mask = _padding_mask(attention_mask, length, past_length)
+        elif past_length > 0 and length > 1:
+            attn_mask = _padding_mask(
+                torch.ones(batch, past_length + length, dtype=torch.bool, device=input_ids.device),
+                length,
+                past_length,
+            )
+        else:
+            attn_mask = None
+
+        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(position_ids))
+        hidden_states: list[torch.Tensor] = [x] if output_hidden_states else []
+        t = 0.0
+        for step, dt in enumerate(steps):
+            conditioning = self.time_embedder(t) + self.dt_embedder(dt)
+            for i, block in enumerate(blocks):
+                x = block(x, conditioning, attn_mask, cache, step * len(blocks) + i)
+            if output_hidden_states:
+                hidden_states.append(x)
+            t += dt
+        x = self.transformer.norm_f(x)
+        return BaseModelOutputWithPast(
+            last_hidden_state=x,
+            past_key_values=cache,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+        )
+
+
+class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "gpt.transformer.wte.weight"}
+
+    def __init__(self, config: LoopFormerConfig) -> None:
+        super().__init__(config)
+        self.gpt = LoopFormerModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        schedule: Sequence[float] | None = None,
+        num_loops: int | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int = 0,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits for every position (or the last ``logits_to_keep``). With ``labels``
+        (-100 = ignored) the loss is the next-token cross entropy, averaged over the
+        counted tokens or over ``num_items_in_batch`` when the trainer passes it."""
+        outputs = self.gpt(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            schedule=schedule,
+            num_loops=num_loops,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            targets = labels[:, 1:].reshape(-1).to(logits.device)
+            token_losses = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                targets,
+                ignore_index=-100,
+                reduction="sum",
+            )
+            count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+            loss = token_losses / torch.as_tensor(count, device=logits.device).clamp(min=1)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
+        """Load a checkpoint in the released layout. Safetensors only, no remote code;
+        missing, unexpected or mis-shaped tensors raise ``CheckpointError``."""
+        if kwargs.pop("trust_remote_code", False):
+            raise CheckpointError("trust_remote_code is refused: LoopFormer is implemented here")
+        if kwargs.pop("use_safetensors", True) is not True:
+            raise CheckpointError("use_safetensors=False is refused: pickle weights are never loaded")
+        local = Path(pretrained_model_name_or_path)
+        if local.is_dir():
+            check_local_checkpoint(local)
+        want_info = kwargs.pop("output_loading_info", False)
+        kwargs.setdefault("dtype", torch.float32)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path,
+                *args,
+                use_safetensors=True,
+                output_loading_info=True,
+                **kwargs,
+            )
+        except RuntimeError as error:  # transformers reports mis-shaped tensors this way
+            if "size mismatch" in str(error) or "shape" in str(error):
+                raise CheckpointError(
+                    f"{pretrained_model_name_or_path}: mis-shaped tensors: {_one_line(error)}"
+                ) from None
+            raise
+        problems = []
+        missing = sorted(k for k in info.get("missing_keys", ()) if k != "lm_head.weight")
+        if missing:
+            problems.append(f"missing tensors {missing}")
+        if info.get("unexpected_keys"):
+            problems.append(f"unexpected tensors {sorted(info['unexpected_keys'])}")
+        if info.get("mismatched_keys"):
+            shapes = [f"{k} {tuple(a)} vs model {tuple(b)}" for k, a, b in info["mismatched_keys"]]
+            problems.append(f"mis-shaped tensors {shapes}")
+        if info.get("error_msgs"):
+            problems.append(f"load errors {[_one_line(m) for m in info['error_msgs']]}")
+        if problems:
+            raise CheckpointError(
+                f"{pretrained_model_name_or_path}: not a LoopFormer checkpoint of this config: "
+                + "; ".join(problems)
+            )
+        return (model, info) if want_info else model
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())[:500]
+
+
+def check_local_checkpoint(folder: Path) -> None:
+    """Refuse, with the file named, what ``from_pretrained`` would otherwise report
+    obscurely: no config, another architecture, pickle-only weights."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: missing (a LoopFormer checkpoint needs config.json)")
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise CheckpointError(f"{config_path}: not a JSON object ({_one_line(error)})") from None
+    if model_type != LoopFormerConfig.model_type:
+        raise CheckpointError(
+            f"{config_path}: model_type is {model_type!r}, expected {LoopFormerConfig.model_type!r}"
+        )
+    has_safetensors = any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
+    if not has_safetensors:
+        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        found = f" (found only {pickles}: pickle files are refused)" if pickles else ""
+        raise CheckpointError(f"{folder}: no model.safetensors{found}")
+
+
+AutoConfig.register(LoopFormerConfig.model_type, LoopFormerConfig)
+AutoModel.register(LoopFormerConfig, LoopFormerModel)
+AutoModelForCausalLM.register(LoopFormerConfig, LoopFormerForCausalLM)
