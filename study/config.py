@@ -119,6 +119,11 @@ class StudyConfig(Section):
             )
         return self
 
+    def identity_hash(self) -> str:
+        """Hash of what decides a run's numbers: everything but the device and description."""
+        dumped = self.model_dump(mode="json")
+        return self.section_hash(*(k for k in dumped if k not in ("device", "description")))
+
     def section_hash(self, *sections: str) -> str:
         """Hash of the named sections (all when none): a stage's outputs are reused
         only while the sections it depends on are unchanged."""

@@ -194,7 +194,7 @@ class RunContext:
 
     @contextmanager
     def sigint_between_cells(self) -> Iterator[None]:
-        def handler(signum, frame):  # noqa: ARG001
+        def handler(signum, frame):
             if self._stop[0]:  # a second Ctrl-C stops at once
                 raise KeyboardInterrupt
             self._stop[0] = True

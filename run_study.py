@@ -1,0 +1,295 @@
+#!/usr/bin/env python
+"""Run the loopdepth study, stage by stage, resumably.
+
+    python run_study.py --version v17 --seed 2026           # the published confirmation run (GPU, internet)
+    python run_study.py --version mini                      # the embedded offline default (CPU)
+    python run_study.py compare runs/v16-seed2026 runs/v17-seed2026 --out runs/compare
+
+Stages run in order: check, sft, nll, exact_match, latency, report. A stage whose
+outputs exist for the same config is skipped, so rerunning after a crash resumes.
+This file only orchestrates; each stage lives in its own module under study/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+STAGE_MODULES = {
+    "check": "study.checks",
+    "sft": "study.sft",
+    "nll": "study.nll",
+    "exact_match": "study.exact_match",
+    "latency": "study.latency",
+    "report": "study.report",
+}
+USER_ERROR_EXIT = 2
+INTERRUPTED_EXIT = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_study.py",
+        description="Which inference loop depth does LoopFormer prefer after SFT, and what does each loop cost? "
+        "Runs the study's stages for one config version. Use `run_study.py compare RUN_DIR ...` to compare runs.",
+    )
+    parser.add_argument(
+        "--version", required=True, help="config name under configs/ (v16, v17, mini, smoke) or a path to a YAML file"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the config's seed)")
+    parser.add_argument(
+        "--output-dir", type=Path, default=None, help="run directory (default: runs/<version>-seed<seed>)"
+    )
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=[*STAGE_MODULES, "all"],
+        default=["all"],
+        help="stages to run, in pipeline order (default: all); finished stages are skipped",
+    )
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default=None, help="device (default: the config's device)"
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="base model: hub repo id or local folder in the released layout (overrides model.source)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set nll.nll_test_examples=4 (repeatable; validated like the file)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="the output directory holds another config's run: move it aside (to <dir>.replaced-<time>) and start anew",
+    )
+    parser.add_argument(
+        "--skip-checks", action="store_true", help="go on when the sanity checks fail (the report then says so)"
+    )
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for user errors too")
+    return parser
+
+
+def build_compare_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_study.py compare", description="Cross-run Table 1 and NLL overlay for several run directories."
+    )
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories to compare (each with manifest.json)")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default: runs/compare)")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for user errors too")
+    return parser
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def is_hub_id(source: str) -> bool:
+    """An ``owner/name`` id that is not an existing local path."""
+    if Path(source).exists():
+        return False
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
+
+
+def preflight(config, manifest) -> None:
+    """Fail before any stage when a config needs the hub and the hub cannot be reached."""
+    from study.config import EMBEDDED_BASE
+    from study.pipeline import StudyError
+
+    source = config.model.source
+    if source != EMBEDDED_BASE and not is_hub_id(source) and not Path(source).is_dir():
+        raise StudyError(f"model.source: {source!r} is neither a local folder nor a hub id (owner/name)")
+    needs = []
+    if source != EMBEDDED_BASE and is_hub_id(source):
+        needs.append(("model", source))
+    if config.data.source == "hub":
+        needs.append(("dataset", "openai/gsm8k"))
+    if not needs:
+        return
+    import huggingface_hub
+
+    api = huggingface_hub.HfApi()
+    for kind, repo in needs:
+        try:
+            if kind == "model":
+                info = api.model_info(repo, revision=config.model.revision)
+                manifest.update(model_resolved_commit=info.sha)
+            else:
+                api.dataset_info(repo)
+        except Exception as error:  # offline, DNS, 404, auth: all mean "cannot run as configured"
+            hint = (
+                "pass --model LOCAL_FOLDER (a checkpoint in the released layout)"
+                if kind == "model"
+                else "pass --set data.source=bundled (the bundled GSM8K copy)"
+            )
+            reason = " ".join(str(error).split())[:160]
+            raise StudyError(
+                f"{'model.source' if kind == 'model' else 'data.source'}: cannot reach the Hugging Face hub for "
+                f"{repo!r} ({type(error).__name__}: {reason}); run with internet access, or {hint}"
+            ) from None
+
+
+def prepare_run_dir(run_dir: Path, config, force: bool):
+    from study.manifest import Manifest, now
+    from study.pipeline import StudyError
+
+    manifest_path = run_dir / "manifest.json"
+    if manifest_path.is_file():
+        existing = Manifest(manifest_path)
+        conflict = existing.config_hash != config.identity_hash()
+        what = f"a run of a different config ({existing.data.get('config', {}).get('name')!r})"
+    else:
+        conflict = run_dir.is_dir() and any(run_dir.iterdir())
+        what = "files but no manifest.json"
+    if conflict:
+        if not force:
+            raise StudyError(
+                f"--output-dir: {run_dir} holds {what}; use another --output-dir, "
+                "or --force to move it aside and start anew"
+            )
+        # nothing is deleted: the earlier run is kept beside the new one
+        aside = run_dir.with_name(f"{run_dir.name}.replaced-{now().replace(':', '')}")
+        run_dir.rename(aside)
+        print(f"moved the earlier run to {aside}", flush=True)
+    return Manifest(manifest_path)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    quiet_libraries()
+    from study.config import load_config
+    from study.io import atomic_write_json
+    from study.manifest import now
+    from study.pipeline import (
+        STAGES,
+        Interrupted,
+        RunContext,
+        mark_stage_done,
+        resolve_device,
+        stage_done,
+    )
+
+    overrides = list(args.overrides)
+    if args.model is not None:
+        overrides.append(f"model.source={args.model}")
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
+    config = load_config(args.version, overrides, seed=args.seed)
+    device = resolve_device(config.device)
+    run_dir = args.output_dir or Path("runs") / f"{config.name}-seed{config.seed}"
+    manifest = prepare_run_dir(run_dir, config, args.force)
+    manifest.start(config, device, argv, args.skip_checks)
+    preflight(config, manifest)
+    atomic_write_json(run_dir / "config.resolved.json", config.model_dump(mode="json"))
+
+    ctx = RunContext(config=config, run_dir=run_dir, device=device, skip_checks=args.skip_checks)
+    manifest.update(
+        data={
+            "source": config.data.source,
+            "directory": config.data.directory,
+            "sha256": ctx.dataset.sha256,
+            "subsets": ctx.subsets.as_dict(),
+        },
+        model={
+            "source": config.model.source,
+            "resolved_path": ctx.base_spec.source,
+            "revision": config.model.revision,
+            "resolved_commit": manifest.data.get("model_resolved_commit"),
+            "label": config.model.label,
+            "train_loops": ctx.base_spec.train_loops,
+        },
+    )
+    wanted = STAGES if "all" in args.stages else [s for s in STAGES if s in args.stages]
+    print(f"loopdepth: {config.name} (seed {config.seed}) on {device} -> {run_dir}", flush=True)
+    with ctx.sigint_between_cells():
+        for stage in wanted:
+            if stage != "report" and stage_done(run_dir, config, stage):
+                print(f"[{stage}] done already (same config): skipped", flush=True)
+                continue
+            print(f"[{stage}] running", flush=True)
+            started = time.time()
+            manifest.stage(stage, started=now())
+            try:
+                importlib.import_module(STAGE_MODULES[stage]).run(ctx)
+            except (Interrupted, KeyboardInterrupt):
+                manifest.stage(stage, interrupted=now())
+                print(
+                    f"interrupted during {stage}: finished work is kept. Resume with: python {' '.join(argv)}",
+                    file=sys.stderr,
+                )
+                return INTERRUPTED_EXIT
+            mark_stage_done(run_dir, config, stage)
+            manifest.stage(stage, finished=now(), seconds=round(time.time() - started, 3))
+            print(f"[{stage}] finished in {time.time() - started:.1f} s", flush=True)
+    report = run_dir / "report.md"
+    if report.is_file():
+        print(f"report: {report}")
+    return 0
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from study.config import ConfigError
+    from study.data import DataError
+    from study.io import OutputError
+    from study.model import CheckpointError
+    from study.pipeline import StudyError
+
+    return (ConfigError, DataError, StudyError, CheckpointError, OutputError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        args = build_compare_parser().parse_args(argv[1:])
+        action = lambda: _compare(args)  # noqa: E731
+    else:
+        args = build_parser().parse_args(argv)
+        action = lambda: run(args, ["run_study.py", *argv])  # noqa: E731
+    try:
+        return action()
+    except user_errors() as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    except OSError as error:
+        # a full disk or a read-only folder met outside our own atomic writers
+        if args.debug or error.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+            raise
+        print(f"error: {error.filename or 'output'}: {error.strerror}", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from study.report import compare
+
+    from study.pipeline import StudyError
+
+    for run_dir in args.run_dirs:
+        if not (run_dir / "manifest.json").is_file():
+            raise StudyError(f"{run_dir}: not a run directory (no manifest.json)")
+    compare(list(args.run_dirs), args.out)
+    print(f"comparison: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Check stage: sanity gates before any training.
+
+A run whose base model is not really loaded (keys), whose tokenizer is not the
+model's, or whose loop conditioning is broken produces numbers that look like
+numbers. These gates refuse such a run: the base's NLL per token on a small test
+slice must be well below the uniform guess ln|V|, the tokenizer must fit the
+embedding and agree on EOS/pad, and the study's sequences must fit the context.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from study.data import encode_example
+from study.io import atomic_write_json
+from study.pipeline import RunContext, StudyError
+
+LIKELY_CAUSES = (
+    "likely causes: weights not loaded (check the checkpoint's keys), a tokenizer that is not the model's "
+    "(vocabulary size, EOS id), or broken loop conditioning"
+)
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    value: float | int | str | None
+    threshold: float | int | str | None
+    message: str
+
+
+@torch.inference_mode()
+def gold_nll_per_token(model, tokenizer, examples, num_loops: int) -> float:
+    """Token-weighted NLL of the gold solution given the prompt, one example at a time."""
+    total, tokens = 0.0, 0
+    device = next(model.parameters()).device
+    for example in examples:
+        encoded = encode_example(tokenizer, example)
+        ids = torch.tensor([encoded.input_ids[: model.config.block_size]], device=device)
+        labels = ids.clone()
+        labels[:, : encoded.answer_start] = -100
+        out = model(ids, labels=labels, num_loops=num_loops, use_cache=False)
+        counted = int((labels[:, 1:] != -100).sum())
+        total += float(out.loss) * counted
+        tokens += counted
+    return total / max(tokens, 1)
+
+
+def run_checks(ctx: RunContext) -> list[Check]:
+    config = ctx.config
+    tokenizer = ctx.load_tokenizer()
+    model = ctx.load_model(ctx.base_spec)
+    vocab = model.config.vocab_size
+    checks: list[Check] = []
+
+    checks.append(
+        Check(
+            "tokenizer_fits_embedding",
+            len(tokenizer) <= vocab,
+            len(tokenizer),
+            vocab,
+            f"tokenizer has {len(tokenizer)} tokens; the model's embedding has {vocab} rows",
+        )
+    )
+    eos_ok = tokenizer.eos_token_id == model.config.eos_token_id
+    checks.append(
+        Check(
+            "eos_ids_agree",
+            eos_ok,
+            tokenizer.eos_token_id,
+            model.config.eos_token_id,
+            f"tokenizer EOS id {tokenizer.eos_token_id}, model config eos_token_id {model.config.eos_token_id}",
+        )
+    )
+
+    block = model.config.block_size
+    scored = [encode_example(tokenizer, ex) for name in ("nll_test", "nll_train") for ex in ctx.examples(name)]
+    too_long = sum(len(e.input_ids) > block for e in scored)
+    checks.append(
+        Check(
+            "nll_examples_fit_context",
+            too_long == 0,
+            max(len(e.input_ids) for e in scored),
+            block,
+            f"{too_long} of {len(scored)} NLL examples are longer than block_size {block}",
+        )
+    )
+    sft_lengths = [len(encode_example(tokenizer, ex).input_ids) + 1 for ex in ctx.examples("sft")]
+    truncated = sum(n > config.sft.max_length for n in sft_lengths)
+    checks.append(
+        Check(
+            "sft_truncation",
+            config.sft.max_length <= block,
+            truncated,
+            config.sft.max_length,
+            f"{truncated} of {len(sft_lengths)} SFT examples are truncated to sft.max_length {config.sft.max_length}"
+            + ("" if config.sft.max_length <= block else f", which exceeds block_size {block}"),
+        )
+    )
+
+    if len(tokenizer) <= vocab:  # an out-of-range token id would crash the forward pass
+        examples = ctx.examples("nll_test")[: config.checks.examples]
+        nll = gold_nll_per_token(model, tokenizer, examples, ctx.base_spec.train_loops)
+        limit = config.checks.max_nll_fraction_of_uniform * math.log(vocab)
+        checks.append(
+            Check(
+                "base_nll_below_uniform",
+                bool(nll < limit),
+                round(nll, 6),
+                round(limit, 6),
+                f"base NLL {nll:.3f} nats/token at {ctx.base_spec.train_loops} loops on {len(examples)} test "
+                f"examples; uniform guess ln({vocab}) = {math.log(vocab):.3f}, limit "
+                f"{config.checks.max_nll_fraction_of_uniform} x that = {limit:.3f}",
+            )
+        )
+    return checks
+
+
+def run(ctx: RunContext) -> None:
+    checks = run_checks(ctx)
+    failed = [c for c in checks if not c.passed]
+    atomic_write_json(
+        ctx.results_path("checks.json"),
+        {"passed": not failed, "skipped": ctx.skip_checks, "checks": [asdict(c) for c in checks]},
+    )
+    if failed and not ctx.skip_checks:
+        reasons = "; ".join(c.message for c in failed)
+        raise StudyError(
+            f"sanity checks failed: {reasons}. {LIKELY_CAUSES}. Nothing was trained. "
+            "Rerun with --skip-checks to go on anyway (the report will say so)."
+        )

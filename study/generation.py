@@ -1,0 +1,187 @@
+"""Batched greedy decoding for LoopFormer, with and without the KV cache.
+
+``greedy_generate`` is the fast path every stage uses: the prompts are left-padded
+into one batch and prefilled once (the model derives each row's positions from the
+attention mask, so padding shifts nothing), then each step feeds one new token per
+row and reuses the per-(step, block) keys and values in a ``DynamicCache``. Rows
+that stop (EOS or a stop string) leave the batch, cache rows included, so the
+remaining rows stop paying for them.
+
+``recompute_generate`` is the reference: no cache, a full forward over the whole
+sequence at every step (what the LoopFormer authors' ``generate`` does). It gives
+the same tokens and exists for the tests and for ``study.bench``.
+
+Both are greedy (argmax) and deterministic; the loop depth comes from ``schedule``
+or ``num_loops`` exactly as in ``LoopFormerForCausalLM.forward``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+DEFAULT_STOP_STRINGS = ("Question:",)  # the few-shot GSM8K prompt format starts a new question here
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One row's output. ``token_ids`` are the generated tokens (EOS excluded; with a
+    stop string, up to and including the token that completed it); ``text`` is their
+    decoding, cut before the first stop string. ``finish_reason`` is "eos", "stop" or
+    "length" (ran out of ``max_new_tokens`` or of the model's ``block_size``)."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def left_pad(
+    token_lists: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (rows, longest), padding on the left so every
+    row's last prompt token sits in the last column, where the next token is read."""
+    width = max(len(ids) for ids in token_lists)
+    input_ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for row, ids in enumerate(token_lists):
+        if ids:
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string, and whether one was found."""
+    cuts = [text.find(s) for s in stop_strings if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def greedy_generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    schedule: Sequence[float] | None = None,
+    num_loops: int | None = None,
+    stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
+    early_stop: bool = True,
+) -> list[GenerationResult]:
+    """Greedy continuations of ``prompts`` (one batch), using the KV cache.
+
+    With ``early_stop=False`` every row generates exactly ``max_new_tokens`` tokens
+    (EOS and stop strings are ignored and ``text`` is the plain decoding): equal token
+    work for latency measurements, and no host sync inside the decode loop."""
+    return _generate(model, tokenizer, prompts, max_new_tokens, schedule, num_loops, stop_strings, early_stop, True)
+
+
+def recompute_generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    schedule: Sequence[float] | None = None,
+    num_loops: int | None = None,
+    stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
+    early_stop: bool = True,
+) -> list[GenerationResult]:
+    """Same contract as ``greedy_generate``, without a cache: every step re-runs the
+    whole (padded) sequence. Quadratically slower; the reference it is checked against."""
+    return _generate(model, tokenizer, prompts, max_new_tokens, schedule, num_loops, stop_strings, early_stop, False)
+
+
+@torch.inference_mode()
+def _generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    schedule: Sequence[float] | None,
+    num_loops: int | None,
+    stop_strings: Sequence[str],
+    early_stop: bool,
+    use_cache: bool,
+) -> list[GenerationResult]:
+    if not prompts:
+        return []
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    encoded = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    if any(not ids for ids in encoded):
+        raise ValueError("an empty prompt has no last token to continue from")
+    input_ids, attention_mask = left_pad(encoded, pad_id, model_device(model))
+    # learned positions end at block_size; the padded width counts against it too
+    budget = min(max_new_tokens, model.config.block_size - input_ids.shape[1] + 1)
+    if budget < 1:
+        raise ValueError(
+            f"prompt of {input_ids.shape[1]} tokens leaves no room in block_size {model.config.block_size}"
+        )
+    loop_kwargs = {"schedule": schedule, "num_loops": num_loops}
+    cache = DynamicCache() if use_cache else None
+
+    def next_logits(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = model(
+            ids, attention_mask=mask, past_key_values=cache, use_cache=use_cache, logits_to_keep=1, **loop_kwargs
+        )
+        return out.logits[:, -1]
+
+    outputs: list[list[int]] = [[] for _ in prompts]
+    reasons = ["length"] * len(prompts)
+    active = list(range(len(prompts)))  # original index of each batch row still decoding
+    chosen: list[torch.Tensor] = []  # early_stop=False: tokens stay on the device until the end
+    # a stop string ending in the newest token lies within its last len(bytes) tokens (>= 1 byte each)
+    window = max((len(s.encode()) for s in stop_strings), default=0) + 1
+
+    logits = next_logits(input_ids, attention_mask)
+    for step in range(budget):
+        tokens = logits.argmax(dim=-1)
+        if not early_stop:
+            chosen.append(tokens)
+        else:
+            keep = []
+            for row, token in enumerate(tokens.tolist()):
+                index = active[row]
+                if token == eos_id:
+                    reasons[index] = "eos"
+                    continue
+                outputs[index].append(token)
+                if stop_strings and cut_at_stop(tokenizer.decode(outputs[index][-window:]), stop_strings)[1]:
+                    reasons[index] = "stop"
+                    continue
+                keep.append(row)
+            if not keep:
+                break
+            if len(keep) < len(active):  # finished rows leave the batch (and the cache)
+                rows = torch.tensor(keep, device=tokens.device)
+                tokens, attention_mask, input_ids = tokens[rows], attention_mask[rows], input_ids[rows]
+                if cache is not None:
+                    cache.batch_select_indices(rows)
+                active = [active[row] for row in keep]
+        if step == budget - 1:
+            break  # the last token needs no forward pass after it
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
+        if use_cache:
+            logits = next_logits(tokens[:, None], attention_mask)
+        else:
+            input_ids = torch.cat([input_ids, tokens[:, None]], dim=1)
+            logits = next_logits(input_ids, attention_mask)
+
+    if not early_stop:
+        generated = torch.stack(chosen, dim=1).tolist()
+        return [
+            GenerationResult(tokenizer.decode(ids), ids, len(encoded[i]), "length") for i, ids in enumerate(generated)
+        ]
+    results = []
+    for i, ids in enumerate(outputs):
+        text, _ = cut_at_stop(tokenizer.decode(ids), stop_strings)
+        results.append(GenerationResult(text, ids, len(encoded[i]), reasons[i]))
+    return results

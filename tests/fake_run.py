@@ -1,0 +1,318 @@
+"""Write a plausible synthetic run directory (manifest + results files) for tests.
+
+The numbers are made up but shaped like a real run: NLL is U-shaped in the loop
+count with its minimum near each model's training depth, latency grows linearly
+with the loop count, accuracy has Wilson intervals, SFT loss decays with noise.
+Every results file follows the exact column layout the stages write.
+
+    python tests/fake_run.py runs/fake-seed2026     # by hand, e.g. for the notebook
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from study.config import StudyConfig  # noqa: E402
+from study.io import atomic_write_csv, atomic_write_json  # noqa: E402
+
+RESULT_FILES = (
+    "checks.json",
+    "sft_loss.csv",
+    "nll_summary.csv",
+    "preferred_depth.csv",
+    "exact_match.csv",
+    "latency.csv",
+    "latency_fit.csv",
+)
+
+NLL_COLUMNS = [
+    "model", "split", "inference_loops", "examples", "tokens", "nll_per_token", "ci_low", "ci_high",
+    "example_mean_nll", "final_tokens", "final_nll_per_token", "final_ci_low", "final_ci_high",
+]  # fmt: skip
+PREFERRED_COLUMNS = [
+    "model", "split", "train_loops", "inference_loops", "nll_per_token", "best_loops", "best_nll", "is_best",
+    "gap_to_best", "gap_ci_low", "gap_ci_high", "p_best", "p_best_is_train_loops", "train_test_match",
+]  # fmt: skip
+EM_COLUMNS = ["model", "inference_loops", "extraction", "correct", "n", "accuracy", "ci_low", "ci_high"]
+LATENCY_COLUMNS = [
+    "model", "inference_loops", "median_s", "p10_s", "p90_s", "tokens_per_s", "prefill_s", "new_tokens",
+    "samples", "device", "flops_per_token",
+]  # fmt: skip
+SFT_COLUMNS = ["model", "train_loops", "step", "epoch", "loss", "learning_rate"]
+
+# the loop count where each fake model's test NLL bottoms out, and its depth
+# (train4 prefers 6 on test: a train/test mismatch the report must show)
+OPTIMA = {"base": (8, 8), "train8": (8, 8), "train4": (6, 4)}
+
+
+def fake_config(name: str = "fake", seed: int = 2026, embedded: bool = True) -> StudyConfig:
+    model = (
+        {"source": "embedded:mini", "label": "tiny embedded LoopFormer (not the released model)"}
+        if embedded
+        else {"source": "armenjeddi/LoopFormer-3block-8iterations", "revision": "main", "label": "LoopFormer-3block"}
+    )
+    return StudyConfig.model_validate(
+        {
+            "name": name,
+            "description": "synthetic run directory written by tests/fake_run.py",
+            "seed": seed,
+            "device": "cpu",
+            "model": model,
+            "sft": {"train_loops": [8, 4]},
+            "nll": {"inference_loops": [2, 4, 6, 8, 10, 12, 16]},
+            "exact_match": {"inference_loops": [2, 8, 16]},
+            "latency": {"inference_loops": [2, 4, 6, 8, 10, 12, 16]},
+        }
+    )
+
+
+def _wilson(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    p = correct / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def make_fake_run(
+    run_dir: Path,
+    *,
+    name: str = "fake",
+    seed: int = 2026,
+    embedded: bool = True,
+    skip: Iterable[str] = (),
+    checks_skipped: bool = False,
+    checks_pass: bool = True,
+    nll_shift: float = 0.0,
+) -> Path:
+    """Write a synthetic run into ``run_dir``; ``skip`` names results files (e.g. ``"latency.csv"``)
+    to leave out, as if their stage had not run. Returns ``run_dir``."""
+    run_dir = Path(run_dir)
+    skipped = set(skip)
+    unknown = skipped - set(RESULT_FILES) - {"manifest.json"}
+    if unknown:
+        raise ValueError(f"unknown results files: {sorted(unknown)}")
+    config = fake_config(name, seed, embedded)
+    rng = np.random.default_rng(seed)
+    results = run_dir / "results"
+    models = ["base", *(f"train{loops}" for loops in config.sft.train_loops)]
+
+    def write(name: str, rows: list[dict], columns: list[str]) -> None:
+        if name not in skipped:
+            atomic_write_csv(results / name, rows, columns)
+
+    if "manifest.json" not in skipped:
+        atomic_write_json(run_dir / "manifest.json", _manifest(config, checks_skipped))
+    if "checks.json" not in skipped:
+        atomic_write_json(results / "checks.json", _checks(checks_skipped, checks_pass))
+
+    # ---- SFT loss ---------------------------------------------------------------
+    sft_rows = []
+    for model in models[1:]:
+        for step in range(1, 129):
+            loss = 1.1 + 1.4 * math.exp(-step / 30) + rng.normal(0, 0.12)
+            sft_rows.append(
+                {
+                    "model": model,
+                    "train_loops": OPTIMA[model][1],
+                    "step": step,
+                    "epoch": round(step / 64, 4),
+                    "loss": float(loss),
+                    "learning_rate": float(1e-4 * (1 - (step - 1) / 128)),
+                }
+            )
+    write("sft_loss.csv", sft_rows, SFT_COLUMNS)
+
+    # ---- NLL and preferred depth -------------------------------------------------
+    grid = config.nll.inference_loops
+    nll_rows, preferred_rows = [], []
+    best: dict[tuple[str, str], int] = {}
+    values: dict[tuple[str, str], np.ndarray] = {}
+    for model in models:
+        optimum, _ = OPTIMA[model]
+        floor = {"base": 1.9, "train8": 1.45, "train4": 1.5}[model] + nll_shift
+        for split in ("test", "train"):
+            split_floor = floor - (0.08 if split == "train" and model != "base" else 0.0)
+            split_optimum = optimum if split == "test" or model != "train4" else 4
+            nll = np.array([split_floor + 0.35 * math.log(loops / split_optimum) ** 2 for loops in grid])
+            nll += rng.normal(0, 0.002, len(grid))
+            values[model, split] = nll
+            best[model, split] = grid[int(np.argmin(nll))]
+            for loops, value in zip(grid, nll, strict=True):
+                half = 0.02 + 0.003 * rng.random()
+                nll_rows.append(
+                    {
+                        "model": model,
+                        "split": split,
+                        "inference_loops": loops,
+                        "examples": 300,
+                        "tokens": 41234,
+                        "nll_per_token": float(value),
+                        "ci_low": float(value - half),
+                        "ci_high": float(value + half),
+                        "example_mean_nll": float(value * 1.02),
+                        "final_tokens": 900,
+                        "final_nll_per_token": float(value * 1.4),
+                        "final_ci_low": float(value * 1.4 - 3 * half),
+                        "final_ci_high": float(value * 1.4 + 3 * half),
+                    }
+                )
+    for model in models:
+        _, train_loops = OPTIMA[model]
+        match = best[model, "test"] == best[model, "train"]
+        for split in ("test", "train"):
+            nll = values[model, split]
+            best_loops = best[model, split]
+            best_nll = float(nll.min())
+            weights = np.exp(-(nll - best_nll) / 0.004)
+            p_best = weights / weights.sum()
+            p_train = float(p_best[grid.index(train_loops)]) if train_loops in grid else 0.0
+            for index, loops in enumerate(grid):
+                gap = float(nll[index] - best_nll)
+                half = 0.0 if loops == best_loops else 0.006
+                preferred_rows.append(
+                    {
+                        "model": model,
+                        "split": split,
+                        "train_loops": train_loops,
+                        "inference_loops": loops,
+                        "nll_per_token": float(nll[index]),
+                        "best_loops": best_loops,
+                        "best_nll": best_nll,
+                        "is_best": loops == best_loops,
+                        "gap_to_best": gap,
+                        "gap_ci_low": gap - half,
+                        "gap_ci_high": gap + half,
+                        "p_best": float(p_best[index]),
+                        "p_best_is_train_loops": p_train,
+                        "train_test_match": match,
+                    }
+                )
+    write("nll_summary.csv", nll_rows, NLL_COLUMNS)
+    write("preferred_depth.csv", preferred_rows, PREFERRED_COLUMNS)
+
+    # ---- exact match -----------------------------------------------------------------
+    em_rows = []
+    n = config.data.em_examples
+    for model in models:
+        optimum, _ = OPTIMA[model]
+        for loops in config.exact_match.inference_loops:
+            rate = {"base": 0.05, "train8": 0.2, "train4": 0.17}[model] * math.exp(-0.6 * math.log(loops / optimum) ** 2)
+            strict = int(rng.binomial(n, rate))
+            flexible = min(n, strict + int(rng.integers(0, 4)))
+            for extraction, correct in (("strict", strict), ("flexible", flexible)):
+                low, high = _wilson(correct, n)
+                em_rows.append(
+                    {
+                        "model": model,
+                        "inference_loops": loops,
+                        "extraction": extraction,
+                        "correct": correct,
+                        "n": n,
+                        "accuracy": correct / n,
+                        "ci_low": low,
+                        "ci_high": high,
+                    }
+                )
+    write("exact_match.csv", em_rows, EM_COLUMNS)
+
+    # ---- latency ------------------------------------------------------------------
+    latency_rows, fit_rows = [], []
+    new_tokens = config.latency.new_tokens
+    for model in models:
+        slope, intercept = 0.021 + 0.001 * rng.random(), 0.08
+        loops_grid = np.array(config.latency.inference_loops, dtype=float)
+        medians = intercept + slope * loops_grid + rng.normal(0, 0.002, len(loops_grid))
+        for loops, median in zip(config.latency.inference_loops, medians, strict=True):
+            latency_rows.append(
+                {
+                    "model": model,
+                    "inference_loops": loops,
+                    "median_s": float(median),
+                    "p10_s": float(median * 0.93),
+                    "p90_s": float(median * 1.09),
+                    "tokens_per_s": float(new_tokens / median),
+                    "prefill_s": float(0.004 * loops),
+                    "new_tokens": new_tokens,
+                    "samples": config.latency.samples,
+                    "device": "cpu",
+                    "flops_per_token": int(2 * 4_000_000 * loops),
+                }
+            )
+        fitted_slope, fitted_intercept = np.polyfit(loops_grid, medians, 1)
+        residual = medians - (fitted_intercept + fitted_slope * loops_grid)
+        r_squared = 1 - float(residual @ residual) / float(((medians - medians.mean()) ** 2).sum())
+        fit_rows.append(
+            {
+                "model": model,
+                "slope_s_per_loop": float(fitted_slope),
+                "intercept_s": float(fitted_intercept),
+                "r_squared": r_squared,
+            }
+        )
+    write("latency.csv", latency_rows, LATENCY_COLUMNS)
+    write("latency_fit.csv", fit_rows, ["model", "slope_s_per_loop", "intercept_s", "r_squared"])
+    return run_dir
+
+
+def _manifest(config: StudyConfig, checks_skipped: bool) -> dict:
+    stages = {}
+    for index, stage in enumerate(("check", "sft", "nll", "exact_match", "latency")):
+        stages[stage] = {
+            "started": f"2026-11-22T05:{10 + 5 * index:02d}:00+00:00",
+            "finished": f"2026-11-22T05:{13 + 5 * index:02d}:30+00:00",
+        }
+    return {
+        "config": config.model_dump(mode="json"),
+        "seed": config.seed,
+        "versions": {"python": "3.12.3", "torch": "2.13.0", "transformers": "5.23.0", "loopdepth": "0.1.0"},
+        "hardware": {"device": "cpu", "gpus": [], "cpu": "Fake CPU @ 3.0GHz (2 cores)"},
+        "data": {
+            "source": config.data.source,
+            "sha256": {"train.jsonl": "ab" * 32, "test.jsonl": "cd" * 32},
+        },
+        "model": {
+            "source": config.model.source,
+            "revision": config.model.revision,
+            "resolved_commit": None if config.model.revision is None else "0123456789abcdef0123456789abcdef01234567",
+        },
+        "stages": stages,
+        "checks_skipped": checks_skipped,
+        "git_commit": "feedfacecafebeef",
+    }
+
+
+def _checks(skipped: bool, passed: bool) -> dict:
+    if skipped:
+        return {"passed": False, "skipped": True, "checks": []}
+    checks = [
+        {
+            "name": "base_nll_below_uniform",
+            "passed": passed,
+            "value": 2.1 if passed else 9.5,
+            "threshold": 8.66,
+            "message": "base NLL per token is below 0.8 of the uniform NLL",
+        },
+        {
+            "name": "loops_change_logits",
+            "passed": True,
+            "value": 0.31,
+            "threshold": 0.0,
+            "message": "logits at 2 and 8 loops differ",
+        },
+    ]
+    return {"passed": passed, "skipped": False, "checks": checks}
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "runs" / "fake-seed2026"
+    print(make_fake_run(target))

@@ -1,0 +1,87 @@
+"""Shared by the sweep tests: a tiny random LoopFormer and a RunContext around it.
+
+The model uses GPT-2's vocabulary size so the vendored GPT-2 tokenizer drives it,
+and its adaLN weights are randomised (``_init_weights`` zeroes them, which would
+make every loop count the identity and the tests blind to the schedule).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+# pytest puts tests/ (not the repo root) on sys.path; the test modules import this file
+# before anything from study/, so the package resolves without an install
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from study.config import (  # noqa: E402
+    DataConfig,
+    ExactMatchConfig,
+    LatencyConfig,
+    ModelConfig,
+    NLLConfig,
+    SFTConfig,
+    StudyConfig,
+)
+from study.model import LoopFormerConfig, LoopFormerForCausalLM  # noqa: E402
+from study.pipeline import RunContext  # noqa: E402
+from study.tokenizer import load_tokenizer  # noqa: E402
+
+
+def tiny_model(
+    seed: int = 0, block_size: int = 512, train_loops: int = 8, adaln_std: float = 0.3
+) -> LoopFormerForCausalLM:
+    torch.manual_seed(seed)
+    config = LoopFormerConfig(
+        block_size=block_size,
+        vocab_size=50304,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        intermediate_dim=64,
+        train_loops=train_loops,
+    )
+    model = LoopFormerForCausalLM(config)
+    with torch.no_grad():
+        for block in model.gpt.transformer.h.blocks:
+            block.adaLN_modulation[1].weight.normal_(0.0, adaln_std)
+            block.adaLN_modulation[1].bias.normal_(0.0, adaln_std)
+        # a larger embedding scale spreads the random logits, so greedy argmax has no near-ties
+        model.gpt.transformer.wte.weight.mul_(20.0)
+    return model.eval()
+
+
+def gpt2_tokenizer():
+    return load_tokenizer(None)
+
+
+def make_context(
+    tmp_path: Path,
+    nll_loops: tuple[int, ...] = (1, 2),
+    em_loops: tuple[int, ...] = (1, 2),
+    latency_loops: tuple[int, ...] = (1, 2),
+    sft_loops: tuple[int, ...] = (4,),
+) -> RunContext:
+    """A run directory with the tiny base in ``tmp_path/base`` and one perturbed
+    copy per SFT entry in ``models/train<L>``, as the SFT stage would leave them."""
+    base_dir = tmp_path / "base"
+    tiny_model(seed=0).save_pretrained(base_dir)
+    config = StudyConfig(
+        name="test",
+        seed=7,
+        device="cpu",
+        model=ModelConfig(source=str(base_dir), tokenizer="gpt2"),
+        data=DataConfig(sft_examples=8, nll_test_examples=5, nll_train_examples=3, em_examples=3),
+        sft=SFTConfig(train_loops=list(sft_loops)),
+        nll=NLLConfig(inference_loops=list(nll_loops), batch_size=2, bootstrap_resamples=200),
+        exact_match=ExactMatchConfig(inference_loops=list(em_loops), max_new_tokens=4, batch_size=2),
+        latency=LatencyConfig(inference_loops=list(latency_loops), new_tokens=3, warmup=1, samples=2),
+    )
+    ctx = RunContext(config=config, run_dir=tmp_path / "run", device=torch.device("cpu"))
+    for i, loops in enumerate(sft_loops):
+        tiny_model(seed=i + 1, train_loops=loops).save_pretrained(ctx.model_dir(f"train{loops}"))
+    return ctx

@@ -1,0 +1,141 @@
+"""Cached batched greedy decoding agrees with the full forward, with itself one row at
+a time, with the no-cache reference and with transformers' ``generate``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers_sweep import gpt2_tokenizer, tiny_model
+from transformers.cache_utils import DynamicCache
+
+from study.generation import GenerationResult, cut_at_stop, greedy_generate, left_pad, recompute_generate
+
+SCHEDULES = [{"num_loops": 1}, {"num_loops": 3}, {"num_loops": 8}, {"schedule": [0.5, 0.25, 0.25]}]
+PROMPTS = [
+    "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:",
+    "Question: What is 2 + 2?\nAnswer:",
+    "Question: A train travels 60 miles per hour for 2.5 hours. How far does it go in total?\nAnswer:",
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(seed=0, block_size=128)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return gpt2_tokenizer()
+
+
+def test_loops_matter(model):
+    ids = torch.randint(0, 50000, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        one = model(ids, num_loops=1, use_cache=False).logits
+        three = model(ids, num_loops=3, use_cache=False).logits
+    assert (one - three).abs().max() > 1e-2  # otherwise the schedule tests below prove nothing
+
+
+@pytest.mark.parametrize("loops", SCHEDULES, ids=lambda s: str(next(iter(s.values()))))
+def test_cached_incremental_logits_match_full_forward(model, loops):
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 50000, (2, 20), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # the second row is left-padded
+    with torch.inference_mode():
+        full = model(ids, attention_mask=mask, use_cache=False, **loops).logits
+        cache = DynamicCache()
+        prefill = model(ids[:, :8], attention_mask=mask[:, :8], past_key_values=cache, use_cache=True, **loops)
+        steps = [prefill.logits]
+        for t in range(8, 20):
+            out = model(
+                ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache, use_cache=True, **loops
+            )
+            steps.append(out.logits)
+    incremental = torch.cat(steps, dim=1)
+    real = mask.bool()  # padded positions' outputs are never read
+    assert (incremental - full)[real].abs().max().item() <= 1e-5
+
+
+def test_left_pad():
+    ids, mask = left_pad([[5, 6, 7], [9]], pad_id=0, device=torch.device("cpu"))
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 9]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+@pytest.mark.parametrize("loops", [{"num_loops": 3}, {"schedule": [0.5, 0.25, 0.25]}], ids=["3", "schedule"])
+def test_batched_equals_one_at_a_time(model, tokenizer, loops):
+    batched = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=8, stop_strings=(), **loops)
+    alone = [greedy_generate(model, tokenizer, [p], max_new_tokens=8, stop_strings=(), **loops)[0] for p in PROMPTS]
+    assert [r.token_ids for r in batched] == [r.token_ids for r in alone]
+    assert [r.text for r in batched] == [r.text for r in alone]
+    assert all(len(r.token_ids) == 8 or r.finish_reason == "eos" for r in batched)
+
+
+@pytest.mark.parametrize("loops", [{"num_loops": 2}, {"schedule": [0.25, 0.75]}], ids=["2", "schedule"])
+def test_cached_equals_recompute(model, tokenizer, loops):
+    cached = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=6, early_stop=False, **loops)
+    recomputed = recompute_generate(model, tokenizer, PROMPTS, max_new_tokens=6, early_stop=False, **loops)
+    assert [r.token_ids for r in cached] == [r.token_ids for r in recomputed]
+    assert all(len(r.token_ids) == 6 for r in cached)
+
+
+def test_hf_generate_matches(model, tokenizer):
+    ids, mask = left_pad([tokenizer.encode(p) for p in PROMPTS], tokenizer.pad_token_id, torch.device("cpu"))
+    ours = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=5, num_loops=4, early_stop=False)
+    hf = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, num_loops=4, pad_token_id=50256)
+    assert hf[:, ids.shape[1] :].tolist() == [r.token_ids for r in ours]
+    schedule = [0.5, 0.25, 0.25]
+    ours = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=5, schedule=schedule, early_stop=False)
+    hf = model.generate(
+        ids, attention_mask=mask, max_new_tokens=5, do_sample=False, schedule=schedule, pad_token_id=50256
+    )
+    assert hf[:, ids.shape[1] :].tolist() == [r.token_ids for r in ours]
+
+
+class ScriptedModel(torch.nn.Module):
+    """Emits a fixed token script whatever the input: the next token is the script
+    entry at (tokens seen so far - prompt length), read from the attention mask."""
+
+    def __init__(self, script: list[int], prompt_length: int, vocab: int = 50304) -> None:
+        super().__init__()
+        self.script, self.prompt_length, self.vocab = script, prompt_length, vocab
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("Config", (), {"block_size": 1024})()
+
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, **kwargs):
+        position = attention_mask.shape[1] - self.prompt_length
+        logits = torch.zeros(input_ids.shape[0], 1, self.vocab)
+        logits[:, 0, self.script[min(position, len(self.script) - 1)]] = 1.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_stops_at_stop_string_and_eos(tokenizer):
+    prompt = "Question: 1+1?\nAnswer:"
+    script = tokenizer.encode(" It is 2.\n\nQuestion: what is 3+3?")
+    scripted = ScriptedModel(script, len(tokenizer.encode(prompt)))
+    (result,) = greedy_generate(scripted, tokenizer, [prompt], max_new_tokens=50)
+    assert result.text == " It is 2.\n\n"
+    assert result.finish_reason == "stop"
+    assert tokenizer.decode(result.token_ids).endswith("Question:")
+
+    eos_script = [*tokenizer.encode(" 7"), tokenizer.eos_token_id, *tokenizer.encode(" more")]
+    scripted = ScriptedModel(eos_script, len(tokenizer.encode(prompt)))
+    (result,) = greedy_generate(scripted, tokenizer, [prompt], max_new_tokens=50)
+    assert (result.text, result.finish_reason) == (" 7", "eos")
+    # early_stop=False ignores both and spends exactly max_new_tokens
+    (result,) = greedy_generate(scripted, tokenizer, [prompt], max_new_tokens=5, early_stop=False)
+    assert len(result.token_ids) == 5 and isinstance(result, GenerationResult)
+
+
+def test_cut_at_stop():
+    assert cut_at_stop("a Question: b Question:", ["Question:"]) == ("a ", True)
+    assert cut_at_stop("abc", ["Question:"]) == ("abc", False)
+    assert cut_at_stop("x END y STOP", ["STOP", "END"]) == ("x ", True)
+
+
+def test_block_size_caps_generation(tokenizer):
+    small = tiny_model(seed=3, block_size=40)
+    prompt = PROMPTS[0]
+    (result,) = greedy_generate(small, tokenizer, [prompt], max_new_tokens=100, stop_strings=())
+    assert len(tokenizer.encode(prompt)) + len(result.token_ids) - 1 <= 40
