@@ -1,0 +1,8 @@
+"""loopdepth: which test-time loop depth does a looped transformer prefer after SFT?
+
+Importing the package registers LoopFormer with transformers' Auto classes.
+"""
+
+from study.model import LoopFormerConfig, LoopFormerForCausalLM, LoopFormerModel
+
+__all__ = ["LoopFormerConfig", "LoopFormerForCausalLM", "LoopFormerModel"]

@@ -420,21 +420,17 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
         if local.is_dir():
             check_local_checkpoint(local)
         want_info = kwargs.pop("output_loading_info", False)
+        kwargs.pop("ignore_mismatched_sizes", None)
         kwargs.setdefault("dtype", torch.float32)
-        try:
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path,
-                *args,
-                use_safetensors=True,
-                output_loading_info=True,
-                **kwargs,
-            )
-        except RuntimeError as error:  # transformers reports mis-shaped tensors this way
-            if "size mismatch" in str(error) or "shape" in str(error):
-                raise CheckpointError(
-                    f"{pretrained_model_name_or_path}: mis-shaped tensors: {_one_line(error)}"
-                ) from None
-            raise
+        # mis-shaped tensors are let through here only to be listed by name and refused below
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path,
+            *args,
+            use_safetensors=True,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+            **kwargs,
+        )
         problems = []
         missing = sorted(k for k in info.get("missing_keys", ()) if k != "lm_head.weight")
         if missing:

@@ -77,7 +77,7 @@ def training_arguments(config: StudyConfig, output_dir: Path, device: torch.devi
         # looped stack is small enough to keep activations
         bf16=False,
         fp16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         seed=config.seed,
         data_seed=config.seed,
         full_determinism=sft.deterministic,

@@ -8,6 +8,8 @@ make every loop count the identity and the tests blind to the schedule).
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,6 +32,18 @@ from study.config import (  # noqa: E402
 from study.model import LoopFormerConfig, LoopFormerForCausalLM  # noqa: E402
 from study.pipeline import RunContext  # noqa: E402
 from study.tokenizer import load_tokenizer  # noqa: E402
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine run far faster on one thread (no OpenMP
+    barriers fighting other processes); restores the previous count afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def tiny_model(

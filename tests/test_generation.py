@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_sweep import gpt2_tokenizer, tiny_model
+from helpers_sweep import gpt2_tokenizer, one_thread, tiny_model
 from transformers.cache_utils import DynamicCache
 
 from study.generation import GenerationResult, cut_at_stop, greedy_generate, left_pad, recompute_generate
@@ -16,6 +16,12 @@ PROMPTS = [
     "Question: What is 2 + 2?\nAnswer:",
     "Question: A train travels 60 miles per hour for 2.5 hours. How far does it go in total?\nAnswer:",
 ]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,87 @@
+"""Config versions load and validate; every bad value is one line naming its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from study.config import CONFIG_DIR, ConfigError, load_config
+
+
+@pytest.mark.parametrize("version", ["v16", "v17", "mini", "smoke"])
+def test_versions_load(version: str) -> None:
+    config = load_config(version)
+    assert config.name == version
+    assert config.sft.train_loops == [8, 4]
+
+
+def test_published_configurations() -> None:
+    v17, v16 = load_config("v17"), load_config("v16")
+    assert v17.model.source == "armenjeddi/LoopFormer-3block-8iterations" and v17.data.source == "hub"
+    assert (v17.seed, v17.data.nll_test_examples, v17.data.nll_train_examples) == (2026, 300, 300)
+    assert v16.data.nll_test_examples == 200
+    assert v17.nll.inference_loops == [2, 4, 6, 8, 10, 12, 16] and v17.exact_match.inference_loops == [2, 8, 16]
+    s = v17.sft
+    assert (s.epochs, s.batch_size, s.grad_accum, s.learning_rate, s.max_length) == (2, 1, 8, 5e-6, 256)
+    assert s.dtype == "float32" and s.deterministic and v17.data.sft_examples == 512
+
+
+def test_overrides_and_seed() -> None:
+    config = load_config("smoke", ["nll.batch_size=2", "sft.lora={r: 4, alpha: 8}"], seed=7)
+    assert config.nll.batch_size == 2 and config.sft.lora.r == 4 and config.seed == 7
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("nll.inference_loops=[]", "nll.inference_loops"),
+        ("nll.inference_loops=[0, 2]", "nll.inference_loops.0"),
+        ("nll.inference_loops=[-2]", "nll.inference_loops.0"),
+        ("sft.train_loops=[2.5]", "sft.train_loops.0"),
+        ("sft.train_loops=['4']", "sft.train_loops.0"),
+        ("exact_match.inference_loops=[0]", "exact_match.inference_loops.0"),
+        ("nll.bogus=1", "nll.bogus: unknown key"),
+        ("sft.learning_rate=-1.0", "sft.learning_rate"),
+        ("data.nll_train_examples=1000", "nll_train_examples (1000) exceeds data.sft_examples"),
+        ("nll.batch_size.x=1", "nll.batch_size is not a config section"),
+        ("nll", "expected key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config("smoke", [override])
+    message = str(raised.value)
+    assert key in message and "\n" not in message
+
+
+def test_unknown_version_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown version 'v99'.*mini"):
+        load_config("v99")
+
+
+def test_config_file_path_and_its_errors(tmp_path: Path) -> None:
+    text = (CONFIG_DIR / "smoke.yaml").read_text()
+    good = tmp_path / "mine.yaml"
+    good.write_text(text.replace("name: smoke", "name: mine"))
+    assert load_config(str(good)).name == "mine"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("  epochs: 1", "  epochs: 1\n  epoch: 3"))
+    with pytest.raises(ConfigError, match=r"bad\.yaml: sft\.epoch: unknown key"):
+        load_config(str(bad))
+    typed = tmp_path / "typed.yaml"
+    typed.write_text(text.replace("  epochs: 1", "  epochs: one"))
+    with pytest.raises(ConfigError, match=r"typed\.yaml: sft\.epochs: .*integer"):
+        load_config(str(typed))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "absent.yaml"))
+
+
+def test_stage_hashes_ignore_unrelated_sections() -> None:
+    from study.pipeline import stage_hash
+
+    a = load_config("smoke")
+    b = load_config("smoke", ["latency.samples=5"])
+    assert stage_hash(a, "sft") == stage_hash(b, "sft") and stage_hash(a, "nll") == stage_hash(b, "nll")
+    assert stage_hash(a, "latency") != stage_hash(b, "latency")
+    assert a.identity_hash() == load_config("smoke", ["device=auto"]).identity_hash()

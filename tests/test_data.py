@@ -1,0 +1,115 @@
+"""GSM8K data layer: validation, seeded subsets, prompt format, lm-eval-style encoding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from study.data import (
+    BUNDLED_DIR,
+    DataError,
+    encode_example,
+    final_answer,
+    load_gsm8k,
+    make_subsets,
+    read_jsonl,
+)
+from study.tokenizer import load_tokenizer
+
+from .conftest import shared_dir
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_gsm8k("bundled")
+
+
+def test_bundled_copy_is_the_published_split(dataset) -> None:
+    assert (len(dataset.train), len(dataset.test)) == (7473, 1319)
+    # the canonical-record hash equals sha256sum of the upstream files
+    assert dataset.sha256 == {
+        "train": "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",
+        "test": "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
+    }
+    assert (BUNDLED_DIR / "LICENSE").is_file()
+
+
+def test_bundled_copy_equals_shared() -> None:
+    for split in ("train", "test"):
+        source = shared_dir() / "data" / "gsm8k" / f"{split}.jsonl"
+        assert (BUNDLED_DIR / f"{split}.jsonl").read_bytes() == source.read_bytes()
+
+
+def test_prompt_and_target_follow_lm_eval(dataset) -> None:
+    example = dataset.test[0]
+    assert example.prompt == f"Question: {example.question}\nAnswer:"
+    assert example.completion == " " + example.answer
+    assert example.final_answer == "18"
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold"),
+    [("so 5\n#### 1,234", "1234"), ("#### -7", "-7"), ("x\n#### 3.5", "3.5"), ("#### 42 ", "42")],
+)
+def test_final_answer(answer: str, gold: str) -> None:
+    assert final_answer(answer) == gold
+
+
+def test_subsets_are_seeded_nested_and_independent(dataset) -> None:
+    a = make_subsets(dataset, 2026, 512, 300, 300, 40)
+    b = make_subsets(dataset, 2026, 512, 300, 300, 40)
+    assert a == b
+    assert len(set(a.sft)) == 512 and set(a.nll_train) <= set(a.sft)
+    smaller = make_subsets(dataset, 2026, 512, 200, 200, 40)
+    assert smaller.nll_test == a.nll_test[:200] and smaller.nll_train == a.nll_train[:200]  # v16 within v17
+    other_em = make_subsets(dataset, 2026, 512, 300, 300, 10)
+    assert other_em.nll_test == a.nll_test and other_em.em == a.em[:10]
+    assert make_subsets(dataset, 7, 512, 300, 300, 40).sft != a.sft
+
+
+def test_subset_larger_than_split_is_refused(dataset) -> None:
+    with pytest.raises(DataError, match="data.nll_test_examples: asked for 2000"):
+        make_subsets(dataset, 0, 8, 2000, 4, 4)
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"train\.jsonl: GSM8K train file not found"):
+        read_jsonl(tmp_path / "train.jsonl", "train")
+
+
+def test_not_json_names_file_and_line(tmp_path: Path) -> None:
+    good = json.dumps({"question": "q", "answer": "a\n#### 1"})
+    path = _write(tmp_path / "test.jsonl", [good, "{not json"])
+    with pytest.raises(DataError, match=r"test\.jsonl:2: not valid JSON"):
+        read_jsonl(path, "test")
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"answer": "#### 1"}, "missing or empty 'question'"),
+        ({"question": "q"}, "missing or empty 'answer'"),
+        ({"question": "q", "answer": "no final answer"}, "no '#### <number>'"),
+        (["q", "a"], "expected a JSON object"),
+    ],
+)
+def test_bad_records_name_file_line_and_field(tmp_path: Path, record, message: str) -> None:
+    path = _write(tmp_path / "train.jsonl", [json.dumps({"question": "q", "answer": "#### 2"}), json.dumps(record)])
+    with pytest.raises(DataError, match=rf"train\.jsonl:2: .*{message}"):
+        read_jsonl(path, "train")
+
+
+def test_encoding_splits_solution_and_final_answer(dataset) -> None:
+    tokenizer = load_tokenizer()
+    example = dataset.test[0]
+    encoded = encode_example(tokenizer, example)
+    assert tokenizer.decode(encoded.input_ids[: encoded.answer_start]) == example.prompt
+    assert tokenizer.decode(encoded.input_ids[encoded.answer_start :]) == example.completion
+    assert tokenizer.decode(encoded.input_ids[encoded.final_start :]) == " 18"
