@@ -110,8 +110,9 @@ def is_hub_id(source: str) -> bool:
     return len(parts) == 2 and all(parts) and not source.startswith((".", "~"))
 
 
-def preflight(config, manifest) -> None:
-    """Fail before any stage when a config needs the hub and the hub cannot be reached."""
+def preflight(config) -> str | None:
+    """Fail before anything is written when a config needs the hub and the hub cannot be
+    reached. Returns the commit the model revision resolves to (None off the hub)."""
     from study.config import EMBEDDED_BASE
     from study.pipeline import StudyError
 
@@ -124,15 +125,16 @@ def preflight(config, manifest) -> None:
     if config.data.source == "hub":
         needs.append(("dataset", "openai/gsm8k"))
     if not needs:
-        return
+        return None
     import huggingface_hub
 
     api = huggingface_hub.HfApi()
+    resolved_commit = None
     for kind, repo in needs:
         try:
             if kind == "model":
                 info = api.model_info(repo, revision=config.model.revision)
-                manifest.update(model_resolved_commit=info.sha)
+                resolved_commit = info.sha
             else:
                 api.dataset_info(repo)
         except Exception as error:  # offline, DNS, 404, auth: all mean "cannot run as configured"
@@ -146,6 +148,7 @@ def preflight(config, manifest) -> None:
                 f"{'model.source' if kind == 'model' else 'data.source'}: cannot reach the Hugging Face hub for "
                 f"{repo!r} ({type(error).__name__}: {reason}); run with internet access, or {hint}"
             ) from None
+    return resolved_commit
 
 
 def prepare_run_dir(run_dir: Path, config, force: bool):
@@ -194,25 +197,26 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         overrides.append(f"device={args.device}")
     config = load_config(args.version, overrides, seed=args.seed)
     device = resolve_device(config.device)
+    resolved_commit = preflight(config)
     run_dir = args.output_dir or Path("runs") / f"{config.name}-seed{config.seed}"
+    ctx = RunContext(config=config, run_dir=run_dir, device=device, skip_checks=args.skip_checks)
+    subsets = ctx.subsets  # bad data or impossible subset sizes fail here, before anything is written
+
     manifest = prepare_run_dir(run_dir, config, args.force)
     manifest.start(config, device, argv, args.skip_checks)
-    preflight(config, manifest)
     atomic_write_json(run_dir / "config.resolved.json", config.model_dump(mode="json"))
-
-    ctx = RunContext(config=config, run_dir=run_dir, device=device, skip_checks=args.skip_checks)
     manifest.update(
         data={
             "source": config.data.source,
             "directory": config.data.directory,
             "sha256": ctx.dataset.sha256,
-            "subsets": ctx.subsets.as_dict(),
+            "subsets": subsets.as_dict(),
         },
         model={
             "source": config.model.source,
             "resolved_path": ctx.base_spec.source,
             "revision": config.model.revision,
-            "resolved_commit": manifest.data.get("model_resolved_commit"),
+            "resolved_commit": resolved_commit,
             "label": config.model.label,
             "train_loops": ctx.base_spec.train_loops,
         },
@@ -279,9 +283,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from study.report import compare
-
     from study.pipeline import StudyError
+    from study.report import compare
 
     for run_dir in args.run_dirs:
         if not (run_dir / "manifest.json").is_file():

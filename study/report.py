@@ -1021,7 +1021,8 @@ def _figure_block(results: Results, name: str, figures: dict[str, Path | None], 
     lines = [f"**Figure {figure_number(name)}: {spec.title}.**", ""]
     if figures.get(name) is None:
         missing = [f for f in spec.needs if getattr(results, RESULT_FILES[f][0]) is None]
-        return [*lines, f"*Not drawn: {results.missing(missing[0])}.*", ""]
+        reason = "; ".join(results.missing(f) for f in missing) or "the figure was not written"
+        return [*lines, f"*Figure not drawn.* {reason}.", ""]
     return [*lines, f"![{spec.title}]({rel}/{name}.png)", "", spec.caption, ""]
 
 

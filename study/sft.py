@@ -25,7 +25,13 @@ import torch
 
 from study.config import StudyConfig
 from study.io import atomic_write_csv, read_csv, read_json
-from study.pipeline import RunContext, StudyError, make_deterministic, resolve_device, seed_everything
+from study.pipeline import (
+    RunContext,
+    StudyError,
+    make_deterministic,
+    resolve_device,
+    seed_everything,
+)
 
 LOSS_COLUMNS = ("model", "train_loops", "step", "epoch", "loss", "learning_rate")
 RESOLVED_CONFIG = "config.resolved.json"
@@ -94,6 +100,21 @@ def training_arguments(config: StudyConfig, output_dir: Path, device: torch.devi
     )
 
 
+def _stop_on_ctrl_c(ctx: RunContext):
+    """A callback that, after Ctrl-C, saves a checkpoint at the end of the current
+    optimizer step and stops, so the rerun resumes from exactly there."""
+    from transformers import TrainerCallback
+
+    class StopOnCtrlC(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if ctx.stop_requested():
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return StopOnCtrlC()
+
+
 def train_one(ctx: RunContext, train_loops: int) -> None:
     """Fine-tune one model (resuming if a checkpoint exists) and save it to models/<name>."""
     from trl import SFTTrainer
@@ -127,11 +148,13 @@ def train_one(ctx: RunContext, train_loops: int) -> None:
         train_dataset=sft_dataset(ctx),
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=[_stop_on_ctrl_c(ctx)],
     )
     checkpoint = last_complete_checkpoint(output_dir)
     if checkpoint is not None:
         print(f"  {spec.name}: resuming from {checkpoint.name}", flush=True)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    ctx.check_stop()  # stopped early by Ctrl-C: the checkpoint is saved, the model is not final
     if not trainer.is_world_process_zero():
         return
 

@@ -7,20 +7,13 @@ make every loop count the identity and the tests blind to the schedule).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-# pytest puts tests/ (not the repo root) on sys.path; the test modules import this file
-# before anything from study/, so the package resolves without an install
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from study.config import (  # noqa: E402
+from study.config import (
     DataConfig,
     ExactMatchConfig,
     LatencyConfig,
@@ -29,9 +22,26 @@ from study.config import (  # noqa: E402
     SFTConfig,
     StudyConfig,
 )
-from study.model import LoopFormerConfig, LoopFormerForCausalLM  # noqa: E402
-from study.pipeline import RunContext  # noqa: E402
-from study.tokenizer import load_tokenizer  # noqa: E402
+from study.model import LoopFormerConfig, LoopFormerForCausalLM
+from study.pipeline import RunContext
+from study.tokenizer import load_tokenizer
+
+
+class ScriptedModel(torch.nn.Module):
+    """Emits a fixed token script whatever the input: the next token is the script
+    entry at (tokens seen so far - prompt length), read from the attention mask."""
+
+    def __init__(self, script: list[int], prompt_length: int, vocab: int = 50304) -> None:
+        super().__init__()
+        self.script, self.prompt_length, self.vocab = script, prompt_length, vocab
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config = type("Config", (), {"block_size": 1024})()
+
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, **kwargs):
+        position = attention_mask.shape[1] - self.prompt_length
+        logits = torch.zeros(input_ids.shape[0], 1, self.vocab)
+        logits[:, 0, self.script[min(position, len(self.script) - 1)]] = 1.0
+        return type("Out", (), {"logits": logits})()
 
 
 @contextmanager

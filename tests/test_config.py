@@ -56,7 +56,7 @@ def test_bad_values_name_the_key(override: str, key: str) -> None:
 
 
 def test_unknown_version_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown version 'v99'.*mini"):
+    with pytest.raises(ConfigError, match=r"unknown version 'v99'.*mini"):
         load_config("v99")
 
 

@@ -70,7 +70,7 @@ def test_subsets_are_seeded_nested_and_independent(dataset) -> None:
 
 
 def test_subset_larger_than_split_is_refused(dataset) -> None:
-    with pytest.raises(DataError, match="data.nll_test_examples: asked for 2000"):
+    with pytest.raises(DataError, match=r"data\.nll_test_examples: asked for 2000"):
         make_subsets(dataset, 0, 8, 2000, 4, 4)
 
 

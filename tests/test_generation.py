@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_sweep import gpt2_tokenizer, one_thread, tiny_model
 from transformers.cache_utils import DynamicCache
 
 from study.generation import GenerationResult, cut_at_stop, greedy_generate, left_pad, recompute_generate
+from tests.helpers_sweep import ScriptedModel, gpt2_tokenizer, one_thread, tiny_model
 
 SCHEDULES = [{"num_loops": 1}, {"num_loops": 3}, {"num_loops": 8}, {"schedule": [0.5, 0.25, 0.25]}]
 PROMPTS = [
@@ -97,23 +97,6 @@ def test_hf_generate_matches(model, tokenizer):
         ids, attention_mask=mask, max_new_tokens=5, do_sample=False, schedule=schedule, pad_token_id=50256
     )
     assert hf[:, ids.shape[1] :].tolist() == [r.token_ids for r in ours]
-
-
-class ScriptedModel(torch.nn.Module):
-    """Emits a fixed token script whatever the input: the next token is the script
-    entry at (tokens seen so far - prompt length), read from the attention mask."""
-
-    def __init__(self, script: list[int], prompt_length: int, vocab: int = 50304) -> None:
-        super().__init__()
-        self.script, self.prompt_length, self.vocab = script, prompt_length, vocab
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.config = type("Config", (), {"block_size": 1024})()
-
-    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, **kwargs):
-        position = attention_mask.shape[1] - self.prompt_length
-        logits = torch.zeros(input_ids.shape[0], 1, self.vocab)
-        logits[:, 0, self.script[min(position, len(self.script) - 1)]] = 1.0
-        return type("Out", (), {"logits": logits})()
 
 
 def test_stops_at_stop_string_and_eos(tokenizer):

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers_sweep import make_context, one_thread, tiny_model
 from scipy import stats
 from torch import nn
 
@@ -24,6 +23,7 @@ from study.nll import (
     ratio_of_sums,
     score_continuations,
 )
+from tests.helpers_sweep import make_context, one_thread, tiny_model
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,0 +1,149 @@
+"""Kaggle entry point: the v17 confirmation run on a T4 x2 machine with internet.
+
+Before pushing (``kaggle kernels push -p kaggle``): replace USERNAME in
+kernel-metadata.json, and point REPO_URL below at your copy of this repository
+(or attach a Kaggle dataset holding a copy of the repository: a folder under
+/kaggle/input with run_study.py and pyproject.toml is used instead of cloning).
+
+The script prints the GPUs, installs the project with pip WITHOUT touching Kaggle's
+CUDA build of torch, runs ``run_study.py`` with STUDY_ARGS and prints where the
+report is. Everything the run writes stays under /kaggle/working (the notebook's
+saved output).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Edit this (or set the LOOPDEPTH_REPO environment variable) to your repository.
+REPO_URL = "https://github.com/USERNAME/loopdepth.git"
+REPO_REF = os.environ.get("LOOPDEPTH_REF")  # optional branch, tag or commit to check out
+
+WORKING = Path("/kaggle/working")
+INPUT = Path("/kaggle/input")
+CHECKOUT = WORKING / "loopdepth"
+OUTPUT_DIR = WORKING / "runs"
+
+# The study's command line after ``python run_study.py`` (parsed by tests with run_study.build_parser()).
+STUDY_ARGS = ["--version", "v17", "--seed", "2026", "--output-dir", str(OUTPUT_DIR)]
+
+
+def run(command: list[str], cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    print("$ " + " ".join(command), flush=True)
+    return subprocess.run(command, cwd=cwd, check=check)
+
+
+def print_gpus() -> None:
+    """The GPUs as nvidia-smi and torch see them (a T4 x2 machine shows two Tesla T4)."""
+    if shutil.which("nvidia-smi"):
+        run(["nvidia-smi", "--query-gpu=index,name,memory.total,driver_version", "--format=csv"], check=False)
+    else:
+        print("nvidia-smi not found: no NVIDIA driver on this machine", flush=True)
+    try:
+        import torch
+    except ImportError:
+        print("torch is not installed", flush=True)
+        return
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        print(f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees: {', '.join(names)}", flush=True)
+    else:
+        print(f"torch {torch.__version__} sees no CUDA device: the study will run on CPU (slow)", flush=True)
+
+
+def find_attached_copy(input_dir: Path = INPUT, depth: int = 3) -> Path | None:
+    """A copy of the repository attached as a Kaggle dataset: the first folder (at most
+    ``depth`` levels under ``input_dir``) holding both run_study.py and pyproject.toml."""
+    if not input_dir.is_dir():
+        return None
+    level = [input_dir]
+    for _ in range(depth + 1):
+        for folder in sorted(level):
+            if (folder / "run_study.py").is_file() and (folder / "pyproject.toml").is_file():
+                return folder
+        level = [child for folder in level for child in sorted(folder.iterdir()) if child.is_dir()]
+    return None
+
+
+def fetch_project() -> Path:
+    """The repository under /kaggle/working (writable, for ``pip install -e``): copied from an
+    attached dataset when there is one, else cloned from LOOPDEPTH_REPO or REPO_URL."""
+    if (CHECKOUT / "run_study.py").is_file():
+        print(f"using the existing checkout {CHECKOUT}", flush=True)
+        return CHECKOUT
+    attached = find_attached_copy()
+    if attached is not None:
+        print(f"copying the attached repository {attached} -> {CHECKOUT}", flush=True)
+        shutil.copytree(attached, CHECKOUT, ignore=shutil.ignore_patterns(".venv", "runs", "__pycache__"))
+        return CHECKOUT
+    url = os.environ.get("LOOPDEPTH_REPO", REPO_URL)
+    if "USERNAME" in url:
+        sys.exit(
+            "no repository: set REPO_URL in run_kaggle.py (or LOOPDEPTH_REPO), "
+            "or attach a dataset with a copy of the repository"
+        )
+    run(["git", "clone", *([] if REPO_REF else ["--depth", "1"]), url, str(CHECKOUT)])
+    if REPO_REF:
+        run(["git", "checkout", REPO_REF], cwd=CHECKOUT)
+    return CHECKOUT
+
+
+def requirements_without_torch(pyproject: Path) -> list[str]:
+    """The project's dependencies except torch (Kaggle's CUDA build must stay)."""
+    import tomllib
+
+    dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    return [d for d in dependencies if _requirement_name(d) != "torch"]
+
+
+def _requirement_name(requirement: str) -> str:
+    name = requirement
+    for separator in "<>=!~;[ (":
+        name = name.split(separator, 1)[0]
+    return name.strip().lower().replace("_", "-")
+
+
+def install(project: Path) -> None:
+    """pip-install the dependencies (all but torch) and the project itself (editable,
+    --no-deps); a constraints file pins the installed torch so nothing replaces it."""
+    import importlib.metadata
+
+    torch_version = importlib.metadata.version("torch")
+    print(f"keeping the installed torch {torch_version}", flush=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
+        constraints.write(f"torch=={torch_version}\n")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--constraint", constraints.name]
+    run([*pip, *requirements_without_torch(project / "pyproject.toml")])
+    run([*pip, "--no-deps", "-e", str(project)])
+
+
+def find_report(output_dir: Path = OUTPUT_DIR) -> Path | None:
+    report = output_dir / "report.md"
+    if report.is_file():
+        return report
+    found = sorted(output_dir.rglob("report.md"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def main() -> int:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    print_gpus()
+    project = fetch_project()
+    install(project)
+    result = run([sys.executable, "run_study.py", *STUDY_ARGS], cwd=project, check=False)
+    report = find_report()
+    if report is not None:
+        print(f"report: {report}", flush=True)
+        print(report.read_text()[:4000], flush=True)
+    else:
+        print(f"no report.md under {OUTPUT_DIR} (exit code {result.returncode})", flush=True)
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,511 @@
+"""Pretrain the tiny embedded LoopFormer shipped in ``study/assets/mini-base``.
+
+The released base (``armenjeddi/LoopFormer-3block-8iterations``, 0.28B) cannot be
+downloaded offline, so the ``mini`` study runs on a LoopFormer small enough for two
+CPU cores, pretrained here from scratch with LoopFormer's elastic-depth recipe:
+
+- tokenizer: a byte-level BPE trained (single-threaded, so deterministic) on the
+  pretraining text, with ``<|endoftext|>`` as id 0 serving as BOS, EOS and PAD;
+- data: the bundled GSM8K *train* split minus the SFT subset of the study seed 2026
+  (``make_subsets(..., seed=2026, sft_examples=512)``), never the test split; one
+  example per row, ``prompt + completion + EOS``, starting at position 0 exactly as
+  the study scores it (learned absolute positions make that matter);
+- each step runs the full route (8 steps of 1/8) and one random shorter route (L in
+  1..7 steps, each a positive multiple of 1/8, summing to 1) and minimises
+  ``CE(full) + 0.1 CE(short) + 0.1 MSE(h_short, stopgrad(h_full))`` where h is the
+  final hidden state (after the last RMSNorm, what the tied LM head reads);
+- AdamW, linear warmup then cosine decay, fp32, seeded and deterministic on CPU.
+
+    python -m study.pretrain --out study/assets/mini-base
+
+regenerates the checkpoint (weights, config, tokenizer) bit for bit with the same
+torch build and ``--threads``; only the wall-time line of the model card varies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from study.data import Dataset, Example, encode_example, load_gsm8k, make_subsets
+from study.io import atomic_write_text
+from study.model import LoopFormerConfig, LoopFormerForCausalLM
+
+EOS = "<|endoftext|>"
+# The SFT subset the default study fine-tunes on: seed 2026 (configs/mini.yaml), 512
+# examples. Another study seed draws another subset, which may overlap this pretraining
+# data; the model card says so.
+SFT_SEED = 2026
+SFT_EXAMPLES = 512
+IGNORE = -100  # label of padded positions, as in LoopFormerForCausalLM's loss
+LABEL = "tiny embedded LoopFormer (not the released model)"
+REPORT_LOOPS = (1, 2, 4, 8, 12, 16)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    # model: k=3 shared blocks like the released model, everything else shrunk for CPU
+    vocab_size: int = 2048
+    n_embd: int = 96
+    n_head: int = 4
+    n_layer: int = 3
+    intermediate_dim: int = 256
+    block_size: int = 512
+    train_loops: int = 8
+    # optimisation
+    steps: int = 600
+    batch_size: int = 16  # sequences (examples) per step
+    learning_rate: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    warmup_steps: int = 40
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    short_weight: float = 0.1  # CE of the random short route
+    mse_weight: float = 0.1  # MSE between the short and the (stop-grad) full route's final hidden
+    seed: int = 2026
+    threads: int = 2  # torch intra-op threads: fixed, so reruns reduce in the same order
+    # data and reporting
+    max_train_examples: int | None = None  # a prefix of the pretraining examples (tests)
+    eval_examples: int = 256  # GSM8K test examples scored after training (evaluation only)
+    eval_loops: tuple[int, ...] = REPORT_LOOPS
+    log_every: int = 25
+
+
+@dataclass
+class PretrainResult:
+    model: LoopFormerForCausalLM
+    tokenizer: PreTrainedTokenizerFast
+    config: PretrainConfig
+    train_examples: int
+    train_tokens: int
+    parameters: int
+    log: list[dict[str, float]] = field(default_factory=list)
+    test_nll: dict[int, float] = field(default_factory=dict)  # loops -> NLL per token
+    seconds: float = 0.0
+
+
+# ---- data ----------------------------------------------------------------------------
+def pretraining_examples(dataset: Dataset) -> list[Example]:
+    """GSM8K train minus the seed-2026 SFT subset; a train question that also appears
+    in test (none in the bundled copy) is dropped too, so no test text is ever seen."""
+    sft = set(make_subsets(dataset, SFT_SEED, SFT_EXAMPLES, 1, 1, 1).sft)
+    test_questions = {example.question for example in dataset.test}
+    return [e for e in dataset.train if e.id not in sft and e.question not in test_questions]
+
+
+@contextmanager
+def _single_threaded_tokenizers() -> Iterator[None]:
+    # BPE training counts pairs in parallel; one thread makes the merge order reproducible
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int, block_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2 style: no unknown tokens, no prefix space) with EOS as id 0."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],  # first, so it gets id 0
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: any text encodes
+        min_frequency=2,
+        show_progress=False,
+    )
+    with _single_threaded_tokenizers():
+        tokenizer.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=EOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        model_max_length=block_size,
+        clean_up_tokenization_spaces=False,  # decode must give back the exact text
+    )
+    fast.padding_side = "right"
+    check_round_trip(fast, texts[:8])
+    return fast
+
+
+def check_round_trip(tokenizer, texts: Sequence[str]) -> None:
+    if tokenizer.convert_tokens_to_ids(EOS) != 0:
+        raise RuntimeError(f"{EOS} must be id 0, got {tokenizer.convert_tokens_to_ids(EOS)}")
+    for text in texts:
+        decoded = tokenizer.decode(tokenizer.encode(text, add_special_tokens=False))
+        if decoded != text:
+            raise RuntimeError(f"tokenizer does not round-trip {text[:60]!r}: got {decoded[:60]!r}")
+
+
+def encode_for_training(tokenizer, examples: Sequence[Example], block_size: int) -> list[list[int]]:
+    """Token ids of prompt + completion + EOS, split exactly as the study scores them
+    (``encode_example``); the few longer than ``block_size`` are truncated."""
+    return [(encode_example(tokenizer, e).input_ids + [tokenizer.eos_token_id])[:block_size] for e in examples]
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, labels); padded labels are ignored. No attention mask is
+    needed: attention is causal, so pads after a sequence never reach its tokens."""
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(sequences), length), IGNORE, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        labels[row, : len(sequence)] = torch.tensor(sequence)
+    return input_ids, labels
+
+
+def batches(lengths: Sequence[int], batch_size: int, rng: np.random.Generator) -> Iterator[list[int]]:
+    """Endless batches of example indices, epoch after epoch. Each epoch shuffles, sorts
+    windows of 32 batches by length (so a batch pads little) and shuffles batch order."""
+    while True:
+        order = rng.permutation(len(lengths))
+        window = batch_size * 32
+        epoch: list[list[int]] = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window].tolist(), key=lambda i: (lengths[i], i))
+            epoch += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        for index in rng.permutation(len(epoch)):
+            yield epoch[index]
+
+
+# ---- the elastic-depth objective ----------------------------------------------------------
+def sample_short_route(rng: random.Random, train_loops: int = 8) -> list[float]:
+    """A random route shorter than the full one: L ~ U{1..train_loops-1} steps whose sizes
+    are positive multiples of 1/train_loops summing to 1 (a uniform random composition of
+    train_loops into L parts: L-1 distinct cut points among the train_loops-1 inner ones)."""
+    length = rng.randint(1, train_loops - 1)
+    cuts = sorted(rng.sample(range(1, train_loops), length - 1))
+    bounds = [0, *cuts, train_loops]
+    return [(end - start) / train_loops for start, end in zip(bounds, bounds[1:], strict=False)]
+
+
+def run_route(
+    model: LoopFormerForCausalLM, input_ids: torch.Tensor, schedule: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, final hidden state after the last RMSNorm) of one route."""
+    hidden = model.gpt(input_ids, schedule=schedule, use_cache=False).last_hidden_state
+    return model.lm_head(hidden), hidden
+
+
+def next_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy over counted labels (the model's own loss convention)."""
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE
+    )
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    ce_full: torch.Tensor
+    ce_short: torch.Tensor
+    mse: torch.Tensor
+
+
+def elastic_loss(
+    full_logits: torch.Tensor,
+    full_hidden: torch.Tensor,
+    short_logits: torch.Tensor,
+    short_hidden: torch.Tensor,
+    labels: torch.Tensor,
+    short_weight: float = 0.1,
+    mse_weight: float = 0.1,
+) -> LossParts:
+    """CE(full) + short_weight CE(short) + mse_weight MSE(short hidden, stopgrad(full hidden)).
+    The full route is the teacher: the MSE pulls the short route towards it, never the
+    reverse, so the full route is trained by its own CE alone."""
+    ce_full = next_token_ce(full_logits, labels)
+    ce_short = next_token_ce(short_logits, labels)
+    real = labels != IGNORE  # real-token positions (pads carry no signal)
+    squared = (short_hidden - full_hidden.detach()).pow(2).mean(dim=-1)
+    mse = squared[real].mean()
+    total = ce_full + short_weight * ce_short + mse_weight * mse
+    return LossParts(total, ce_full, ce_short, mse)
+
+
+def learning_rate(step: int, config: PretrainConfig) -> float:
+    """Linear warmup to the peak, then cosine down to ``min_lr_ratio`` of it at the last step."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - 1 - config.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return config.learning_rate * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.optim.AdamW:
+    # nanoGPT's split: decay matrices and embeddings, not biases (the tied head appears once)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.95), eps=1e-8)
+
+
+def build_model(config: PretrainConfig) -> LoopFormerForCausalLM:
+    model_config = LoopFormerConfig(
+        block_size=config.block_size,
+        vocab_size=config.vocab_size,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_embd=config.n_embd,
+        intermediate_dim=config.intermediate_dim,
+        train_loops=config.train_loops,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    return LoopFormerForCausalLM(model_config)
+
+
+# ---- evaluation -------------------------------------------------------------------------
+@torch.no_grad()
+def nll_per_token(
+    model: LoopFormerForCausalLM,
+    tokenizer,
+    examples: Sequence[Example],
+    num_loops: int,
+    batch_size: int = 32,
+) -> float:
+    """Mean NLL per predicted token of prompt + gold answer (every token after the first)."""
+    was_training = model.training
+    model.eval()
+    block = model.config.block_size
+    sequences = [encode_example(tokenizer, e).input_ids[:block] for e in examples]
+    total, count = 0.0, 0
+    for start in range(0, len(sequences), batch_size):
+        input_ids, labels = pad_batch(sequences[start : start + batch_size], tokenizer.pad_token_id)
+        logits = model(input_ids, num_loops=num_loops, use_cache=False).logits
+        targets = labels[:, 1:].reshape(-1)
+        total += F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), targets, ignore_index=IGNORE, reduction="sum"
+        ).item()
+        count += int((targets != IGNORE).sum())
+    model.train(was_training)
+    return total / count
+
+
+# ---- training ---------------------------------------------------------------------------
+def make_deterministic(config: PretrainConfig) -> None:
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(config.threads)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+
+def pretrain(config: PretrainConfig, dataset: Dataset | None = None, verbose: bool = True) -> PretrainResult:
+    started = time.perf_counter()
+    say = print if verbose else (lambda *args, **kwargs: None)
+    make_deterministic(config)
+    dataset = dataset or load_gsm8k("bundled")
+    examples = pretraining_examples(dataset)[: config.max_train_examples]
+    texts = [e.prompt + e.completion for e in examples]
+    tokenizer = train_tokenizer(texts, config.vocab_size, config.block_size)
+    if len(tokenizer) != config.vocab_size:
+        raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens, expected {config.vocab_size}")
+    sequences = encode_for_training(tokenizer, examples, config.block_size)
+    lengths = [len(s) for s in sequences]
+    say(
+        f"data: {len(examples)} GSM8K train examples (train minus the seed-{SFT_SEED} SFT subset), "
+        f"{sum(lengths)} tokens, {sum(len(t) for t in texts) / sum(lengths):.2f} chars/token"
+    )
+
+    model = build_model(config)
+    model.train()
+    parameters = sum(p.numel() for p in model.parameters())
+    say(f"model: {parameters:,} parameters, {config.n_layer} blocks x {config.train_loops} loops, n_embd {config.n_embd}")
+    optimizer = make_optimizer(model, config)
+    data_rng = np.random.default_rng(config.seed)
+    route_rng = random.Random(config.seed)  # its own stream: routes do not depend on the batching
+    stream = batches(lengths, config.batch_size, data_rng)
+    full_route = [1.0 / config.train_loops] * config.train_loops
+    result = PretrainResult(model, tokenizer, config, len(examples), sum(lengths), parameters)
+
+    tokens_seen, last_log = 0, time.perf_counter()
+    for step in range(config.steps):
+        lr = learning_rate(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        input_ids, labels = pad_batch([sequences[i] for i in next(stream)], tokenizer.pad_token_id)
+        short_route = sample_short_route(route_rng, config.train_loops)
+        full_logits, full_hidden = run_route(model, input_ids, full_route)
+        short_logits, short_hidden = run_route(model, input_ids, short_route)
+        parts = elastic_loss(
+            full_logits, full_hidden, short_logits, short_hidden, labels, config.short_weight, config.mse_weight
+        )
+        optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        tokens_seen += int((labels != IGNORE).sum())
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            now = time.perf_counter()
+            entry = {
+                "step": step + 1,
+                "loss": parts.total.item(),
+                "ce_full": parts.ce_full.item(),
+                "ce_short": parts.ce_short.item(),
+                "mse": parts.mse.item(),
+                "lr": lr,
+            }
+            result.log.append(entry)
+            say(
+                f"step {step + 1:5d}/{config.steps}  loss {entry['loss']:.4f}  ce8 {entry['ce_full']:.4f}  "
+                f"ce_short {entry['ce_short']:.4f} (L={len(short_route)})  mse {entry['mse']:.4f}  "
+                f"lr {lr:.2e}  epoch {tokens_seen / sum(lengths):.2f}  {now - last_log:.1f}s",
+                flush=True,
+            )
+            last_log = now
+
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    held_out = dataset.test[: config.eval_examples]
+    for loops in config.eval_loops:
+        result.test_nll[loops] = nll_per_token(model, tokenizer, held_out, loops)
+    say(
+        f"held-out NLL/token on {len(held_out)} GSM8K test examples (ln vocab = {math.log(config.vocab_size):.3f}): "
+        + ", ".join(f"{loops} loops {nll:.3f}" for loops, nll in result.test_nll.items())
+    )
+    return result
+
+
+# ---- saving -----------------------------------------------------------------------------
+def save(result: PretrainResult, out: Path, command: str) -> None:
+    """Weights (safetensors, tied head not stored), config, tokenizer and model card."""
+    out.mkdir(parents=True, exist_ok=True)
+    result.model.save_pretrained(out)
+    result.tokenizer.save_pretrained(out)
+    atomic_write_text(out / "README.md", model_card(result, command))
+
+
+def model_card(result: PretrainResult, command: str) -> str:
+    c = result.config
+    ln_vocab = math.log(c.vocab_size)
+    rows = "\n".join(
+        f"| {loops} | {nll:.3f} | {nll / ln_vocab:.2f} |" for loops, nll in result.test_nll.items()
+    )
+    settings = ", ".join(f"{k}={v}" for k, v in asdict(c).items() if k not in ("eval_loops", "log_every"))
+    return f"""---
+license: mit
+tags: [loopformer, tiny, test-fixture]
+---
+
+# {LABEL}
+
+A **tiny LoopFormer** (elastic-depth looped transformer: {c.n_layer} shared blocks applied once per
+loop step, conditioned on the step's time and size) that the `mini` study of this project runs on
+offline, on CPU. It is **not** `armenjeddi/LoopFormer-3block-8iterations`, the released 0.28B model:
+numbers measured on it say nothing about the released model. Figures and reports label it
+"{LABEL}".
+
+## What it is
+
+- **Size**: {result.parameters:,} parameters (fp32, LM head tied to the token embedding):
+  n_layer {c.n_layer}, n_embd {c.n_embd}, n_head {c.n_head}, intermediate {c.intermediate_dim},
+  block size {c.block_size}, `train_loops` {c.train_loops}.
+- **Tokenizer**: byte-level BPE with {c.vocab_size} tokens trained on the pretraining text below;
+  `{EOS}` (id 0) is BOS, EOS and PAD. Loads with `AutoTokenizer.from_pretrained` (no BOS added).
+- **Data**: {result.train_examples:,} GSM8K *train* problems ({result.train_tokens:,} tokens): the bundled
+  train split minus the SFT subset of study seed {SFT_SEED} ({SFT_EXAMPLES} examples,
+  `make_subsets(dataset, seed={SFT_SEED}, sft_examples={SFT_EXAMPLES}, ...)`). Each example is
+  `Question: ...\\nAnswer: <solution> #### <number><|endoftext|>`, one per row from position 0.
+  The test split was never trained on. A study run with another seed fine-tunes on a different
+  subset, which overlaps this pretraining data.
+- **Recipe** (LoopFormer's elastic-depth pretraining): every step runs the full route (8 steps of
+  1/8) and one random shorter route (L uniform in 1..7, step sizes positive multiples of 1/8
+  summing to 1); loss = CE(full) + {c.short_weight} CE(short) + {c.mse_weight} MSE(final hidden of the short
+  route, stop-gradient final hidden of the full route). AdamW, warmup then cosine, fp32,
+  {c.steps} steps of {c.batch_size} examples.
+- **Made by** `{command}` in {result.seconds / 60:.1f} minutes on 2 CPU cores. The command is seeded
+  and deterministic: it regenerates the weights, config and tokenizer bit for bit (same torch
+  build, same `--threads`); only the minutes above differ between runs.
+- Settings: {settings}.
+
+## Held-out NLL
+
+NLL per token of prompt + gold answer on the first {min(c.eval_examples, 1319)} GSM8K test
+problems (ln {c.vocab_size} = {ln_vocab:.3f} is a uniform guess):
+
+| loops | NLL/token | fraction of ln(vocab) |
+|---:|---:|---:|
+{rows}
+
+## What it is not
+
+Not the released model, not a reasoning model, and not evidence about LoopFormer at scale. It is
+a fast, real pretrained base so that the study's pipeline (SFT, NLL per loop count, exact match,
+latency) runs end to end offline in minutes; the study's conclusions need the released model.
+"""
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[Path, PretrainConfig]:
+    defaults = PretrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m study.pretrain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the checkpoint into")
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
+    parser.add_argument("--n-embd", type=int, default=defaults.n_embd)
+    parser.add_argument("--n-head", type=int, default=defaults.n_head)
+    parser.add_argument("--intermediate-dim", type=int, default=defaults.intermediate_dim)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--eval-examples", type=int, default=defaults.eval_examples)
+    parser.add_argument("--log-every", type=int, default=defaults.log_every)
+    args = parser.parse_args(argv)
+    for name in ("steps", "batch_size", "vocab_size", "n_embd", "n_head", "threads", "log_every", "eval_examples"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer")
+    config = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        vocab_size=args.vocab_size,
+        n_embd=args.n_embd,
+        n_head=args.n_head,
+        intermediate_dim=args.intermediate_dim,
+        seed=args.seed,
+        threads=args.threads,
+        eval_examples=args.eval_examples,
+        log_every=args.log_every,
+    )
+    return args.out, config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    out, config = parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python -m study.pretrain", *argv])
+    result = pretrain(config)
+    save(result, out, command)
+    print(f"saved {out} ({result.parameters:,} parameters) in {result.seconds / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Bad input: one line naming the culprit, exit code 2, no traceback, nothing lost."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import run_study
+from study.config import load_config
+from study.data import BUNDLED_DIR
+from study.model import LoopFormerConfig, LoopFormerForCausalLM
+from study.tokenizer import load_tokenizer
+
+from .conftest import FIXTURE_DIR
+
+SMOKE = ["--version", "smoke", "--seed", "2026"]
+
+
+@pytest.fixture
+def existing_run(tmp_path: Path) -> Path:
+    """A run directory of the smoke config holding results a failed command must not touch."""
+    run_dir = tmp_path / "run"
+    (run_dir / "results").mkdir(parents=True)
+    config = load_config("smoke")
+    manifest = {"config": config.model_dump(mode="json"), "config_hash": config.identity_hash(), "stages": {}}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    (run_dir / "results" / "nll.csv").write_text("model,split\nbase,test\n")
+    return run_dir
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _fails(capsys, argv: list[str], *expected: str) -> str:
+    code = run_study.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("nll.inference_loops=[]", "nll.inference_loops"),
+        ("nll.inference_loops=[0]", "nll.inference_loops.0"),
+        ("latency.inference_loops=[-4]", "latency.inference_loops.0"),
+        ("sft.train_loops=[2.5]", "sft.train_loops.0"),
+        ("exact_match.inference_loops=[0, 8]", "exact_match.inference_loops.0"),
+        ("nll.typo=3", "nll.typo: unknown key"),
+        ("sft.epochs=two", "sft.epochs"),
+        ("sft.lora.rank.x=1", "--set"),
+        ("data.nll_test_examples=5000", "data.nll_test_examples: asked for 5000"),
+    ],
+)
+def test_bad_config_values(capsys, existing_run: Path, override: str, named: str) -> None:
+    before = _files(existing_run)
+    _fails(capsys, [*SMOKE, "--output-dir", str(existing_run), "--set", override], named)
+    assert _files(existing_run) == before
+
+
+def test_unknown_version(capsys, tmp_path: Path) -> None:
+    _fails(capsys, ["--version", "v99", "--output-dir", str(tmp_path / "x")], "--version", "v99")
+    assert not (tmp_path / "x").exists()
+
+
+def test_config_file_with_unknown_key(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text((run_study.Path("configs/smoke.yaml").read_text()).replace("seed: 2026", "seed: 2026\nsede: 1"))
+    _fails(capsys, ["--version", str(path), "--output-dir", str(tmp_path / "x")], "mine.yaml", "sede: unknown key")
+
+
+def test_output_dir_of_another_config_is_refused_then_forced(capsys, existing_run: Path) -> None:
+    before = _files(existing_run)
+    argv = [*SMOKE, "--output-dir", str(existing_run), "--set", "nll.batch_size=3"]
+    _fails(capsys, argv, "--output-dir", "different config", "--force")
+    assert _files(existing_run) == before
+    # --force keeps the earlier run beside the new one; the gate then stops this one (random tiny base)
+    run_study.main([*argv, "--force", "--stages", "check"])
+    aside = [p for p in existing_run.parent.iterdir() if p.name.startswith("run.replaced-")]
+    assert len(aside) == 1 and _files(aside[0]) == before
+
+
+def test_non_empty_folder_without_manifest_is_refused(capsys, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    _fails(capsys, [*SMOKE, "--output-dir", str(tmp_path)], "--output-dir", "no manifest.json")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def _gsm8k_dir(tmp_path: Path, test_lines: list[str] | None) -> Path:
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    shutil.copy(BUNDLED_DIR / "train.jsonl", folder / "train.jsonl")
+    if test_lines is not None:
+        (folder / "test.jsonl").write_text("".join(line + "\n" for line in test_lines))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("lines", "named"),
+    [
+        (None, "test.jsonl: GSM8K test file not found"),
+        (['{"question": "q", "answer": "#### 1"}', "{oops"], "test.jsonl:2: not valid JSON"),
+        (['{"question": "q", "answer": "no final"}'], "test.jsonl:1: 'answer' has no '#### <number>'"),
+    ],
+)
+def test_bad_gsm8k_files(capsys, tmp_path: Path, lines, named: str) -> None:
+    folder = _gsm8k_dir(tmp_path, lines)
+    run_dir = tmp_path / "run"
+    _fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--set", f"data.directory={folder}"], named)
+    assert not run_dir.exists()
+
+
+def _checkpoint(tmp_path: Path, edit=None, *, config_edit=None, pickle_only: bool = False) -> Path:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    config = json.loads((FIXTURE_DIR / "config.json").read_text())
+    if config_edit:
+        config = config_edit(config)
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    weights = load_file(FIXTURE_DIR / "model.safetensors")
+    if edit:
+        edit(weights)
+    if pickle_only:
+        torch.save(weights, folder / "pytorch_model.bin")
+    else:
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("kind", "named"),
+    [
+        ("no_config", "config.json: missing"),
+        ("other_type", "model_type is 'llama'"),
+        ("missing", "missing tensors ['gpt.transformer.wpe.weight']"),
+        ("extra", "unexpected tensors ['gpt.bonus.weight']"),
+        ("misshaped", "gpt.transformer.norm_f.weight (16,) vs model (32,)"),
+        ("pickle", "pytorch_model.bin"),
+    ],
+)
+def test_bad_checkpoints(capsys, tmp_path: Path, kind: str, named: str) -> None:
+    folder = {
+        "no_config": lambda: _checkpoint(tmp_path, config_edit=lambda c: None),
+        "other_type": lambda: _checkpoint(tmp_path, config_edit=lambda c: {**c, "model_type": "llama"}),
+        "missing": lambda: _checkpoint(tmp_path, lambda w: w.pop("gpt.transformer.wpe.weight")),
+        "extra": lambda: _checkpoint(tmp_path, lambda w: w.update({"gpt.bonus.weight": torch.ones(1)})),
+        "misshaped": lambda: _checkpoint(
+            tmp_path, lambda w: w.update({"gpt.transformer.norm_f.weight": torch.ones(16)})
+        ),
+        "pickle": lambda: _checkpoint(tmp_path, pickle_only=True),
+    }[kind]()
+    run_dir = tmp_path / "run"
+    _fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--model", str(folder)], named)
+    assert not (run_dir / "results" / "nll.csv").exists()
+
+
+def test_tokenizer_that_does_not_fit_the_model(capsys, tmp_path: Path) -> None:
+    folder = _checkpoint(tmp_path)  # vocab 97, GPT-2's tokenizer has 50257 tokens
+    _fails(
+        capsys,
+        [*SMOKE, "--output-dir", str(tmp_path / "run"), "--model", str(folder), "--set", "model.tokenizer=gpt2"],
+        "tokenizer has 50257 tokens; the model's embedding has 97 rows",
+        "Nothing was trained",
+    )
+    assert not (tmp_path / "run" / "models").exists()
+
+
+def test_missing_model_folder(capsys, tmp_path: Path) -> None:
+    _fails(capsys, [*SMOKE, "--output-dir", str(tmp_path / "r"), "--model", str(tmp_path / "nope")], "model.source")
+
+
+def test_no_hub_fails_fast_with_what_to_do(capsys, tmp_path: Path) -> None:
+    err = _fails(capsys, ["--version", "v17", "--output-dir", str(tmp_path / "r")], "hub")
+    assert "--model" in err or "data.source=bundled" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("target", "code"), [("fsync", errno.ENOSPC), ("mkstemp", errno.EROFS)])
+def test_full_or_read_only_output_dir(capsys, monkeypatch, existing_run: Path, target: str, code: int) -> None:
+    import study.io
+
+    before = _files(existing_run)
+
+    def broken(*args, **kwargs):
+        raise OSError(code, "No space left on device" if code == errno.ENOSPC else "Read-only file system")
+
+    monkeypatch.setattr(study.io.os if target == "fsync" else study.io.tempfile, target, broken)
+    _fails(capsys, [*SMOKE, "--output-dir", str(existing_run)], str(existing_run))
+    monkeypatch.undo()
+    assert _files(existing_run) == before  # atomic writes: the old manifest and results are intact
+    assert not [p for p in existing_run.rglob("*.tmp")]
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="unknown version"):
+        run_study.main(["--version", "v99", "--debug"])
+
+
+def test_random_base_is_refused_by_the_gate_unless_skipped(capsys, tmp_path: Path) -> None:
+    """The published failure mode: a base whose NLL is at the uniform guess ln|V|."""
+    torch.manual_seed(0)
+    config = LoopFormerConfig(block_size=512, vocab_size=50304, n_layer=3, n_head=2, n_embd=16, intermediate_dim=32)
+    folder = tmp_path / "random-base"
+    LoopFormerForCausalLM(config).save_pretrained(folder)
+    load_tokenizer().save_pretrained(folder)
+    argv = [*SMOKE, "--output-dir", str(tmp_path / "run"), "--model", str(folder), "--stages", "check"]
+    _fails(capsys, argv, "base NLL", "ln(50304) = 10.826", "weights not loaded", "--skip-checks")
+    assert run_study.main([*argv, "--skip-checks"]) == 0
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    checks = json.loads((tmp_path / "run" / "results" / "checks.json").read_text())
+    assert manifest["checks_skipped"] is True and checks["passed"] is False and checks["skipped"] is True
