@@ -179,9 +179,11 @@ def prepare_run_dir(run_dir: Path, config, force: bool):
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     quiet_libraries()
     from study.config import load_config
+    from study.gpus import spread_over_gpus
     from study.io import atomic_write_json
     from study.manifest import now
     from study.pipeline import (
+        RESOLVED_CONFIG,
         STAGES,
         Interrupted,
         RunContext,
@@ -204,7 +206,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
     manifest = prepare_run_dir(run_dir, config, args.force)
     manifest.start(config, device, argv, args.skip_checks)
-    atomic_write_json(run_dir / "config.resolved.json", config.model_dump(mode="json"))
+    atomic_write_json(run_dir / RESOLVED_CONFIG, config.model_dump(mode="json"))
     manifest.update(
         data={
             "source": config.data.source,
@@ -232,6 +234,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             started = time.time()
             manifest.stage(stage, started=now())
             try:
+                spread_over_gpus(ctx, stage)  # several GPUs: models swept in parallel first
                 importlib.import_module(STAGE_MODULES[stage]).run(ctx)
             except (Interrupted, KeyboardInterrupt):
                 manifest.stage(stage, interrupted=now())

@@ -122,7 +122,9 @@ def accuracy_rows(records: Sequence[dict], model: str, loops: int) -> list[dict]
 # ---- decoding ---------------------------------------------------------------------------
 
 
-def generate_texts(model, tokenizer, examples: Sequence[Example], batch_size: int, max_new_tokens: int, loops: int):
+def generate_texts(
+    model, tokenizer, examples: Sequence[Example], batch_size: int, max_new_tokens: int, loops: int
+) -> list[str]:
     """Greedy texts in example order. Batches group prompts of similar token length,
     which cuts left padding; batched and one-at-a-time decoding give the same tokens."""
     lengths = [len(tokenizer.encode(e.prompt, add_special_tokens=False)) for e in examples]

@@ -3,9 +3,11 @@
 ``greedy_generate`` is the fast path every stage uses: the prompts are left-padded
 into one batch and prefilled once (the model derives each row's positions from the
 attention mask, so padding shifts nothing), then each step feeds one new token per
-row and reuses the per-(step, block) keys and values in a ``DynamicCache``. Rows
-that stop (EOS or a stop string) leave the batch, cache rows included, so the
-remaining rows stop paying for them.
+row and reuses the per-(step, block) keys and values in a ``DynamicCache``. Its
+layers are preallocated for the whole generation (``PreallocatedLayer``): the stock
+layer re-copies its whole history with ``torch.cat`` at every step, memory traffic
+that grows with the square of the generated length. Rows that stop (EOS or a stop string) leave the
+batch, cache rows included, so the remaining rows stop paying for them.
 
 ``recompute_generate`` is the reference: no cache, a full forward over the whole
 sequence at every step (what the LoopFormer authors' ``generate`` does). It gives
@@ -21,7 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from study.model import resolve_schedule
 
 DEFAULT_STOP_STRINGS = ("Question:",)  # the few-shot GSM8K prompt format starts a new question here
 
@@ -37,6 +41,52 @@ class GenerationResult:
     token_ids: list[int]
     prompt_tokens: int
     finish_reason: str
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A cache layer whose keys and values live in buffers sized for the whole
+    generation: each step writes its new entries in place and the layer exposes the
+    filled prefix as a view, instead of concatenating onto a fresh copy every step."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        batch, heads, _, width = key_states.shape
+        self.key_buffer = key_states.new_empty(batch, heads, self.capacity, width)
+        self.value_buffer = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise ValueError(f"cache capacity {self.capacity} exceeded ({end} positions)")
+        self.key_buffer[:, :, self.length : end] = key_states
+        self.value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+            self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+
+
+def preallocated_cache(model, steps: int, capacity: int) -> DynamicCache:
+    """A ``DynamicCache`` with one ``PreallocatedLayer`` per (schedule step, block): the
+    model only appends layers when there are fewer, so it uses these as they are."""
+    cache = DynamicCache()
+    cache.layers = [PreallocatedLayer(capacity) for _ in range(steps * model.config.n_layer)]
+    return cache
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -125,8 +175,13 @@ def _generate(
         raise ValueError(
             f"prompt of {input_ids.shape[1]} tokens leaves no room in block_size {model.config.block_size}"
         )
-    loop_kwargs = {"schedule": schedule, "num_loops": num_loops}
-    cache = DynamicCache() if use_cache else None
+    loop_kwargs: dict = {"schedule": schedule, "num_loops": num_loops}
+    cache = None
+    if use_cache:
+        steps = len(resolve_schedule(schedule, num_loops, model.config.train_loops))
+        cache = preallocated_cache(model, steps, input_ids.shape[1] + budget - 1)
+        # the (t, dt) conditioning is the same at every decode step: compute it once
+        loop_kwargs = {"modulations": model.gpt.loop_modulations(schedule, num_loops)}
 
     def next_logits(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = model(

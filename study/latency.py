@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import stats
-from transformers.cache_utils import DynamicCache
 
-from study.generation import greedy_generate
+from study.generation import greedy_generate, preallocated_cache
 from study.io import atomic_write_csv, atomic_write_json, read_json
 from study.pipeline import RunContext, StudyError, cell_name
 
@@ -97,11 +96,13 @@ def time_generation(model, tokenizer, prompt: str, loops: int, new_tokens: int, 
 
 
 @torch.inference_mode()
-def time_prefill(model, input_ids: torch.Tensor, loops: int, device: torch.device) -> float:
-    """The prompt forward pass as generation runs it (filling a fresh cache, last logits only)."""
+def time_prefill(model, input_ids: torch.Tensor, loops: int, new_tokens: int, device: torch.device) -> float:
+    """The prompt forward pass as ``greedy_generate`` runs it: filling a fresh cache sized
+    for the generation, last logits only."""
     synchronize(device)
     start = time.perf_counter()
-    model(input_ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1, num_loops=loops)
+    cache = preallocated_cache(model, loops, input_ids.shape[1] + new_tokens - 1)
+    model(input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1, num_loops=loops)
     synchronize(device)
     return time.perf_counter() - start
 
@@ -115,7 +116,7 @@ def measure_cell(
     for prompt in prompts:
         seconds.append(time_generation(model, tokenizer, prompt, loops, new_tokens, device))
         ids = tokenizer.encode(prompt, add_special_tokens=False)
-        prefill.append(time_prefill(model, torch.tensor([ids], device=device), loops, device))
+        prefill.append(time_prefill(model, torch.tensor([ids], device=device), loops, new_tokens, device))
         prompt_tokens.append(len(ids))
     flops = generation_flops_per_token(model.config, loops, float(np.mean(prompt_tokens)), new_tokens)
     return {

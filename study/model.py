@@ -202,12 +202,12 @@ class LoopBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        conditioning: torch.Tensor,
+        modulation: torch.Tensor,
         attn_mask: torch.Tensor | None,
         cache: Cache | None,
         cache_index: int,
     ) -> torch.Tensor:
-        modulation = self.adaLN_modulation(conditioning)[:, None, :]  # (1, 1, 4*n_embd)
+        """``modulation`` is ``adaLN_modulation(conditioning)``, shaped (1, 1, 4*n_embd)."""
         gate_attn, gate_mlp, scale_attn, scale_mlp = modulation.chunk(4, dim=-1)
         x = x + gate_attn * self.attn(self.norm_1(x) * (1 + scale_attn), attn_mask, cache, cache_index)
         x = x + gate_mlp * self.mlp(self.norm_2(x) * (1 + scale_mlp))
@@ -278,6 +278,20 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.transformer.wte = value
 
+    def loop_modulations(
+        self, schedule: Sequence[float] | None = None, num_loops: int | None = None
+    ) -> list[list[torch.Tensor]]:
+        """Every block's adaLN output at every step of the schedule: (t, dt) conditioning
+        does not depend on the tokens, so a decoder can compute it once per generation
+        and pass it to each forward as ``modulations``."""
+        steps = resolve_schedule(schedule, num_loops, self.config.train_loops)
+        modulations, t = [], 0.0
+        for dt in steps:
+            conditioning = self.time_embedder(t) + self.dt_embedder(dt)
+            modulations.append([b.adaLN_modulation(conditioning)[:, None, :] for b in self.transformer.h.blocks])
+            t += dt
+        return modulations
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -288,9 +302,11 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
         past_key_values: Cache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        modulations: list[list[torch.Tensor]] | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        steps = resolve_schedule(schedule, num_loops, self.config.train_loops)
+        if modulations is None:
+            modulations = self.loop_modulations(schedule, num_loops)
         batch, length = input_ids.shape
         blocks = self.transformer.h.blocks
         if use_cache is None:
@@ -301,7 +317,7 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
         past_length = cache.get_seq_length() if cache is not None else 0
         if cache is not None:
             # one cache slot per (schedule step, block): loops never share keys
-            while len(cache.layers) < len(steps) * len(blocks):
+            while len(cache.layers) < len(modulations) * len(blocks):
                 cache.layers.append(DynamicLayer())
         if past_length + length > self.config.block_size:
             raise ValueError(
@@ -327,14 +343,11 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
 
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(position_ids))
         hidden_states: list[torch.Tensor] = [x] if output_hidden_states else []
-        t = 0.0
-        for step, dt in enumerate(steps):
-            conditioning = self.time_embedder(t) + self.dt_embedder(dt)
-            for i, block in enumerate(blocks):
-                x = block(x, conditioning, attn_mask, cache, step * len(blocks) + i)
+        for step, step_modulations in enumerate(modulations):
+            for i, (block, modulation) in enumerate(zip(blocks, step_modulations, strict=True)):
+                x = block(x, modulation, attn_mask, cache, step * len(blocks) + i)
             if output_hidden_states:
                 hidden_states.append(x)
-            t += dt
         x = self.transformer.norm_f(x)
         return BaseModelOutputWithPast(
             last_hidden_state=x,
@@ -369,6 +382,7 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
+        modulations: list[list[torch.Tensor]] | None = None,
         logits_to_keep: int = 0,
         num_items_in_batch: torch.Tensor | int | None = None,
         **kwargs,
@@ -385,6 +399,7 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            modulations=modulations,
         )
         hidden = outputs.last_hidden_state
         if logits_to_keep:

@@ -69,6 +69,21 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def fit_to_window(example: EncodedExample, block_size: int) -> EncodedExample:
+    """The last ``block_size + 1`` tokens, as lm-eval truncates: the final token is only
+    ever a target, so a window of ``block_size`` inputs scores ``block_size + 1`` tokens.
+    Only over-long sequences lose their earliest (prompt) tokens."""
+    cut = len(example.input_ids) - (block_size + 1)
+    if cut <= 0:
+        return example
+    return EncodedExample(
+        example.example_id,
+        example.input_ids[cut:],
+        max(example.answer_start - cut, 1),
+        max(example.final_start - cut, 1),
+    )
+
+
 @torch.inference_mode()
 def score_continuations(
     model,
@@ -83,27 +98,28 @@ def score_continuations(
     causal, so a real token never sees the padding after it, positions are plain
     ``arange`` as for an unpadded row, and SDPA keeps its fused causal kernel. The
     padded positions are never gathered, so padding is never scored. Only the
-    positions that predict continuation tokens go through the LM head."""
+    positions that predict continuation tokens go through the LM head, and the last
+    token, which predicts nothing, is not fed at all."""
     device = next(model.parameters()).device
+    examples = [fit_to_window(e, model.config.block_size) for e in examples]
     scores: list[ContinuationScore | None] = [None] * len(examples)
     for batch in length_batches([len(e.input_ids) for e in examples], batch_size):
         rows = [examples[i] for i in batch]
-        width = max(len(e.input_ids) for e in rows)
+        width = max(len(e.input_ids) for e in rows) - 1
         input_ids = torch.zeros((len(rows), width), dtype=torch.long)
         for r, example in enumerate(rows):
-            input_ids[r, : len(example.input_ids)] = torch.tensor(example.input_ids)
+            input_ids[r, : len(example.input_ids) - 1] = torch.tensor(example.input_ids[:-1])
         hidden = model.gpt(
             input_ids.to(device), schedule=schedule, num_loops=num_loops, use_cache=False
         ).last_hidden_state
         # token t (t >= answer_start) is predicted by the hidden state at t - 1
-        row_index = torch.cat([torch.full((len(e.input_ids) - e.answer_start,), r) for r, e in enumerate(rows)])
-        targets = torch.cat([torch.tensor(e.input_ids[e.answer_start :]) for e in rows])
+        counts = [len(e.input_ids) - e.answer_start for e in rows]
+        row_index = torch.cat([torch.full((count,), r) for r, count in enumerate(counts)])
         positions = torch.cat([torch.arange(e.answer_start - 1, len(e.input_ids) - 1) for e in rows])
+        targets = torch.cat([torch.tensor(e.input_ids[e.answer_start :]) for e in rows])
         logits = model.lm_head(hidden[row_index.to(device), positions.to(device)])
         token_nll = F.cross_entropy(logits.float(), targets.to(device), reduction="none").double().cpu()
-        for example, index, nll in zip(
-            rows, batch, token_nll.split([len(e.input_ids) - e.answer_start for e in rows]), strict=True
-        ):
+        for example, index, nll in zip(rows, batch, token_nll.split(counts), strict=True):
             final_from = example.final_start - example.answer_start
             scores[index] = ContinuationScore(
                 example_id=example.example_id,

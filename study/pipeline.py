@@ -35,6 +35,7 @@ from study.tokenizer import has_tokenizer, load_tokenizer
 
 EMBEDDED_DIR = Path(__file__).parent / "assets" / "mini-base"
 BASE = "base"
+RESOLVED_CONFIG = "config.resolved.json"  # the run's validated config, for worker processes
 
 
 class StudyError(Exception):
@@ -88,6 +89,7 @@ class RunContext:
     device: torch.device
     skip_checks: bool = False
     dataset_loader: Callable[[], Dataset] | None = None
+    only_models: frozenset[str] | None = None  # a worker process sweeping a share of the models
     _stop: list[bool] = field(default_factory=lambda: [False])
 
     # ---- layout -------------------------------------------------------------------
@@ -147,7 +149,8 @@ class RunContext:
 
     def model_specs(self) -> list[ModelSpec]:
         """Base first, then one SFT model per ``sft.train_loops`` entry, in config order."""
-        return [self.base_spec] + [self.sft_spec(loops) for loops in self.config.sft.train_loops]
+        specs = [self.base_spec] + [self.sft_spec(loops) for loops in self.config.sft.train_loops]
+        return [s for s in specs if self.only_models is None or s.name in self.only_models]
 
     def tokenizer_source(self, spec: ModelSpec) -> str | None:
         choice = self.config.model.tokenizer
@@ -205,6 +208,19 @@ class RunContext:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+def context_from_run_dir(run_dir: Path, only_models: frozenset[str] | None = None) -> RunContext:
+    """The context of a started run, for a worker process (SFT per GPU, accelerate
+    launch, sweep shares): its config comes from the run directory."""
+    path = run_dir / RESOLVED_CONFIG
+    if not path.is_file():
+        raise StudyError(f"{path}: missing (start the run with run_study.py first)")
+    config = StudyConfig.model_validate(read_json(path))
+    device = resolve_device(config.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process under accelerate/torchrun
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return RunContext(config=config, run_dir=run_dir, device=device, only_models=only_models)
 
 
 # ---- stage bookkeeping ---------------------------------------------------------------

@@ -25,6 +25,7 @@ torch build and ``--threads``; only the wall-time line of the model card varies.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import random
@@ -95,6 +96,7 @@ class PretrainResult:
     parameters: int
     log: list[dict[str, float]] = field(default_factory=list)
     test_nll: dict[int, float] = field(default_factory=dict)  # loops -> NLL per token
+    test_examples: int = 0  # how many GSM8K test examples test_nll averages over
     seconds: float = 0.0
 
 
@@ -160,7 +162,7 @@ def check_round_trip(tokenizer, texts: Sequence[str]) -> None:
 def encode_for_training(tokenizer, examples: Sequence[Example], block_size: int) -> list[list[int]]:
     """Token ids of prompt + completion + EOS, split exactly as the study scores them
     (``encode_example``); the few longer than ``block_size`` are truncated."""
-    return [(encode_example(tokenizer, e).input_ids + [tokenizer.eos_token_id])[:block_size] for e in examples]
+    return [[*encode_example(tokenizer, e).input_ids, tokenizer.eos_token_id][:block_size] for e in examples]
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,7 +199,7 @@ def sample_short_route(rng: random.Random, train_loops: int = 8) -> list[float]:
     length = rng.randint(1, train_loops - 1)
     cuts = sorted(rng.sample(range(1, train_loops), length - 1))
     bounds = [0, *cuts, train_loops]
-    return [(end - start) / train_loops for start, end in zip(bounds, bounds[1:], strict=False)]
+    return [(end - start) / train_loops for start, end in itertools.pairwise(bounds)]
 
 
 def run_route(
@@ -210,9 +212,7 @@ def run_route(
 
 def next_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross entropy over counted labels (the model's own loss convention)."""
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE
-    )
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE)
 
 
 @dataclass
@@ -221,6 +221,9 @@ class LossParts:
     ce_full: torch.Tensor
     ce_short: torch.Tensor
     mse: torch.Tensor
+
+
+LOSS_NAMES = ("total", "ce_full", "ce_short", "mse")
 
 
 def elastic_loss(
@@ -307,19 +310,32 @@ def nll_per_token(
 
 
 # ---- training ---------------------------------------------------------------------------
-def make_deterministic(config: PretrainConfig) -> None:
+@contextmanager
+def deterministic(config: PretrainConfig) -> Iterator[None]:
+    """Seeded, deterministic kernels and a fixed thread count; the process's previous
+    settings come back afterwards (tests call ``pretrain`` in a shared process)."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(config.threads)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.set_num_threads(previous[1])
 
 
 def pretrain(config: PretrainConfig, dataset: Dataset | None = None, verbose: bool = True) -> PretrainResult:
+    """Tokenizer, then ``config.steps`` elastic-depth steps, then the held-out NLL."""
+    with deterministic(config):
+        return _pretrain(config, dataset or load_gsm8k("bundled"), verbose)
+
+
+def _pretrain(config: PretrainConfig, dataset: Dataset, verbose: bool) -> PretrainResult:
     started = time.perf_counter()
     say = print if verbose else (lambda *args, **kwargs: None)
-    make_deterministic(config)
-    dataset = dataset or load_gsm8k("bundled")
     examples = pretraining_examples(dataset)[: config.max_train_examples]
     texts = [e.prompt + e.completion for e in examples]
     tokenizer = train_tokenizer(texts, config.vocab_size, config.block_size)
@@ -335,7 +351,7 @@ def pretrain(config: PretrainConfig, dataset: Dataset | None = None, verbose: bo
     model = build_model(config)
     model.train()
     parameters = sum(p.numel() for p in model.parameters())
-    say(f"model: {parameters:,} parameters, {config.n_layer} blocks x {config.train_loops} loops, n_embd {config.n_embd}")
+    say(f"model: {parameters:,} parameters, {config.n_layer} shared blocks, {config.train_loops} train loops")
     optimizer = make_optimizer(model, config)
     data_rng = np.random.default_rng(config.seed)
     route_rng = random.Random(config.seed)  # its own stream: routes do not depend on the batching
@@ -344,6 +360,7 @@ def pretrain(config: PretrainConfig, dataset: Dataset | None = None, verbose: bo
     result = PretrainResult(model, tokenizer, config, len(examples), sum(lengths), parameters)
 
     tokens_seen, last_log = 0, time.perf_counter()
+    window: list[LossParts] = []  # the steps since the last log line, averaged (one batch is noisy)
     for step in range(config.steps):
         lr = learning_rate(step, config)
         for group in optimizer.param_groups:
@@ -360,28 +377,30 @@ def pretrain(config: PretrainConfig, dataset: Dataset | None = None, verbose: bo
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         tokens_seen += int((labels != IGNORE).sum())
+        window.append(LossParts(*(t.detach() for t in (parts.total, parts.ce_full, parts.ce_short, parts.mse))))
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             now = time.perf_counter()
+            # in the first epoch every batch is unseen, so these are held-out estimates too
             entry = {
                 "step": step + 1,
-                "loss": parts.total.item(),
-                "ce_full": parts.ce_full.item(),
-                "ce_short": parts.ce_short.item(),
-                "mse": parts.mse.item(),
+                **{name: torch.stack([getattr(p, name) for p in window]).mean().item() for name in LOSS_NAMES},
                 "lr": lr,
+                "epoch": tokens_seen / sum(lengths),
             }
             result.log.append(entry)
             say(
-                f"step {step + 1:5d}/{config.steps}  loss {entry['loss']:.4f}  ce8 {entry['ce_full']:.4f}  "
-                f"ce_short {entry['ce_short']:.4f} (L={len(short_route)})  mse {entry['mse']:.4f}  "
-                f"lr {lr:.2e}  epoch {tokens_seen / sum(lengths):.2f}  {now - last_log:.1f}s",
+                f"step {step + 1:5d}/{config.steps}  loss {entry['total']:.4f}  ce_full {entry['ce_full']:.4f}  "
+                f"ce_short {entry['ce_short']:.4f}  mse {entry['mse']:.4f}  lr {lr:.2e}  "
+                f"epoch {entry['epoch']:.2f}  {(now - last_log) / len(window):.2f}s/step",
                 flush=True,
             )
-            last_log = now
+            window, last_log = [], now
 
     model.eval()
     result.seconds = time.perf_counter() - started
-    held_out = dataset.test[: config.eval_examples]
+    say(f"pretraining took {result.seconds / 60:.1f} min")
+    held_out = dataset.test[: config.eval_examples]  # evaluation only: never in the training data
+    result.test_examples = len(held_out)
     for loops in config.eval_loops:
         result.test_nll[loops] = nll_per_token(model, tokenizer, held_out, loops)
     say(
@@ -398,14 +417,15 @@ def save(result: PretrainResult, out: Path, command: str) -> None:
     result.model.save_pretrained(out)
     result.tokenizer.save_pretrained(out)
     atomic_write_text(out / "README.md", model_card(result, command))
+    for path in out.iterdir():  # shipped assets are world-readable (the writers make some 0600)
+        if path.is_file():
+            path.chmod(0o644)
 
 
 def model_card(result: PretrainResult, command: str) -> str:
     c = result.config
     ln_vocab = math.log(c.vocab_size)
-    rows = "\n".join(
-        f"| {loops} | {nll:.3f} | {nll / ln_vocab:.2f} |" for loops, nll in result.test_nll.items()
-    )
+    rows = "\n".join(f"| {loops} | {nll:.3f} | {nll / ln_vocab:.2f} |" for loops, nll in result.test_nll.items())
     settings = ", ".join(f"{k}={v}" for k, v in asdict(c).items() if k not in ("eval_loops", "log_every"))
     return f"""---
 license: mit
@@ -438,14 +458,15 @@ numbers measured on it say nothing about the released model. Figures and reports
   summing to 1); loss = CE(full) + {c.short_weight} CE(short) + {c.mse_weight} MSE(final hidden of the short
   route, stop-gradient final hidden of the full route). AdamW, warmup then cosine, fp32,
   {c.steps} steps of {c.batch_size} examples.
-- **Made by** `{command}` in {result.seconds / 60:.1f} minutes on 2 CPU cores. The command is seeded
+- **Made by** `{command}` in {result.seconds / 60:.1f} minutes on {os.cpu_count()} CPU cores
+  ({c.threads} torch threads; tokenizer and training, evaluation excluded). The command is seeded
   and deterministic: it regenerates the weights, config and tokenizer bit for bit (same torch
   build, same `--threads`); only the minutes above differ between runs.
 - Settings: {settings}.
 
 ## Held-out NLL
 
-NLL per token of prompt + gold answer on the first {min(c.eval_examples, 1319)} GSM8K test
+NLL per token of prompt + gold answer on the first {result.test_examples} GSM8K test
 problems (ln {c.vocab_size} = {ln_vocab:.3f} is a uniform guess):
 
 | loops | NLL/token | fraction of ln(vocab) |

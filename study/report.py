@@ -969,33 +969,25 @@ def _what_was_run(results: Results) -> list[str]:
 
 def _checks_section(results: Results) -> list[str]:
     lines = ["## Sanity checks", ""]
-    skipped_flag = bool((results.manifest or {}).get("checks_skipped"))
     checks = results.checks
+    skipped = bool((results.manifest or {}).get("checks_skipped")) or bool((checks or {}).get("skipped"))
+    not_gated = "Sanity checks were skipped with --skip-checks; these numbers were not gated."
     if checks is None:
-        if skipped_flag:
-            lines.append("Sanity checks were skipped with --skip-checks; these numbers were not gated.")
-        else:
-            lines.append(results.missing("checks.json") + ".")
+        lines.append(f"**{not_gated}**" if skipped else results.missing("checks.json") + ".")
         return [*lines, ""]
     items = checks.get("checks") or []
     failed = [c for c in items if not c.get("passed")]
-    if checks.get("skipped"):
-        lines.append("**Sanity checks were skipped with --skip-checks; these numbers were not gated.**")
+    names = ", ".join(f"`{c.get('name')}`" for c in failed)
+    if skipped:
+        lines.append(f"**{not_gated}**")
+        if failed:
+            lines.append(f"The checks ran anyway and **{len(failed)} of {len(items)} FAILED** ({names}).")
+        elif items:
+            lines.append(f"The checks ran anyway and all {len(items)} passed.")
     elif failed:
-        names = ", ".join(f"`{c.get('name')}`" for c in failed)
         lines.append(f"**FAILED: {len(failed)} of {len(items)} sanity checks failed ({names}).**")
-        if skipped_flag:
-            lines.append(
-                "The run went on because of --skip-checks: sanity checks were skipped with --skip-checks; "
-                "these numbers were not gated."
-            )
     else:
         lines.append(f"Passed: all {len(items)} sanity checks passed.")
-        if skipped_flag:
-            lines.append(
-                "(An invocation of this run used --skip-checks; the checks that ran all passed, so the numbers "
-                "below were gated.)"
-            )
     if items:
         rows = [
             [
@@ -1018,12 +1010,12 @@ def figure_number(name: str) -> int:
 
 def _figure_block(results: Results, name: str, figures: dict[str, Path | None], rel: str) -> list[str]:
     spec = figure_spec(name)
-    lines = [f"**Figure {figure_number(name)}: {spec.title}.**", ""]
+    heading = f"**Figure {figure_number(name)}: {spec.title}.**"
     if figures.get(name) is None:
-        missing = [f for f in spec.needs if getattr(results, RESULT_FILES[f][0]) is None]
-        reason = "; ".join(results.missing(f) for f in missing) or "the figure was not written"
-        return [*lines, f"*Figure not drawn.* {reason}.", ""]
-    return [*lines, f"![{spec.title}]({rel}/{name}.png)", "", spec.caption, ""]
+        missing = [f"`results/{f}`" for f in spec.needs if getattr(results, RESULT_FILES[f][0]) is None]
+        reason = f"missing {', '.join(missing)}" if missing else "not written"
+        return [f"{heading} Not drawn ({reason}).", ""]
+    return [heading, "", f"![{spec.title}]({rel}/{name}.png)", "", spec.caption, ""]
 
 
 def _table1_section(results: Results) -> list[str]:
@@ -1090,7 +1082,12 @@ def _exact_match_section(results: Results, figures: dict[str, Path | None], rel:
     lines = ["## Exact match (GSM8K test)", ""]
     em = results.exact_match
     if em is None:
-        return [*lines, results.missing("exact_match.csv") + ".", ""]
+        return [
+            *lines,
+            results.missing("exact_match.csv") + ".",
+            "",
+            *_figure_block(results, "exact_match", figures, rel),
+        ]
     grid = sorted(int(v) for v in em["inference_loops"].unique())
     rows = []
     for name in results.models_in(em):
@@ -1170,7 +1167,7 @@ def _sft_section(results: Results, figures: dict[str, Path | None], rel: str) ->
     lines = ["## SFT training", ""]
     loss = results.sft_loss
     if loss is None:
-        return [*lines, results.missing("sft_loss.csv") + ".", ""]
+        return [*lines, results.missing("sft_loss.csv") + ".", "", *_figure_block(results, "sft_loss", figures, rel)]
     rows = []
     for name in results.models_in(loss):
         subset = loss[loss["model"] == name].sort_values("step")
@@ -1215,9 +1212,7 @@ def write_report(results: Results, figures_dir: Path | None = None) -> Path:
 def run(ctx: RunContext) -> Path:
     """The pipeline's report stage."""
     results = load_results(ctx.run_dir, models=ctx.model_specs(), config=ctx.config)
-    path = write_report(results, ctx.figures_dir)
-    print(f"report: {path}", flush=True)
-    return path
+    return write_report(results, ctx.figures_dir)
 
 
 def regenerate(run_dir: Path, export_figures: Path | None = None) -> Path:

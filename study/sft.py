@@ -24,17 +24,16 @@ from pathlib import Path
 import torch
 
 from study.config import StudyConfig
-from study.io import atomic_write_csv, read_csv, read_json
+from study.io import atomic_write_csv, read_csv
 from study.pipeline import (
     RunContext,
     StudyError,
+    context_from_run_dir,
     make_deterministic,
-    resolve_device,
     seed_everything,
 )
 
 LOSS_COLUMNS = ("model", "train_loops", "step", "epoch", "loss", "learning_rate")
-RESOLVED_CONFIG = "config.resolved.json"
 
 
 def trainer_dir(ctx: RunContext, name: str) -> Path:
@@ -220,19 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, type=Path, help="run directory holding config.resolved.json")
     parser.add_argument("--train-loops", required=True, type=int, help="one entry of the config's sft.train_loops")
     args = parser.parse_args(argv)
-    config_path = args.run_dir / RESOLVED_CONFIG
-    if not config_path.is_file():
-        print(f"error: {config_path}: missing (start the run with run_study.py first)", file=sys.stderr)
+    try:
+        ctx = context_from_run_dir(args.run_dir)
+    except StudyError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    config = StudyConfig.model_validate(read_json(config_path))
-    if args.train_loops not in config.sft.train_loops:
-        print(f"error: --train-loops {args.train_loops} is not in sft.train_loops {config.sft.train_loops}",
-              file=sys.stderr)
+    if args.train_loops not in ctx.config.sft.train_loops:
+        print(
+            f"error: --train-loops {args.train_loops} is not in sft.train_loops {ctx.config.sft.train_loops}",
+            file=sys.stderr,
+        )
         return 2
-    device = resolve_device(config.device)
-    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    ctx = RunContext(config=config, run_dir=args.run_dir, device=device)
     try:
         train_one(ctx, args.train_loops)
     except StudyError as error:

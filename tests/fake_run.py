@@ -294,8 +294,7 @@ def _manifest(config: StudyConfig, checks_skipped: bool) -> dict:
 
 
 def _checks(skipped: bool, passed: bool) -> dict:
-    if skipped:
-        return {"passed": False, "skipped": True, "checks": []}
+    # as study/checks.py writes it: the checks run even with --skip-checks, which only lets the run go on
     checks = [
         {
             "name": "base_nll_below_uniform",
@@ -312,7 +311,7 @@ def _checks(skipped: bool, passed: bool) -> dict:
             "message": "logits at 2 and 8 loops differ",
         },
     ]
-    return {"passed": passed, "skipped": False, "checks": checks}
+    return {"passed": passed, "skipped": skipped, "checks": checks}
 
 
 if __name__ == "__main__":

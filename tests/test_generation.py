@@ -7,7 +7,15 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicCache
 
-from study.generation import GenerationResult, cut_at_stop, greedy_generate, left_pad, recompute_generate
+from study.generation import (
+    GenerationResult,
+    cut_at_stop,
+    greedy_generate,
+    left_pad,
+    preallocated_cache,
+    recompute_generate,
+)
+from study.model import resolve_schedule
 from tests.helpers_sweep import ScriptedModel, gpt2_tokenizer, one_thread, tiny_model
 
 SCHEDULES = [{"num_loops": 1}, {"num_loops": 3}, {"num_loops": 8}, {"schedule": [0.5, 0.25, 0.25]}]
@@ -42,15 +50,17 @@ def test_loops_matter(model):
     assert (one - three).abs().max() > 1e-2  # otherwise the schedule tests below prove nothing
 
 
+@pytest.mark.parametrize("preallocated", [False, True], ids=["dynamic", "preallocated"])
 @pytest.mark.parametrize("loops", SCHEDULES, ids=lambda s: str(next(iter(s.values()))))
-def test_cached_incremental_logits_match_full_forward(model, loops):
+def test_cached_incremental_logits_match_full_forward(model, loops, preallocated):
     generator = torch.Generator().manual_seed(2)
     ids = torch.randint(0, 50000, (2, 20), generator=generator)
     mask = torch.ones_like(ids)
     mask[1, :5] = 0  # the second row is left-padded
+    steps = len(resolve_schedule(loops.get("schedule"), loops.get("num_loops"), 8))
     with torch.inference_mode():
         full = model(ids, attention_mask=mask, use_cache=False, **loops).logits
-        cache = DynamicCache()
+        cache = preallocated_cache(model, steps, capacity=20) if preallocated else DynamicCache()
         prefill = model(ids[:, :8], attention_mask=mask[:, :8], past_key_values=cache, use_cache=True, **loops)
         steps = [prefill.logits]
         for t in range(8, 20):
@@ -78,6 +88,19 @@ def test_batched_equals_one_at_a_time(model, tokenizer, loops):
     assert all(len(r.token_ids) == 8 or r.finish_reason == "eos" for r in batched)
 
 
+def test_rows_leaving_the_batch_do_not_disturb_the_others(model, tokenizer):
+    free = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=8, stop_strings=(), num_loops=3)
+    # a stop string only the second row produces: it leaves the batch early, the others go on
+    others = free[0].text + free[2].text
+    stop = next(text for token in free[1].token_ids if (text := tokenizer.decode([token])) not in others)
+    batched = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=8, stop_strings=(stop,), num_loops=3)
+    alone = [greedy_generate(model, tokenizer, [p], 8, stop_strings=(stop,), num_loops=3)[0] for p in PROMPTS]
+    assert batched == alone
+    assert recompute_generate(model, tokenizer, PROMPTS, 8, stop_strings=(stop,), num_loops=3) == batched
+    assert batched[1].finish_reason == "stop" and len(batched[1].token_ids) < 8
+    assert "length" in {r.finish_reason for r in batched}  # and at least one row kept decoding
+
+
 @pytest.mark.parametrize("loops", [{"num_loops": 2}, {"schedule": [0.25, 0.75]}], ids=["2", "schedule"])
 def test_cached_equals_recompute(model, tokenizer, loops):
     cached = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=6, early_stop=False, **loops)
@@ -89,13 +112,11 @@ def test_cached_equals_recompute(model, tokenizer, loops):
 def test_hf_generate_matches(model, tokenizer):
     ids, mask = left_pad([tokenizer.encode(p) for p in PROMPTS], tokenizer.pad_token_id, torch.device("cpu"))
     ours = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=5, num_loops=4, early_stop=False)
-    hf = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, num_loops=4, pad_token_id=50256)
+    hf = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, num_loops=4)
     assert hf[:, ids.shape[1] :].tolist() == [r.token_ids for r in ours]
     schedule = [0.5, 0.25, 0.25]
     ours = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=5, schedule=schedule, early_stop=False)
-    hf = model.generate(
-        ids, attention_mask=mask, max_new_tokens=5, do_sample=False, schedule=schedule, pad_token_id=50256
-    )
+    hf = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, schedule=schedule)
     assert hf[:, ids.shape[1] :].tolist() == [r.token_ids for r in ours]
 
 

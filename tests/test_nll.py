@@ -17,6 +17,7 @@ from study.nll import (
     NLL_COLUMNS,
     PREFERRED_COLUMNS,
     SUMMARY_COLUMNS,
+    fit_to_window,
     length_batches,
     paired_depth_bootstrap,
     ratio_ci,
@@ -40,6 +41,7 @@ class TableModel(nn.Module):
         super().__init__()
         self.table = nn.Embedding.from_pretrained(torch.tensor(table))
         self.lm_head = nn.Identity()
+        self.config = type("Config", (), {"block_size": 16})()
 
     def gpt(self, input_ids, **kwargs):
         return type("Out", (), {"last_hidden_state": self.table(input_ids)})()
@@ -68,6 +70,13 @@ def test_hand_computed_continuation_scores():
     assert (second.answer_tokens, second.final_tokens) == (1, 1)
     assert second.nll_sum == pytest.approx(math.log(5), abs=1e-6)
     assert second.final_nll_sum == second.nll_sum
+
+
+def test_over_long_sequences_lose_their_earliest_tokens():
+    example = EncodedExample(example_id=1, input_ids=list(range(10)), answer_start=4, final_start=8)
+    assert fit_to_window(example, block_size=9) is example  # 9 inputs score all 10 tokens
+    assert fit_to_window(example, block_size=6) == EncodedExample(1, list(range(3, 10)), 1, 5)
+    assert fit_to_window(example, block_size=3) == EncodedExample(1, list(range(6, 10)), 1, 2)
 
 
 def test_length_batches_longest_first_and_stable():

@@ -1,9 +1,8 @@
 """notebooks/figures.ipynb: committed without outputs, and it runs top to bottom on a run
-directory (a synthetic one here; set LOOPDEPTH_RUN_DIR to also run it on a real run)."""
+directory (a synthetic one here; test_pipeline runs it on a real smoke run)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -48,10 +47,3 @@ def test_notebook_is_committed_without_outputs() -> None:
 def test_notebook_runs_on_a_synthetic_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     notebook = execute(make_fake_run(tmp_path / "fake-seed2026"), monkeypatch)
     assert images(notebook) >= 6  # the five figures and the zoomed restyle
-
-
-def test_notebook_runs_on_the_run_dir_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    configured = os.environ.get("LOOPDEPTH_RUN_DIR")
-    if not configured:
-        pytest.skip("LOOPDEPTH_RUN_DIR is not set (CI sets it to a real smoke run)")
-    execute(Path(configured).resolve(), monkeypatch)

@@ -190,3 +190,10 @@ def test_v17_code_path_with_a_local_released_layout_model(tmp_path: Path) -> Non
     assert manifest["checks_skipped"] is True
     assert "skipped" in (run_dir / "report.md").read_text()
     assert len((run_dir / "results" / "nll.csv").read_text().splitlines()) == 1 + 3 * (3 + 2) * 2
+
+
+def test_figures_notebook_runs_on_the_smoke_run(smoke_run: Path, monkeypatch) -> None:
+    from .test_notebook import execute, images
+
+    notebook = execute(smoke_run, monkeypatch)
+    assert images(notebook) >= 5

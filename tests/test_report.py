@@ -123,10 +123,16 @@ def test_skipped_and_failed_checks_are_said_plainly(tmp_path: Path) -> None:
     text = report.render_report(skipped, {})
     assert "Sanity checks were skipped with --skip-checks; these numbers were not gated" in text
 
+    assert "The checks ran anyway and all 2 passed" in text
+
     failed = report.load_results(make_fake_run(tmp_path / "failed", checks_pass=False))
     text = report.render_report(failed, {})
     assert "FAILED: 1 of 2 sanity checks failed (`base_nll_below_uniform`)" in text
     assert "not gated" not in text
+
+    both = report.load_results(make_fake_run(tmp_path / "both", checks_skipped=True, checks_pass=False))
+    text = report.render_report(both, {})
+    assert "these numbers were not gated" in text and "1 of 2 FAILED** (`base_nll_below_uniform`)" in text
 
 
 def test_unreadable_results_file_is_named(tmp_path: Path) -> None:
