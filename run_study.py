@@ -187,6 +187,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         STAGES,
         Interrupted,
         RunContext,
+        StudyError,
         mark_stage_done,
         resolve_device,
         stage_done,
@@ -203,6 +204,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     run_dir = args.output_dir or Path("runs") / f"{config.name}-seed{config.seed}"
     ctx = RunContext(config=config, run_dir=run_dir, device=device, skip_checks=args.skip_checks)
     subsets = ctx.subsets  # bad data or impossible subset sizes fail here, before anything is written
+    wanted = STAGES if "all" in args.stages else [s for s in STAGES if s in args.stages]
+    needs_models = [s for s in wanted if s in ("nll", "exact_match", "latency")]
+    if needs_models and "sft" not in wanted and not stage_done(run_dir, config, "sft"):
+        raise StudyError(f"--stages {' '.join(needs_models)}: the sft stage has not run for this config; add sft")
 
     manifest = prepare_run_dir(run_dir, config, args.force)
     manifest.start(config, device, argv, args.skip_checks)
@@ -223,7 +228,6 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             "train_loops": ctx.base_spec.train_loops,
         },
     )
-    wanted = STAGES if "all" in args.stages else [s for s in STAGES if s in args.stages]
     print(f"loopdepth: {config.name} (seed {config.seed}) on {device} -> {run_dir}", flush=True)
     with ctx.sigint_between_cells():
         for stage in wanted:

@@ -220,3 +220,17 @@ def test_random_base_is_refused_by_the_gate_unless_skipped(capsys, tmp_path: Pat
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     checks = json.loads((tmp_path / "run" / "results" / "checks.json").read_text())
     assert manifest["checks_skipped"] is True and checks["passed"] is False and checks["skipped"] is True
+
+
+def test_sweep_stage_without_sft_is_refused(capsys, tmp_path: Path) -> None:
+    _fails(capsys, [*SMOKE, "--output-dir", str(tmp_path / "r"), "--stages", "nll"], "--stages nll", "add sft")
+    assert not (tmp_path / "r").exists()
+
+
+def test_compare_two_runs_from_the_command_line(capsys, tmp_path: Path) -> None:
+    from .fake_run import make_fake_run
+
+    first, second = make_fake_run(tmp_path / "v16-seed2026"), make_fake_run(tmp_path / "v17-seed2026")
+    assert run_study.main(["compare", str(first), str(second), "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "compare.md").is_file() and (tmp_path / "cmp" / "compare.csv").is_file()
+    _fails(capsys, ["compare", str(first), str(tmp_path / "nothing")], "nothing", "not a run directory")
