@@ -193,12 +193,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         stage_done,
     )
 
-    overrides = list(args.overrides)
+    config = load_config(args.version, args.overrides, seed=args.seed)
     if args.model is not None:
-        overrides.append(f"model.source={args.model}")
+        model = {"source": args.model}
+        if not any(item.startswith("model.label=") for item in args.overrides):
+            # another base: the config's label would name the wrong model
+            model["label"] = Path(args.model).name or args.model
+        config = config.model_copy(update={"model": config.model.model_copy(update=model)})
     if args.device is not None:
-        overrides.append(f"device={args.device}")
-    config = load_config(args.version, overrides, seed=args.seed)
+        config = config.model_copy(update={"device": args.device})
     device = resolve_device(config.device)
     resolved_commit = preflight(config)
     run_dir = args.output_dir or Path("runs") / f"{config.name}-seed{config.seed}"
