@@ -188,6 +188,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         Interrupted,
         RunContext,
         StudyError,
+        configure_torch,
         mark_stage_done,
         resolve_device,
         stage_done,
@@ -202,6 +203,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         config = config.model_copy(update={"model": config.model.model_copy(update=model)})
     if args.device is not None:
         config = config.model_copy(update={"device": args.device})
+    configure_torch(config)
     device = resolve_device(config.device)
     resolved_commit = preflight(config)
     run_dir = args.output_dir or Path("runs") / f"{config.name}-seed{config.seed}"

@@ -102,6 +102,9 @@ class StudyConfig(Section):
     description: str = ""
     seed: Annotated[int, Field(ge=0)] = 2026
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: PositiveInt | None = Field(
+        None, description="CPU threads for torch (None: torch's default); 1 is fastest for the tiny model"
+    )
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
@@ -120,9 +123,9 @@ class StudyConfig(Section):
         return self
 
     def identity_hash(self) -> str:
-        """Hash of what decides a run's numbers: everything but the device and description."""
+        """Hash of what decides a run's numbers: everything but device, threads and description."""
         dumped = self.model_dump(mode="json")
-        return self.section_hash(*(k for k in dumped if k not in ("device", "description")))
+        return self.section_hash(*(k for k in dumped if k not in ("device", "description", "torch_threads")))
 
     def section_hash(self, *sections: str) -> str:
         """Hash of the named sections (all when none): a stage's outputs are reused

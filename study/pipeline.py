@@ -70,6 +70,12 @@ def make_deterministic(device: torch.device) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def configure_torch(config: StudyConfig) -> None:
+    if config.torch_threads is not None:
+        # tiny models run fastest on one thread: OpenMP barriers cost more than they share
+        torch.set_num_threads(config.torch_threads)
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise StudyError("--device cuda: no CUDA device is available (use --device cpu or auto)")
@@ -217,6 +223,7 @@ def context_from_run_dir(run_dir: Path, only_models: frozenset[str] | None = Non
     if not path.is_file():
         raise StudyError(f"{path}: missing (start the run with run_study.py first)")
     config = StudyConfig.model_validate(read_json(path))
+    configure_torch(config)
     device = resolve_device(config.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process under accelerate/torchrun
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))

@@ -14,12 +14,14 @@ CPU cores, pretrained here from scratch with LoopFormer's elastic-depth recipe:
   1..7 steps, each a positive multiple of 1/8, summing to 1) and minimises
   ``CE(full) + 0.1 CE(short) + 0.1 MSE(h_short, stopgrad(h_full))`` where h is the
   final hidden state (after the last RMSNorm, what the tied LM head reads);
-- AdamW, linear warmup then cosine decay, fp32, seeded and deterministic on CPU.
+- AdamW, linear warmup then cosine decay, fp32, seeded and deterministic on CPU; the
+  model's own init except the embeddings, kept at the released model's norm (see
+  ``build_model``).
 
     python -m study.pretrain --out study/assets/mini-base
 
 regenerates the checkpoint (weights, config, tokenizer) bit for bit with the same
-torch build and ``--threads``; only the wall-time line of the model card varies.
+torch build; only the wall-time line of the model card varies.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from study.data import Dataset, Example, encode_example, load_gsm8k, make_subsets
 from study.io import atomic_write_text
@@ -55,24 +57,26 @@ SFT_EXAMPLES = 512
 IGNORE = -100  # label of padded positions, as in LoopFormerForCausalLM's loss
 LABEL = "tiny embedded LoopFormer (not the released model)"
 REPORT_LOOPS = (1, 2, 4, 8, 12, 16)
+RELEASED_N_EMBD = 2048  # width of armenjeddi/LoopFormer-3block-8iterations
+ROUND_TRIP_SAMPLE = "Question: Ann has 3 pens and buys 12 more.\nAnswer: 3 + 12 = <<3+12=15>>15 pens.\n#### 15"
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     # model: k=3 shared blocks like the released model, everything else shrunk for CPU
     vocab_size: int = 2048
-    n_embd: int = 96
+    n_embd: int = 64
     n_head: int = 4
     n_layer: int = 3
-    intermediate_dim: int = 256
+    intermediate_dim: int = 192
     block_size: int = 512
     train_loops: int = 8
     # optimisation
-    steps: int = 600
-    batch_size: int = 16  # sequences (examples) per step
+    steps: int = 900
+    batch_size: int = 8  # sequences (examples) per step: many small steps suit this tiny budget
     learning_rate: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
-    warmup_steps: int = 40
+    warmup_steps: int = 50
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     short_weight: float = 0.1  # CE of the random short route
@@ -97,6 +101,7 @@ class PretrainResult:
     log: list[dict[str, float]] = field(default_factory=list)
     test_nll: dict[int, float] = field(default_factory=dict)  # loops -> NLL per token
     test_examples: int = 0  # how many GSM8K test examples test_nll averages over
+    baselines: dict[str, float] = field(default_factory=dict)  # count-based NLL/token on the same tokens
     seconds: float = 0.0
 
 
@@ -267,6 +272,7 @@ def make_optimizer(model: torch.nn.Module, config: PretrainConfig) -> torch.opti
 
 
 def build_model(config: PretrainConfig) -> LoopFormerForCausalLM:
+    """A fresh LoopFormer with the model's own init, except the embeddings (see below)."""
     model_config = LoopFormerConfig(
         block_size=config.block_size,
         vocab_size=config.vocab_size,
@@ -279,7 +285,17 @@ def build_model(config: PretrainConfig) -> LoopFormerForCausalLM:
         eos_token_id=0,
         pad_token_id=0,
     )
-    return LoopFormerForCausalLM(model_config)
+    model = LoopFormerForCausalLM(model_config)
+    # The released init (std 0.02 at width 2048) gives embedding vectors of norm ~0.9; at a
+    # tiny width the same std gives ~0.16, and the near-constant vector that 8 loops of the
+    # shared blocks add to the residual stream drowns the token signal: in 150-step trials the
+    # 8-loop CE stayed near the unigram level (~6.2 nats) with std 0.02 but reached ~5.4 with
+    # the released norm kept (std 0.02 * sqrt(2048 / n_embd)), as a 1-loop route does.
+    std = 0.02 * math.sqrt(RELEASED_N_EMBD / config.n_embd)
+    with torch.no_grad():
+        model.gpt.transformer.wte.weight.normal_(0.0, std)  # also the tied LM head
+        model.gpt.transformer.wpe.weight.normal_(0.0, std)
+    return model
 
 
 # ---- evaluation -------------------------------------------------------------------------
@@ -407,7 +423,29 @@ def _pretrain(config: PretrainConfig, dataset: Dataset, verbose: bool) -> Pretra
         f"held-out NLL/token on {len(held_out)} GSM8K test examples (ln vocab = {math.log(config.vocab_size):.3f}): "
         + ", ".join(f"{loops} loops {nll:.3f}" for loops, nll in result.test_nll.items())
     )
+    test_sequences = [encode_example(tokenizer, e).input_ids[: config.block_size] for e in held_out]
+    result.baselines = count_baselines(sequences, test_sequences, config.vocab_size)
+    say(
+        "for scale, count-based models of the pretraining tokens: "
+        + ", ".join(f"{name} {nll:.3f}" for name, nll in result.baselines.items())
+    )
     return result
+
+
+def count_baselines(train: Sequence[Sequence[int]], test: Sequence[Sequence[int]], vocab: int) -> dict[str, float]:
+    """NLL per token of add-1/2 unigram and bigram models on the tokens ``nll_per_token``
+    scores: a yardstick that says how much more than counting the model has learned."""
+    unigram = np.full(vocab, 0.5)
+    bigram = np.full((vocab, vocab), 0.5 / vocab)  # the same half count, spread over each row
+    for sequence in train:
+        ids = np.asarray(sequence)
+        np.add.at(unigram, ids, 1.0)
+        np.add.at(bigram, (ids[:-1], ids[1:]), 1.0)
+    log_unigram = np.log(unigram / unigram.sum())
+    log_bigram = np.log(bigram / bigram.sum(axis=1, keepdims=True))
+    previous = np.concatenate([np.asarray(s[:-1]) for s in test])
+    targets = np.concatenate([np.asarray(s[1:]) for s in test])
+    return {"unigram": float(-log_unigram[targets].mean()), "bigram": float(-log_bigram[previous, targets].mean())}
 
 
 # ---- saving -----------------------------------------------------------------------------
@@ -420,13 +458,20 @@ def save(result: PretrainResult, out: Path, command: str) -> None:
     for path in out.iterdir():  # shipped assets are world-readable (the writers make some 0600)
         if path.is_file():
             path.chmod(0o644)
+    # the study loads the tokenizer through AutoTokenizer, offline: make sure that path agrees
+    reloaded = AutoTokenizer.from_pretrained(out)
+    check_round_trip(reloaded, [ROUND_TRIP_SAMPLE])
+    if reloaded.encode(ROUND_TRIP_SAMPLE) != result.tokenizer.encode(ROUND_TRIP_SAMPLE):
+        raise RuntimeError(f"{out}: the saved tokenizer encodes differently from the trained one")
 
 
 def model_card(result: PretrainResult, command: str) -> str:
+    """The README.md of the checkpoint: what it is, how it was made, what it is not."""
     c = result.config
     ln_vocab = math.log(c.vocab_size)
     rows = "\n".join(f"| {loops} | {nll:.3f} | {nll / ln_vocab:.2f} |" for loops, nll in result.test_nll.items())
-    settings = ", ".join(f"{k}={v}" for k, v in asdict(c).items() if k not in ("eval_loops", "log_every"))
+    baselines = "; ".join(f"a count-based {name} model {nll:.3f}" for name, nll in result.baselines.items())
+    settings = ", ".join(f"`{k}={v}`" for k, v in asdict(c).items() if k not in ("eval_loops", "log_every"))
     return f"""---
 license: mit
 tags: [loopformer, tiny, test-fixture]
@@ -435,39 +480,44 @@ tags: [loopformer, tiny, test-fixture]
 # {LABEL}
 
 A **tiny LoopFormer** (elastic-depth looped transformer: {c.n_layer} shared blocks applied once per
-loop step, conditioned on the step's time and size) that the `mini` study of this project runs on
-offline, on CPU. It is **not** `armenjeddi/LoopFormer-3block-8iterations`, the released 0.28B model:
-numbers measured on it say nothing about the released model. Figures and reports label it
-"{LABEL}".
+loop step, conditioned on the step's time and size) pretrained from scratch on CPU so that this
+project's offline `mini` study has a real base model to run on. It is **not**
+`armenjeddi/LoopFormer-3block-8iterations`, the released 0.28B model, and numbers measured on it
+say nothing about that model. Figures and reports label it "{LABEL}".
 
 ## What it is
 
-- **Size**: {result.parameters:,} parameters (fp32, LM head tied to the token embedding):
-  n_layer {c.n_layer}, n_embd {c.n_embd}, n_head {c.n_head}, intermediate {c.intermediate_dim},
-  block size {c.block_size}, `train_loops` {c.train_loops}.
-- **Tokenizer**: byte-level BPE with {c.vocab_size} tokens trained on the pretraining text below;
-  `{EOS}` (id 0) is BOS, EOS and PAD. Loads with `AutoTokenizer.from_pretrained` (no BOS added).
-- **Data**: {result.train_examples:,} GSM8K *train* problems ({result.train_tokens:,} tokens): the bundled
-  train split minus the SFT subset of study seed {SFT_SEED} ({SFT_EXAMPLES} examples,
+- **Size**: {result.parameters:,} parameters, fp32, LM head tied to the token embedding; n_layer
+  {c.n_layer} (shared blocks, as in the released model), n_embd {c.n_embd}, n_head {c.n_head}, intermediate
+  {c.intermediate_dim}, block size {c.block_size}, `train_loops` {c.train_loops}.
+- **Tokenizer**: byte-level BPE, {c.vocab_size} tokens, trained on the pretraining text below;
+  `{EOS}` (id 0) is BOS, EOS and PAD, and no BOS is added when encoding. Loads offline with
+  `AutoTokenizer.from_pretrained(this folder)`.
+- **Data**: {result.train_examples:,} GSM8K *train* problems ({result.train_tokens:,} tokens): the bundled train
+  split minus the SFT subset of study seed {SFT_SEED} ({SFT_EXAMPLES} examples,
   `make_subsets(dataset, seed={SFT_SEED}, sft_examples={SFT_EXAMPLES}, ...)`). Each example is
-  `Question: ...\\nAnswer: <solution> #### <number><|endoftext|>`, one per row from position 0.
-  The test split was never trained on. A study run with another seed fine-tunes on a different
-  subset, which overlaps this pretraining data.
+  `Question: ...\\nAnswer: <solution> #### <number>{EOS}`, one per row from position 0. The
+  test split was never trained on. A study run with another seed fine-tunes on a different subset,
+  which overlaps this pretraining data.
 - **Recipe** (LoopFormer's elastic-depth pretraining): every step runs the full route (8 steps of
   1/8) and one random shorter route (L uniform in 1..7, step sizes positive multiples of 1/8
-  summing to 1); loss = CE(full) + {c.short_weight} CE(short) + {c.mse_weight} MSE(final hidden of the short
-  route, stop-gradient final hidden of the full route). AdamW, warmup then cosine, fp32,
-  {c.steps} steps of {c.batch_size} examples.
-- **Made by** `{command}` in {result.seconds / 60:.1f} minutes on {os.cpu_count()} CPU cores
-  ({c.threads} torch threads; tokenizer and training, evaluation excluded). The command is seeded
-  and deterministic: it regenerates the weights, config and tokenizer bit for bit (same torch
-  build, same `--threads`); only the minutes above differ between runs.
+  summing to 1); loss = CE(full) + {c.short_weight}·CE(short) + {c.mse_weight}·MSE(final hidden of the short
+  route, stop-gradient final hidden of the full route). AdamW (peak lr {c.learning_rate}), linear warmup
+  then cosine, fp32, {c.steps} steps of {c.batch_size} examples (about one epoch). Initialisation: the
+  model's own, except the embeddings, drawn at std 0.02·sqrt(2048/{c.n_embd}) so that their norm
+  matches the released model's init (at std 0.02 this tiny width stalls at the unigram loss).
+- **Made by** `{command}` in {result.seconds / 60:.1f} minutes ({c.threads} torch threads on a
+  {os.cpu_count()}-core CPU; tokenizer and training, evaluation excluded). The command is seeded and
+  deterministic: it regenerates the weights, config and tokenizer bit for bit with the same torch
+  build, whatever `--threads` (1 and 2 checked); only the minutes above differ between runs. On a
+  busy machine, `--threads 1` avoids two-thread stalls and gives the same weights.
 - Settings: {settings}.
 
 ## Held-out NLL
 
-NLL per token of prompt + gold answer on the first {result.test_examples} GSM8K test
-problems (ln {c.vocab_size} = {ln_vocab:.3f} is a uniform guess):
+NLL per token of prompt + gold answer (every token after the first) on the first
+{result.test_examples} GSM8K test problems, evaluation only. A uniform guess scores
+ln {c.vocab_size} = {ln_vocab:.3f}; for scale, {baselines}.
 
 | loops | NLL/token | fraction of ln(vocab) |
 |---:|---:|---:|
@@ -475,9 +525,10 @@ problems (ln {c.vocab_size} = {ln_vocab:.3f} is a uniform guess):
 
 ## What it is not
 
-Not the released model, not a reasoning model, and not evidence about LoopFormer at scale. It is
-a fast, real pretrained base so that the study's pipeline (SFT, NLL per loop count, exact match,
-latency) runs end to end offline in minutes; the study's conclusions need the released model.
+Not the released model, not a reasoning model (expect near-zero GSM8K exact match), and not
+evidence about LoopFormer at scale. It is a small, fast, real pretrained base so that the study's
+pipeline (SFT, NLL per loop count, exact match, latency) runs end to end offline in minutes; the
+study's conclusions need the released model.
 """
 
 
