@@ -32,6 +32,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,7 +46,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from study.data import Dataset, Example, encode_example, load_gsm8k, make_subsets
-from study.io import atomic_write_text
 from study.model import LoopFormerConfig, LoopFormerForCausalLM
 
 EOS = "<|endoftext|>"
@@ -72,7 +72,7 @@ class PretrainConfig:
     block_size: int = 512
     train_loops: int = 8
     # optimisation
-    steps: int = 900
+    steps: int = 800
     batch_size: int = 8  # sequences (examples) per step: many small steps suit this tiny budget
     learning_rate: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
@@ -82,7 +82,9 @@ class PretrainConfig:
     short_weight: float = 0.1  # CE of the random short route
     mse_weight: float = 0.1  # MSE between the short and the (stop-grad) full route's final hidden
     seed: int = 2026
-    threads: int = 2  # torch intra-op threads: fixed, so reruns reduce in the same order
+    # torch intra-op threads (the weights do not depend on it: 1 and 2 checked). One, because on a
+    # shared 2-core machine two OpenMP threads stall behind other jobs (seconds per step, not 0.7)
+    threads: int = 1
     # data and reporting
     max_train_examples: int | None = None  # a prefix of the pretraining examples (tests)
     eval_examples: int = 256  # GSM8K test examples scored after training (evaluation only)
@@ -450,19 +452,24 @@ def count_baselines(train: Sequence[Sequence[int]], test: Sequence[Sequence[int]
 
 # ---- saving -----------------------------------------------------------------------------
 def save(result: PretrainResult, out: Path, command: str) -> None:
-    """Weights (safetensors, tied head not stored), config, tokenizer and model card."""
-    out.mkdir(parents=True, exist_ok=True)
-    result.model.save_pretrained(out)
-    result.tokenizer.save_pretrained(out)
-    atomic_write_text(out / "README.md", model_card(result, command))
-    for path in out.iterdir():  # shipped assets are world-readable (the writers make some 0600)
-        if path.is_file():
-            path.chmod(0o644)
-    # the study loads the tokenizer through AutoTokenizer, offline: make sure that path agrees
-    reloaded = AutoTokenizer.from_pretrained(out)
-    check_round_trip(reloaded, [ROUND_TRIP_SAMPLE])
-    if reloaded.encode(ROUND_TRIP_SAMPLE) != result.tokenizer.encode(ROUND_TRIP_SAMPLE):
-        raise RuntimeError(f"{out}: the saved tokenizer encodes differently from the trained one")
+    """Weights (safetensors, tied head not stored), config, tokenizer and model card.
+    Written and checked in a scratch folder beside ``out``, then moved in file by file
+    (each move atomic), so a reader of ``out`` never sees a half-written checkpoint."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
+        staging = Path(scratch)
+        result.model.save_pretrained(staging)
+        result.tokenizer.save_pretrained(staging)
+        (staging / "README.md").write_text(model_card(result, command), encoding="utf-8")
+        # the study loads the tokenizer through AutoTokenizer, offline: make sure that path agrees
+        reloaded = AutoTokenizer.from_pretrained(staging)
+        check_round_trip(reloaded, [ROUND_TRIP_SAMPLE])
+        if reloaded.encode(ROUND_TRIP_SAMPLE) != result.tokenizer.encode(ROUND_TRIP_SAMPLE):
+            raise RuntimeError("the saved tokenizer encodes differently from the trained one")
+        out.mkdir(exist_ok=True)
+        for path in sorted(staging.iterdir()):
+            path.chmod(0o644)  # shipped assets are world-readable (the writers make some 0600)
+            os.replace(path, out / path.name)
 
 
 def model_card(result: PretrainResult, command: str) -> str:
@@ -509,8 +516,8 @@ say nothing about that model. Figures and reports label it "{LABEL}".
 - **Made by** `{command}` in {result.seconds / 60:.1f} minutes ({c.threads} torch threads on a
   {os.cpu_count()}-core CPU; tokenizer and training, evaluation excluded). The command is seeded and
   deterministic: it regenerates the weights, config and tokenizer bit for bit with the same torch
-  build, whatever `--threads` (1 and 2 checked); only the minutes above differ between runs. On a
-  busy machine, `--threads 1` avoids two-thread stalls and gives the same weights.
+  build, whatever `--threads` (1 and 2 checked); only the minutes above differ between runs. The
+  default is one thread: on a shared 2-core machine two threads stall behind other jobs.
 - Settings: {settings}.
 
 ## Held-out NLL

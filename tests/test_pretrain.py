@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ from study.pretrain import (
     pretraining_examples,
     run_route,
     sample_short_route,
+    save,
 )
 from study.tokenizer import load_tokenizer
 
@@ -112,7 +114,7 @@ def test_full_route_ce_is_the_models_own_loss_at_eight_loops() -> None:
     assert model.lm_head.weight is model.gpt.transformer.wte.weight  # tied, as saved
 
 
-def test_three_steps_twice_give_bit_identical_weights(dataset: Dataset) -> None:
+def test_three_steps_twice_give_bit_identical_weights(dataset: Dataset, tmp_path: Path) -> None:
     config = tiny_config()
     before = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     first = pretrain(config, dataset, verbose=False)
@@ -126,6 +128,12 @@ def test_three_steps_twice_give_bit_identical_weights(dataset: Dataset) -> None:
     initial = build_model(config).state_dict()
     assert not all(torch.equal(a[k], initial[k]) for k in a)  # the three steps did train
     assert (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()) == before  # restored
+
+    save(first, tmp_path / "ckpt", "python -m study.pretrain --out ckpt --steps 3")
+    loaded = LoopFormerForCausalLM.from_pretrained(tmp_path / "ckpt").state_dict()
+    assert all(torch.equal(loaded[k], a[k]) for k in a)
+    assert AutoTokenizer.from_pretrained(tmp_path / "ckpt").get_vocab() == first.tokenizer.get_vocab()
+    assert "not the released model" in (tmp_path / "ckpt" / "README.md").read_text()
 
 
 def test_pretraining_data_excludes_the_sft_subset_and_the_test_split(dataset: Dataset) -> None:
