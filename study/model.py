@@ -233,7 +233,7 @@ class LoopFormerPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if isinstance(module, LoopBlock):
-            # adaLN-zero: every loop starts as the identity, as in DiT and the authors' code
+            # adaLN-zero as in DiT: every loop step starts as the identity (matters only from scratch)
             init.zeros_(module.adaLN_modulation[1].weight)
             init.zeros_(module.adaLN_modulation[1].bias)
         if isinstance(module, (CausalSelfAttention, MLP)):

@@ -23,6 +23,7 @@ seeded numpy generators.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,18 +173,41 @@ def paired_depth_bootstrap(
     nll: np.ndarray, tokens: np.ndarray, resamples: int, confidence: float, seed: int
 ) -> DepthPreference:
     """``nll`` is (loops, examples) summed NLL, ``tokens`` (examples,) token counts (the
-    same at every depth). Each resample draws one set of example indices and scores
-    every loop count on it, so gaps and wins are paired across depths."""
+    same at every depth). scipy's paired bootstrap draws one set of example indices per
+    resample and scores every loop count on it, so gaps and wins are paired across depths."""
     nll, tokens = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    loops = len(nll)
     point = ratio_of_sums(nll, tokens)
     best = int(np.argmin(point))
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, nll.shape[1], size=(resamples, nll.shape[1]))
-    boot = np.stack([ratio_of_sums(row[index], tokens[index]) for row in nll])  # (loops, resamples)
-    gaps = boot - boot[best]
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(gaps, alpha, axis=1), np.quantile(gaps, 1.0 - alpha, axis=1)
-    wins = np.bincount(np.argmin(boot, axis=0), minlength=len(nll)) / resamples
+    if nll.shape[1] < 2:  # one example: nothing to resample
+        return DepthPreference(
+            best_index=best,
+            nll_per_token=[float(v) for v in point],
+            gap=[float(v - point[best]) for v in point],
+            gap_ci=[(float("nan"), float("nan"))] * loops,
+            p_best=[float(i == best) for i in range(loops)],
+        )
+
+    def per_depth_and_gaps(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        *rows, counts = samples
+        ratios = np.stack([ratio_of_sums(row, counts, axis=axis) for row in rows])
+        return np.concatenate([ratios, ratios - ratios[best]])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # the best's gap to itself is 0
+        result = stats.bootstrap(
+            (*nll, tokens),
+            per_depth_and_gaps,
+            paired=True,
+            vectorized=True,
+            n_resamples=resamples,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+    ratios = result.bootstrap_distribution[:loops]  # (loops, resamples)
+    low, high = result.confidence_interval.low[loops:], result.confidence_interval.high[loops:]
+    wins = np.bincount(np.argmin(ratios, axis=0), minlength=loops) / resamples
     return DepthPreference(
         best_index=best,
         nll_per_token=[float(v) for v in point],

@@ -72,7 +72,7 @@ class PretrainConfig:
     block_size: int = 512
     train_loops: int = 8
     # optimisation
-    steps: int = 800
+    steps: int = 900
     batch_size: int = 8  # sequences (examples) per step: many small steps suit this tiny budget
     learning_rate: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
@@ -513,7 +513,7 @@ say nothing about that model. Figures and reports label it "{LABEL}".
   then cosine, fp32, {c.steps} steps of {c.batch_size} examples (about one epoch). Initialisation: the
   model's own, except the embeddings, drawn at std 0.02·sqrt(2048/{c.n_embd}) so that their norm
   matches the released model's init (at std 0.02 this tiny width stalls at the unigram loss).
-- **Made by** `{command}` in {result.seconds / 60:.1f} minutes ({c.threads} torch threads on a
+- **Made by** `{command}` in {result.seconds / 60:.1f} minutes ({c.threads} torch thread{"s" * (c.threads != 1)} on a
   {os.cpu_count()}-core CPU; tokenizer and training, evaluation excluded). The command is seeded and
   deterministic: it regenerates the weights, config and tokenizer bit for bit with the same torch
   build, whatever `--threads` (1 and 2 checked); only the minutes above differ between runs. The
