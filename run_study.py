@@ -81,11 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_compare_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="run_study.py compare", description="Cross-run Table 1 and NLL overlay for several run directories."
-    )
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="run directories to compare (each with manifest.json)")
-    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default: runs/compare)")
+    from study.report import build_compare_parser as report_compare_parser
+
+    parser = report_compare_parser()
+    parser.prog = "run_study.py compare"
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for user errors too")
     return parser
 

@@ -16,6 +16,7 @@ import torch
 
 from study.data import encode_example
 from study.io import atomic_write_json
+from study.nll import score_continuations
 from study.pipeline import RunContext, StudyError
 
 LIKELY_CAUSES = (
@@ -31,23 +32,6 @@ class Check:
     value: float | int | str | None
     threshold: float | int | str | None
     message: str
-
-
-@torch.inference_mode()
-def gold_nll_per_token(model, tokenizer, examples, num_loops: int) -> float:
-    """Token-weighted NLL of the gold solution given the prompt, one example at a time."""
-    total, tokens = 0.0, 0
-    device = next(model.parameters()).device
-    for example in examples:
-        encoded = encode_example(tokenizer, example)
-        ids = torch.tensor([encoded.input_ids[: model.config.block_size]], device=device)
-        labels = ids.clone()
-        labels[:, : encoded.answer_start] = -100
-        out = model(ids, labels=labels, num_loops=num_loops, use_cache=False)
-        counted = int((labels[:, 1:] != -100).sum())
-        total += float(out.loss) * counted
-        tokens += counted
-    return total / max(tokens, 1)
 
 
 def run_checks(ctx: RunContext) -> list[Check]:
@@ -104,7 +88,13 @@ def run_checks(ctx: RunContext) -> list[Check]:
 
     if len(tokenizer) <= vocab:  # an out-of-range token id would crash the forward pass
         examples = ctx.examples("nll_test")[: config.checks.examples]
-        nll = gold_nll_per_token(model, tokenizer, examples, ctx.base_spec.train_loops)
+        # the NLL stage's own scorer, so the gate measures exactly what the sweep reports
+        with torch.inference_mode():
+            scores = score_continuations(
+                model, [encode_example(tokenizer, ex) for ex in examples], config.nll.batch_size,
+                num_loops=ctx.base_spec.train_loops,
+            )  # fmt: skip
+        nll = sum(s.nll_sum for s in scores) / max(sum(s.answer_tokens for s in scores), 1)
         limit = config.checks.max_nll_fraction_of_uniform * math.log(vocab)
         checks.append(
             Check(
