@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 STAGE_MODULES = {
-    "check": "study.checks",
-    "sft": "study.sft",
-    "nll": "study.nll",
-    "exact_match": "study.exact_match",
-    "latency": "study.latency",
-    "report": "study.report",
+    "check": "study.stages.check",
+    "sft": "study.stages.sft",
+    "nll": "study.stages.nll",
+    "exact_match": "study.stages.exact_match",
+    "latency": "study.stages.latency",
+    "report": "study.stages.report",
 }
 USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130
@@ -262,10 +262,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     from study.config import ConfigError
-    from study.data import DataError
     from study.io import OutputError
-    from study.model import CheckpointError
+    from study.models.loopformer import CheckpointError
     from study.pipeline import StudyError
+    from study.tasks.gsm8k import DataError
 
     return (ConfigError, DataError, StudyError, CheckpointError, OutputError)
 

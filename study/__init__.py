@@ -3,6 +3,6 @@
 Importing the package registers LoopFormer with transformers' Auto classes.
 """
 
-from study.model import LoopFormerConfig, LoopFormerForCausalLM, LoopFormerModel
+from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM, LoopFormerModel
 
 __all__ = ["LoopFormerConfig", "LoopFormerForCausalLM", "LoopFormerModel"]

@@ -5,11 +5,11 @@
 (a) ``decode_cached_vs_recompute``: greedy decoding with the KV cache vs re-running
     the whole sequence every step (the authors' generate), batch 1, ``--new-tokens``
     at ``--loops`` loops. Target >= 8x.
-(b) ``nll_batched_vs_single``: the NLL scorer (``study.nll.score_continuations``)
+(b) ``nll_batched_vs_single``: the NLL scorer (``study.stages.nll.score_continuations``)
     on the first ``--nll-examples`` GSM8K test examples, batched and length-sorted
     vs one example at a time. Target >= 5x.
 (c) ``nll_roofline_fraction``: useful GFLOP/s of the batched NLL run (non-pad tokens
-    only; FLOPs from ``study.latency.token_flops`` with causal attention) over the
+    only; FLOPs from ``study.stages.latency.token_flops`` with causal attention) over the
     GFLOP/s of one large fp32 matmul measured in the same run. Target >= 50%.
 
 The model is ``--model``, else the embedded mini base (``study/assets/mini-base``)
@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from study.data import encode_example, load_gsm8k
-from study.generation import greedy_generate, recompute_generate
 from study.io import atomic_write_json
-from study.latency import block_matmul_flops, device_name, synchronize
-from study.model import LoopFormerConfig, LoopFormerForCausalLM
-from study.nll import fit_to_window, score_continuations
+from study.models.generation import greedy_generate, recompute_generate
+from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
 from study.pipeline import EMBEDDED_DIR
+from study.stages.latency import block_matmul_flops, device_name, synchronize
+from study.stages.nll import fit_to_window, score_continuations
+from study.tasks.gsm8k import encode_example, load_gsm8k
 from study.tokenizer import has_tokenizer, load_tokenizer
 
 EOS = "<|endoftext|>"

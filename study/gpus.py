@@ -22,7 +22,7 @@ import torch
 
 from study.pipeline import RunContext, StudyError, context_from_run_dir
 
-SPREAD_STAGES = {"nll": "study.nll", "exact_match": "study.exact_match"}
+SPREAD_STAGES = {"nll": "study.stages.nll", "exact_match": "study.stages.exact_match"}
 
 
 def gpu_count(ctx: RunContext) -> int:

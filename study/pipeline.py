@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from study.config import EMBEDDED_BASE, StudyConfig
-from study.data import Dataset, Example, Subsets, load_gsm8k, make_subsets
 from study.io import atomic_write_json, read_json
-from study.model import CheckpointError, LoopFormerForCausalLM
+from study.models.loopformer import CheckpointError, LoopFormerForCausalLM
+from study.tasks.gsm8k import Dataset, Example, Subsets, load_gsm8k, make_subsets
 from study.tokenizer import has_tokenizer, load_tokenizer
 
 EMBEDDED_DIR = Path(__file__).parent / "assets" / "mini-base"

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from study.data import Dataset, Example, encode_example, load_gsm8k, make_subsets
-from study.model import LoopFormerConfig, LoopFormerForCausalLM
+from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
+from study.tasks.gsm8k import Dataset, Example, encode_example, load_gsm8k, make_subsets
 
 EOS = "<|endoftext|>"
 # The SFT subset the default study fine-tunes on: seed 2026 (configs/mini.yaml), 512

@@ -22,7 +22,7 @@ from study.config import (
     SFTConfig,
     StudyConfig,
 )
-from study.model import LoopFormerConfig, LoopFormerForCausalLM
+from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
 from study.pipeline import RunContext
 from study.tokenizer import load_tokenizer
 

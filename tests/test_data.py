@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from study.data import (
+from study.tasks.gsm8k import (
     BUNDLED_DIR,
     DataError,
     encode_example,

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 import run_study
 from study.config import load_config
-from study.data import BUNDLED_DIR
-from study.model import LoopFormerConfig, LoopFormerForCausalLM
+from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
+from study.tasks.gsm8k import BUNDLED_DIR
 from study.tokenizer import load_tokenizer
 
 from .conftest import FIXTURE_DIR

@@ -7,20 +7,16 @@ import json
 import pytest
 from scipy import stats
 
-from study import exact_match as em_stage
-from study.data import Example
-from study.exact_match import (
+from study.io import read_csv
+from study.models.generation import greedy_generate
+from study.stages import exact_match as em_stage
+from study.stages.exact_match import (
     EM_COLUMNS,
     GENERATION_FIELDS,
-    extract_flexible,
-    extract_strict,
-    is_correct,
-    normalize,
     score_generation,
     wilson_interval,
 )
-from study.generation import greedy_generate
-from study.io import read_csv
+from study.tasks.gsm8k import Example, extract_flexible, extract_strict, is_correct, normalize
 from tests.helpers_sweep import ScriptedModel, gpt2_tokenizer, make_context, one_thread
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicCache
 
-from study.generation import (
+from study.models.generation import (
     GenerationResult,
     cut_at_stop,
     greedy_generate,
@@ -15,7 +15,7 @@ from study.generation import (
     preallocated_cache,
     recompute_generate,
 )
-from study.model import resolve_schedule
+from study.models.loopformer import resolve_schedule
 from tests.helpers_sweep import ScriptedModel, gpt2_tokenizer, one_thread, tiny_model
 
 SCHEDULES = [{"num_loops": 1}, {"num_loops": 3}, {"num_loops": 8}, {"schedule": [0.5, 0.25, 0.25]}]

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from study import latency as latency_stage
 from study.io import read_csv, read_json
-from study.latency import (
+from study.models.loopformer import LoopFormerConfig
+from study.stages import latency as latency_stage
+from study.stages.latency import (
     FIT_COLUMNS,
     LATENCY_COLUMNS,
     fit_row,
@@ -16,7 +17,6 @@ from study.latency import (
     latency_row,
     token_flops,
 )
-from study.model import LoopFormerConfig
 from tests.helpers_sweep import make_context, one_thread
 
 

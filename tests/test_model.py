@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import study  # noqa: F401  (registers the Auto classes)
-from study.model import CheckpointError, LoopFormerConfig, LoopFormerForCausalLM, resolve_schedule
+from study.models.loopformer import CheckpointError, LoopFormerConfig, LoopFormerForCausalLM, resolve_schedule
 from study.tokenizer import load_tokenizer
 
 from .conftest import shared_dir

@@ -10,10 +10,9 @@ import torch
 from scipy import stats
 from torch import nn
 
-from study import nll as nll_stage
-from study.data import EncodedExample
 from study.io import read_csv
-from study.nll import (
+from study.stages import nll as nll_stage
+from study.stages.nll import (
     NLL_COLUMNS,
     PREFERRED_COLUMNS,
     SUMMARY_COLUMNS,
@@ -24,6 +23,7 @@ from study.nll import (
     ratio_of_sums,
     score_continuations,
 )
+from study.tasks.gsm8k import EncodedExample
 from tests.helpers_sweep import make_context, one_thread, tiny_model
 
 

@@ -148,7 +148,7 @@ def test_sft_entry_point_under_accelerate_launch(smoke_run: Path, tmp_path: Path
     (run_dir / "config.resolved.json").write_bytes((smoke_run / "config.resolved.json").read_bytes())
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "study.sft", "--run-dir", str(run_dir),
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "study.stages.sft", "--run-dir", str(run_dir),
         "--train-loops", "4",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
@@ -164,7 +164,7 @@ def test_v17_code_path_with_a_local_released_layout_model(tmp_path: Path) -> Non
     data and every slice shrunk: the real code path, end to end."""
     import torch
 
-    from study.model import LoopFormerConfig, LoopFormerForCausalLM
+    from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
     from study.tokenizer import load_tokenizer
 
     torch.manual_seed(0)

@@ -14,8 +14,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 import study  # noqa: F401  (registers the Auto classes)
 from study.config import load_config
-from study.data import Dataset, load_gsm8k, make_subsets
-from study.model import LoopFormerForCausalLM, resolve_schedule
+from study.models.loopformer import LoopFormerForCausalLM, resolve_schedule
 from study.pipeline import EMBEDDED_DIR
 from study.pretrain import (
     IGNORE,
@@ -32,6 +31,7 @@ from study.pretrain import (
     sample_short_route,
     save,
 )
+from study.tasks.gsm8k import Dataset, load_gsm8k, make_subsets
 from study.tokenizer import load_tokenizer
 
 

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from study import report
 from study.pipeline import RunContext
+from study.stages import report as report_stage
 
 from .fake_run import make_fake_run
 
@@ -41,7 +42,7 @@ def report_text(fake_run: Path) -> str:
     """report.md written by the pipeline's report stage, ``run(ctx)``."""
     results = report.load_results(fake_run)
     ctx = RunContext(config=results.config, run_dir=fake_run, device=torch.device("cpu"))
-    path = report.run(ctx)
+    path = report_stage.run(ctx)
     assert path == fake_run / "report.md"
     return path.read_text()
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from study.config import DataConfig, LoraConfig, ModelConfig, SFTConfig, StudyConfig
 from study.io import read_csv
 from study.pipeline import RunContext
-from study.sft import last_complete_checkpoint, run, trainer_dir
+from study.stages.sft import last_complete_checkpoint, run, trainer_dir
 
 from .helpers_sweep import one_thread, tiny_model
 

@@ -9,7 +9,7 @@ by writing a temporary folder and renaming it, so a folder there is always whole
 
 Entry point for one model, also under ``accelerate launch`` (DDP across GPUs/nodes)::
 
-    accelerate launch -m study.sft --run-dir runs/v17-seed2026 --train-loops 8
+    accelerate launch -m study.stages.sft --run-dir runs/v17-seed2026 --train-loops 8
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ def _parallel_on_gpus(ctx: RunContext, pending: list[int]) -> None:
         processes = []
         for gpu, loops in enumerate(pending[start : start + gpus]):
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu))
-            command = [sys.executable, "-m", "study.sft", "--run-dir", str(ctx.run_dir), "--train-loops", str(loops)]
+            command = [sys.executable, "-m", "study.stages.sft", "--run-dir", str(ctx.run_dir)]
+            command += ["--train-loops", str(loops)]
             processes.append((loops, subprocess.Popen(command, env=env)))
         failed = [loops for loops, process in processes if process.wait() != 0]
         if failed:

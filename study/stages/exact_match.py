@@ -15,7 +15,6 @@ Wilson 95% interval. Cells (one JSONL per model × loops) make the stage resumab
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,58 +22,17 @@ from pathlib import Path
 import torch
 from scipy import stats
 
-from study.data import Example
-from study.generation import greedy_generate
 from study.io import atomic_write_csv, atomic_write_jsonl
+from study.models.generation import greedy_generate
 from study.pipeline import RunContext, cell_name
+from study.tasks.gsm8k import Example, extract_flexible, extract_strict, is_correct
 
-STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
-FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 EXTRACTIONS = ("strict", "flexible")
 EM_COLUMNS = ("model", "inference_loops", "extraction", "correct", "n", "accuracy", "ci_low", "ci_high")
 GENERATION_FIELDS = (
     "model", "inference_loops", "example_id", "question", "text", "strict_answer", "flexible_answer", "gold",
     "strict_correct", "flexible_correct",
 )  # fmt: skip
-
-
-# ---- answer extraction ------------------------------------------------------------------
-
-
-def normalize(answer: str) -> str:
-    """Drop thousands separators and currency, and a sentence-ending period."""
-    answer = answer.replace(",", "").replace("$", "").strip()
-    return answer[:-1] if answer.endswith(".") else answer
-
-
-def extract_strict(text: str) -> str | None:
-    """The first ``#### <number>`` in the text, normalised; None when absent."""
-    match = STRICT.search(text)
-    return normalize(match.group(1)) if match else None
-
-
-def extract_flexible(text: str) -> str | None:
-    """The last number-like span in the text, normalised; None when there is none."""
-    matches = FLEXIBLE.findall(text)
-    if not matches:
-        return None
-    wide, narrow = matches[-1]
-    return normalize(wide or narrow)
-
-
-def parse_number(answer: str | None) -> float | None:
-    if answer is None:
-        return None
-    try:
-        return float(answer)
-    except ValueError:
-        return None
-
-
-def is_correct(answer: str | None, gold: str) -> bool:
-    """Numeric equality after parsing ("18.00" == "18"); anything unparseable is wrong."""
-    value, target = parse_number(answer), parse_number(normalize(gold))
-    return value is not None and target is not None and value == target
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from study.data import EncodedExample, encode_example
 from study.io import atomic_write_csv, read_csv
 from study.pipeline import RunContext, cell_name
+from study.tasks.gsm8k import EncodedExample, encode_example
 
 SPLITS = {"test": "nll_test", "train": "nll_train"}  # split column value -> ctx.examples subset
 NLL_COLUMNS = (

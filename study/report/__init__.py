@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -40,9 +40,6 @@ from pydantic import ValidationError
 
 from study.config import EMBEDDED_BASE, StudyConfig
 from study.io import atomic_write_bytes, atomic_write_csv, atomic_write_text, read_json
-
-if TYPE_CHECKING:
-    from study.pipeline import RunContext
 
 DPI = 150
 TEST, TRAIN = "test", "train"
@@ -1207,12 +1204,6 @@ def write_report(results: Results, figures_dir: Path | None = None) -> Path:
     path = results.run_dir / "report.md"
     atomic_write_text(path, render_report(results, figures, relative))
     return path
-
-
-def run(ctx: RunContext) -> Path:
-    """The pipeline's report stage."""
-    results = load_results(ctx.run_dir, models=ctx.model_specs(), config=ctx.config)
-    return write_report(results, ctx.figures_dir)
 
 
 def regenerate(run_dir: Path, export_figures: Path | None = None) -> Path:

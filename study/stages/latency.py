@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from study.generation import greedy_generate, preallocated_cache
 from study.io import atomic_write_csv, atomic_write_json, read_json
+from study.models.generation import greedy_generate, preallocated_cache
 from study.pipeline import RunContext, StudyError, cell_name
 
 LATENCY_COLUMNS = (

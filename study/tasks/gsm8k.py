@@ -25,10 +25,13 @@ from typing import Literal
 
 import numpy as np
 
-BUNDLED_DIR = Path(__file__).parent / "assets" / "gsm8k"
+BUNDLED_DIR = Path(__file__).parent.parent / "assets" / "gsm8k"
 HUB_DATASET = ("openai/gsm8k", "main")
 SPLITS = ("train", "test")
 FINAL_ANSWER = re.compile(r"####\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)\s*$")
+# lm-eval's GSM8K answer extraction: strict takes the number after '#### ', flexible the last number
+STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 # independent random streams, one per subset: ids never depend on another subset's size
 SUBSET_STREAMS = {"sft": 1, "nll_test": 2, "nll_train": 3, "em": 4}
 
@@ -205,3 +208,42 @@ def encode_example(tokenizer, example: Example) -> EncodedExample:
         answer_start=len(prompt_ids),
         final_start=len(prompt_ids) + len(solution_ids),
     )
+
+
+# ---- answer extraction ------------------------------------------------------------------
+
+
+def normalize(answer: str) -> str:
+    """Drop thousands separators and currency, and a sentence-ending period."""
+    answer = answer.replace(",", "").replace("$", "").strip()
+    return answer[:-1] if answer.endswith(".") else answer
+
+
+def extract_strict(text: str) -> str | None:
+    """The first ``#### <number>`` in the text, normalised; None when absent."""
+    match = STRICT.search(text)
+    return normalize(match.group(1)) if match else None
+
+
+def extract_flexible(text: str) -> str | None:
+    """The last number-like span in the text, normalised; None when there is none."""
+    matches = FLEXIBLE.findall(text)
+    if not matches:
+        return None
+    wide, narrow = matches[-1]
+    return normalize(wide or narrow)
+
+
+def parse_number(answer: str | None) -> float | None:
+    if answer is None:
+        return None
+    try:
+        return float(answer)
+    except ValueError:
+        return None
+
+
+def is_correct(answer: str | None, gold: str) -> bool:
+    """Numeric equality after parsing ("18.00" == "18"); anything unparseable is wrong."""
+    value, target = parse_number(answer), parse_number(normalize(gold))
+    return value is not None and target is not None and value == target

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from study.model import resolve_schedule
+from study.models.loopformer import resolve_schedule
 
 DEFAULT_STOP_STRINGS = ("Question:",)  # the few-shot GSM8K prompt format starts a new question here
 

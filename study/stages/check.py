@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from study.data import encode_example
 from study.io import atomic_write_json
-from study.nll import score_continuations
 from study.pipeline import RunContext, StudyError
+from study.stages.nll import score_continuations
+from study.tasks.gsm8k import encode_example
 
 LIKELY_CAUSES = (
     "likely causes: weights not loaded (check the checkpoint's keys), a tokenizer that is not the model's "

@@ -1,0 +1,12 @@
+"""The looped backbones: LoopFormer (trained to loop) and, beside it, the decoders a
+wrapper loops without training."""
+
+from study.models.loopformer import (
+    CheckpointError,
+    LoopFormerConfig,
+    LoopFormerForCausalLM,
+    LoopFormerModel,
+    resolve_schedule,
+)
+
+__all__ = ["CheckpointError", "LoopFormerConfig", "LoopFormerForCausalLM", "LoopFormerModel", "resolve_schedule"]
