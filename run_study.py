@@ -30,6 +30,7 @@ STAGE_MODULES = {
 }
 USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130
+MAIN_PROCESS_STAGES = ("check", "report")  # under accelerate launch the other processes wait for these
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,14 +113,22 @@ def is_hub_id(source: str) -> bool:
 def preflight(config) -> str | None:
     """Fail before anything is written when a config needs the hub and the hub cannot be
     reached. Returns the commit the model revision resolves to (None off the hub)."""
-    from study.config import EMBEDDED_BASE
+    from study.config import EMBEDDED_BASE, OFFLINE_SMOLLM2
     from study.pipeline import StudyError
 
     source = config.model.source
+    if source == OFFLINE_SMOLLM2:
+        from study.models.backbones import BackboneError, smollm2_gguf_path
+
+        try:
+            smollm2_gguf_path()  # the offline model ships in a pip package: say how to get it
+        except BackboneError as error:
+            raise StudyError(str(error)) from None
+        source = EMBEDDED_BASE  # local: nothing to reach below
     if source != EMBEDDED_BASE and not is_hub_id(source) and not Path(source).is_dir():
         raise StudyError(f"model.source: {source!r} is neither a local folder nor a hub id (owner/name)")
     needs = []
-    if source != EMBEDDED_BASE and is_hub_id(source):
+    if source not in (EMBEDDED_BASE, OFFLINE_SMOLLM2) and is_hub_id(source):
         needs.append(("model", source))
     if config.data.source == "hub":
         needs.append(("dataset", "openai/gsm8k"))
@@ -177,12 +186,10 @@ def prepare_run_dir(run_dir: Path, config, force: bool):
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     quiet_libraries()
+    from study import distributed
     from study.config import load_config
-    from study.gpus import spread_over_gpus
-    from study.io import atomic_write_json
     from study.manifest import now
     from study.pipeline import (
-        RESOLVED_CONFIG,
         STAGES,
         Interrupted,
         RunContext,
@@ -204,18 +211,73 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         config = config.model_copy(update={"device": args.device})
     configure_torch(config)
     device = resolve_device(config.device)
+    if device.type == "cuda" and distributed.launched():  # accelerate launch: one GPU per process
+        device = distributed.state().device
     resolved_commit = preflight(config)
     run_dir = args.output_dir or Path("runs") / f"{config.name}-seed{config.seed}"
     ctx = RunContext(config=config, run_dir=run_dir, device=device, skip_checks=args.skip_checks)
-    subsets = ctx.subsets  # bad data or impossible subset sizes fail here, before anything is written
+    _ = ctx.subsets  # bad data or impossible subset sizes fail here, before anything is written
     wanted = STAGES if "all" in args.stages else [s for s in STAGES if s in args.stages]
     needs_models = [s for s in wanted if s in ("nll", "exact_match", "latency")]
     if needs_models and "sft" not in wanted and not stage_done(run_dir, config, "sft"):
         raise StudyError(f"--stages {' '.join(needs_models)}: the sft stage has not run for this config; add sft")
 
-    manifest = prepare_run_dir(run_dir, config, args.force)
+    # under accelerate launch every process runs this; the main one alone prepares the run directory
+    manifest = distributed.run_on_main(lambda: prepare_run_dir(run_dir, config, args.force))
+    if distributed.is_main():
+        _start_manifest(manifest, ctx, config, argv, args, device, resolved_commit)
+    distributed.settle(None)
+    if distributed.is_main():
+        print(f"loopdepth: {config.name} (seed {config.seed}) on {device} -> {run_dir}", flush=True)
+    if distributed.num_processes() > 1:
+        print(f"  process {distributed.process_index()} of {distributed.num_processes()} on {device}", flush=True)
+    with ctx.sigint_between_cells():
+        for stage in wanted:
+            if stage != "report" and stage_done(run_dir, config, stage):
+                if distributed.is_main():
+                    print(f"[{stage}] done already (same config): skipped", flush=True)
+                continue
+            if distributed.is_main():
+                print(f"[{stage}] running", flush=True)
+                manifest.stage(stage, started=now())
+            started = time.time()
+            module = importlib.import_module(STAGE_MODULES[stage])
+            try:
+                if stage in MAIN_PROCESS_STAGES:
+                    distributed.run_on_main(lambda module=module: module.run(ctx))
+                else:  # every process takes its share (sweep cells, SFT models)
+                    distributed.run_everywhere(lambda module=module: module.run(ctx))
+            except (Interrupted, KeyboardInterrupt, distributed.ProcessFailed) as error:
+                if isinstance(error, distributed.ProcessFailed) and distributed.num_processes() == 1:
+                    raise
+                if distributed.is_main():
+                    manifest.stage(stage, interrupted=now())
+                if isinstance(error, distributed.ProcessFailed):
+                    print(f"error: {error}", file=sys.stderr)
+                    return USER_ERROR_EXIT
+                print(
+                    f"interrupted during {stage}: finished work is kept. Resume with: python {' '.join(argv)}",
+                    file=sys.stderr,
+                )
+                return INTERRUPTED_EXIT
+            if distributed.is_main():
+                mark_stage_done(run_dir, config, stage)
+                manifest.stage(stage, finished=now(), seconds=round(time.time() - started, 3))
+                print(f"[{stage}] finished in {time.time() - started:.1f} s", flush=True)
+            distributed.settle(None)  # the next stage starts from this one's finished outputs
+    report = run_dir / "report.md"
+    if report.is_file() and distributed.is_main():
+        print(f"report: {report}")
+    return 0
+
+
+def _start_manifest(manifest, ctx, config, argv, args, device, resolved_commit) -> None:
+    from study.io import atomic_write_json
+    from study.pipeline import RESOLVED_CONFIG
+
+    subsets = ctx.subsets
     manifest.start(config, device, argv, args.skip_checks)
-    atomic_write_json(run_dir / RESOLVED_CONFIG, config.model_dump(mode="json"))
+    atomic_write_json(ctx.run_dir / RESOLVED_CONFIG, config.model_dump(mode="json"))
     manifest.update(
         data={
             "source": config.data.source,
@@ -229,35 +291,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             "revision": config.model.revision,
             "resolved_commit": resolved_commit,
             "label": config.model.label,
+            "backbone": config.model.backbone,
             "train_loops": ctx.base_spec.train_loops,
+            "loop_family": ctx.loop_family.describe(),
+            # the offline SmolLM2: which GGUF file, its sha256, and that it was Q4_1-quantized
+            "provenance": ctx.prepare_base(),
         },
     )
-    print(f"loopdepth: {config.name} (seed {config.seed}) on {device} -> {run_dir}", flush=True)
-    with ctx.sigint_between_cells():
-        for stage in wanted:
-            if stage != "report" and stage_done(run_dir, config, stage):
-                print(f"[{stage}] done already (same config): skipped", flush=True)
-                continue
-            print(f"[{stage}] running", flush=True)
-            started = time.time()
-            manifest.stage(stage, started=now())
-            try:
-                spread_over_gpus(ctx, stage)  # several GPUs: models swept in parallel first
-                importlib.import_module(STAGE_MODULES[stage]).run(ctx)
-            except (Interrupted, KeyboardInterrupt):
-                manifest.stage(stage, interrupted=now())
-                print(
-                    f"interrupted during {stage}: finished work is kept. Resume with: python {' '.join(argv)}",
-                    file=sys.stderr,
-                )
-                return INTERRUPTED_EXIT
-            mark_stage_done(run_dir, config, stage)
-            manifest.stage(stage, finished=now(), seconds=round(time.time() - started, 3))
-            print(f"[{stage}] finished in {time.time() - started:.1f} s", flush=True)
-    report = run_dir / "report.md"
-    if report.is_file():
-        print(f"report: {report}")
-    return 0
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

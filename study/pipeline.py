@@ -27,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from study.config import EMBEDDED_BASE, StudyConfig
+from study.config import EMBEDDED_BASE, OFFLINE_SMOLLM2, StudyConfig
 from study.io import atomic_write_json, read_json
+from study.looping.policies import DepthPolicy, policies_for
+from study.models.backbones import BackboneError, load_looped_base, materialize_offline_smollm2
 from study.models.loopformer import CheckpointError, LoopFormerForCausalLM
 from study.tasks.gsm8k import Dataset, Example, Subsets, load_gsm8k, make_subsets
 from study.tokenizer import has_tokenizer, load_tokenizer
@@ -50,7 +52,7 @@ class Interrupted(Exception):
 class ModelSpec:
     name: str  # "base", "train8", "train4": file names and the ``model`` column
     label: str  # how figures name it: "Base", "Train8", ...
-    train_loops: int  # the loop count it was (pre)trained at: the reference for "preferred depth"
+    train_loops: int  # the loop count (LoopFormer M, looped decoder K) it was (pre)trained at: "preferred depth"
     source: str  # folder or hub id
     revision: str | None = None
 
@@ -84,8 +86,14 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def base_source(config: StudyConfig) -> str:
-    return str(EMBEDDED_DIR) if config.model.source == EMBEDDED_BASE else config.model.source
+def base_source(config: StudyConfig, run_dir: Path | None = None) -> str:
+    """Where the base loads from. The offline SmolLM2 GGUF is dequantized once per run
+    into ``models/base`` (see ``RunContext.prepare_base``)."""
+    if config.model.source == EMBEDDED_BASE:
+        return str(EMBEDDED_DIR)
+    if config.model.source == OFFLINE_SMOLLM2:
+        return str((run_dir or Path("runs")) / "models" / BASE)
+    return config.model.source
 
 
 @dataclass
@@ -95,7 +103,6 @@ class RunContext:
     device: torch.device
     skip_checks: bool = False
     dataset_loader: Callable[[], Dataset] | None = None
-    only_models: frozenset[str] | None = None  # a worker process sweeping a share of the models
     _stop: list[bool] = field(default_factory=lambda: [False])
 
     # ---- layout -------------------------------------------------------------------
@@ -140,7 +147,9 @@ class RunContext:
     # ---- models -------------------------------------------------------------------
     @cached_property
     def base_spec(self) -> ModelSpec:
-        source = base_source(self.config)
+        source = base_source(self.config, self.run_dir)
+        if self.looped_decoder:  # a pretrained decoder runs its window once: K = 1 is its training depth
+            return ModelSpec(BASE, "Base", 1, source, self.config.model.revision)
         config_train_loops = 8
         local = Path(source)
         if (local / "config.json").is_file():
@@ -155,8 +164,29 @@ class RunContext:
 
     def model_specs(self) -> list[ModelSpec]:
         """Base first, then one SFT model per ``sft.train_loops`` entry, in config order."""
-        specs = [self.base_spec] + [self.sft_spec(loops) for loops in self.config.sft.train_loops]
-        return [s for s in specs if self.only_models is None or s.name in self.only_models]
+        return [self.base_spec] + [self.sft_spec(loops) for loops in self.config.sft.train_loops]
+
+    # ---- depth policies -------------------------------------------------------------
+    @property
+    def looped_decoder(self) -> bool:
+        return self.config.model.backbone == "looped_decoder"
+
+    @cached_property
+    def loop_family(self):
+        return self.config.loop_family()
+
+    def policies(self, loops: list[int]) -> list[DepthPolicy]:
+        """The policies of a loop grid (``nll.inference_loops`` ...), in increasing loop order."""
+        return policies_for(self.loop_family, loops)
+
+    def prepare_base(self) -> dict | None:
+        """Dequantize the offline SmolLM2 into ``models/base`` if not done yet; its provenance."""
+        if self.config.model.source != OFFLINE_SMOLLM2:
+            return None
+        try:
+            return materialize_offline_smollm2(Path(self.base_spec.source))
+        except BackboneError as error:
+            raise StudyError(str(error)) from None
 
     def tokenizer_source(self, spec: ModelSpec) -> str | None:
         choice = self.config.model.tokenizer
@@ -171,6 +201,8 @@ class RunContext:
 
     def load_tokenizer(self, spec: ModelSpec | None = None):
         spec = spec or self.base_spec
+        if spec.name == BASE:
+            self.prepare_base()
         source = self.tokenizer_source(spec)
         if source is None:
             return load_tokenizer(None)
@@ -182,6 +214,13 @@ class RunContext:
             raise StudyError(f"model.tokenizer: cannot load a tokenizer from {source}") from None
 
     def load_model(self, spec: ModelSpec) -> LoopFormerForCausalLM:
+        if self.looped_decoder:
+            if spec.name == BASE:
+                self.prepare_base()
+            try:
+                return load_looped_base(spec.source, spec.revision, self.device)
+            except BackboneError as error:
+                raise StudyError(str(error)) from None
         try:
             model = LoopFormerForCausalLM.from_pretrained(
                 spec.source, revision=spec.revision, dtype=torch.float32
@@ -216,9 +255,9 @@ class RunContext:
             signal.signal(signal.SIGINT, previous)
 
 
-def context_from_run_dir(run_dir: Path, only_models: frozenset[str] | None = None) -> RunContext:
-    """The context of a started run, for a worker process (SFT per GPU, accelerate
-    launch, sweep shares): its config comes from the run directory."""
+def context_from_run_dir(run_dir: Path) -> RunContext:
+    """The context of a started run, for a worker process (SFT per GPU or per launched
+    process): its config comes from the run directory."""
     path = run_dir / RESOLVED_CONFIG
     if not path.is_file():
         raise StudyError(f"{path}: missing (start the run with run_study.py first)")
@@ -227,17 +266,17 @@ def context_from_run_dir(run_dir: Path, only_models: frozenset[str] | None = Non
     device = resolve_device(config.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process under accelerate/torchrun
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return RunContext(config=config, run_dir=run_dir, device=device, only_models=only_models)
+    return RunContext(config=config, run_dir=run_dir, device=device)
 
 
 # ---- stage bookkeeping ---------------------------------------------------------------
 # the config sections each stage's outputs depend on: a change elsewhere reuses them
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "check": ("seed", "model", "data", "checks"),
-    "sft": ("seed", "model", "data", "sft"),
-    "nll": ("seed", "model", "data", "sft", "nll"),
-    "exact_match": ("seed", "model", "data", "sft", "exact_match"),
-    "latency": ("seed", "model", "sft", "latency"),
+    "check": ("seed", "model", "data", "checks", "looping"),
+    "sft": ("seed", "model", "data", "sft", "looping"),
+    "nll": ("seed", "model", "data", "sft", "nll", "looping", "schedules"),
+    "exact_match": ("seed", "model", "data", "sft", "exact_match", "looping"),
+    "latency": ("seed", "model", "sft", "latency", "looping"),
     "report": (),
 }
 STAGES = tuple(STAGE_SECTIONS)
@@ -267,6 +306,6 @@ def mark_stage_done(run_dir: Path, config: StudyConfig, stage: str) -> None:
 
 
 def cell_name(*parts: object) -> str:
-    """File-safe name of a sweep cell, e.g. ``cell_name("train4", "test", 8)`` -> ``train4-test-L8``."""
-    *head, loops = parts
-    return "-".join(str(p) for p in head) + f"-L{loops}"
+    """File-safe name of a sweep cell from its model, split (if any) and policy id, e.g.
+    ``cell_name("train4", "test", "M8")`` -> ``train4-test-M8``."""
+    return "-".join(str(p) for p in parts)

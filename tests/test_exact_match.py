@@ -101,14 +101,14 @@ def test_run_writes_results_and_resumes(tmp_path, monkeypatch):
     lines = ctx.results_path("generations.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) == 2 * 2 * 3  # models × loops × examples
-    assert set(records[0]) == set(GENERATION_FIELDS)
+    assert set(records[0]) == {"policy", *GENERATION_FIELDS} and records[0]["policy"] == "M1"
     assert [r["example_id"] for r in records[:3]] == [e.id for e in ctx.examples("em")]
     first = {name: ctx.results_path(name).read_bytes() for name in ("exact_match.csv", "generations.jsonl")}
 
     calls = []
     real = em_stage.generate_texts
-    monkeypatch.setattr(em_stage, "generate_texts", lambda *a: calls.append(a[-1]) or real(*a))
-    em_stage.cell_path(ctx, "train4", 1).unlink()
+    monkeypatch.setattr(em_stage, "generate_texts", lambda *a: calls.append(a[0].policy.id) or real(*a))
+    em_stage.cell_path(ctx, "train4", "M1").unlink()
     em_stage.run(ctx)
-    assert calls == [1]  # only the deleted cell is decoded again
+    assert calls == ["M1"]  # only the deleted cell is decoded again
     assert {name: ctx.results_path(name).read_bytes() for name in first} == first

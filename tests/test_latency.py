@@ -45,6 +45,7 @@ def test_fit_row():
 
 def test_latency_row_statistics():
     cell = {
+        "policy": "M4",
         "inference_loops": 4,
         "new_tokens": 8,
         "samples": 5,
@@ -77,15 +78,15 @@ def test_run_writes_results_and_resumes(tmp_path, monkeypatch):
     assert int(rows[1]["flops_per_token"]) > int(rows[0]["flops_per_token"])
     fits = read_csv(ctx.results_path("latency_fit.csv"))
     assert tuple(fits[0]) == FIT_COLUMNS and [f["model"] for f in fits] == ["base", "train4"]
-    cell = read_json(latency_stage.cell_path(ctx, "base", 1))
+    cell = read_json(latency_stage.cell_path(ctx, "base", "M1"))
     assert len(cell["seconds"]) == len(cell["prefill_seconds"]) == 2
 
     measured = []
     real = latency_stage.measure_cell
-    monkeypatch.setattr(latency_stage, "measure_cell", lambda *a: measured.append(a[3]) or real(*a))
-    latency_stage.cell_path(ctx, "train4", 2).unlink()
+    monkeypatch.setattr(latency_stage, "measure_cell", lambda *a: measured.append(a[0].policy.id) or real(*a))
+    latency_stage.cell_path(ctx, "train4", "M2").unlink()
     latency_stage.run(ctx)
-    assert measured == [2]  # only the deleted cell is timed again
+    assert measured == ["M2"]  # only the deleted cell is timed again
     again = read_csv(ctx.results_path("latency.csv"))
     assert again[:3] == rows[:3]  # finished cells are read back unchanged
 

@@ -170,14 +170,17 @@ def _generate(
         raise ValueError("an empty prompt has no last token to continue from")
     input_ids, attention_mask = left_pad(encoded, pad_id, model_device(model))
     # learned positions end at block_size; the padded width counts against it too
-    budget = min(max_new_tokens, model.config.block_size - input_ids.shape[1] + 1)
+    limit = getattr(model.config, "block_size", None) or model.config.max_position_embeddings
+    budget = min(max_new_tokens, limit - input_ids.shape[1] + 1)
     if budget < 1:
-        raise ValueError(
-            f"prompt of {input_ids.shape[1]} tokens leaves no room in block_size {model.config.block_size}"
-        )
+        raise ValueError(f"prompt of {input_ids.shape[1]} tokens leaves no room in block_size {limit}")
     loop_kwargs: dict = {"schedule": schedule, "num_loops": num_loops}
     cache = None
-    if use_cache:
+    if use_cache and not hasattr(model, "gpt"):
+        # another causal LM (the looped decoder's adapter): it brings its own loop and a plain cache
+        cache = DynamicCache()
+        loop_kwargs = {}
+    elif use_cache:
         steps = len(resolve_schedule(schedule, num_loops, model.config.train_loops))
         cache = preallocated_cache(model, steps, input_ids.shape[1] + budget - 1)
         # the (t, dt) conditioning is the same at every decode step: compute it once

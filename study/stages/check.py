@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from study.io import atomic_write_json
+from study.models.backbones import bind
 from study.pipeline import RunContext, StudyError
 from study.stages.nll import score_continuations
 from study.tasks.gsm8k import encode_example
@@ -38,6 +39,8 @@ def run_checks(ctx: RunContext) -> list[Check]:
     config = ctx.config
     tokenizer = ctx.load_tokenizer()
     model = ctx.load_model(ctx.base_spec)
+    # the base at the depth it was trained at (LoopFormer: its train_loops; a looped decoder: K = 1)
+    runner = bind(model, ctx.loop_family.policy(ctx.base_spec.train_loops))
     vocab = model.config.vocab_size
     checks: list[Check] = []
 
@@ -61,7 +64,7 @@ def run_checks(ctx: RunContext) -> list[Check]:
         )
     )
 
-    block = model.config.block_size
+    block = runner.context_limit
     scored = [encode_example(tokenizer, ex) for name in ("nll_test", "nll_train") for ex in ctx.examples(name)]
     too_long = sum(len(e.input_ids) > block for e in scored)
     checks.append(
@@ -91,9 +94,8 @@ def run_checks(ctx: RunContext) -> list[Check]:
         # the NLL stage's own scorer, so the gate measures exactly what the sweep reports
         with torch.inference_mode():
             scores = score_continuations(
-                model, [encode_example(tokenizer, ex) for ex in examples], config.nll.batch_size,
-                num_loops=ctx.base_spec.train_loops,
-            )  # fmt: skip
+                runner, [encode_example(tokenizer, ex) for ex in examples], config.nll.batch_size
+            )
         nll = sum(s.nll_sum for s in scores) / max(sum(s.answer_tokens for s in scores), 1)
         limit = config.checks.max_nll_fraction_of_uniform * math.log(vocab)
         checks.append(
@@ -102,7 +104,7 @@ def run_checks(ctx: RunContext) -> list[Check]:
                 bool(nll < limit),
                 round(nll, 6),
                 round(limit, 6),
-                f"base NLL {nll:.3f} nats/token at {ctx.base_spec.train_loops} loops on {len(examples)} test "
+                f"base NLL {nll:.3f} nats/token at {runner.policy.id} on {len(examples)} test "
                 f"examples; uniform guess ln({vocab}) = {math.log(vocab):.3f}, limit "
                 f"{config.checks.max_nll_fraction_of_uniform} x that = {limit:.3f}",
             )

@@ -9,30 +9,31 @@ lm-eval's GSM8K task does:
 
 Both are normalised (``,`` and ``$`` removed, a trailing ``.`` dropped) and compared
 with the gold answer as numbers; text that does not parse is wrong. Accuracy gets a
-Wilson 95% interval. Cells (one JSONL per model × loops) make the stage resumable.
+Wilson 95% interval. Cells (one JSONL per model × depth policy, through the one
+sweep-cell loop of ``study.stages.sweep``) make the stage resumable.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from scipy import stats
 
 from study.io import atomic_write_csv, atomic_write_jsonl
-from study.models.generation import greedy_generate
-from study.pipeline import RunContext, cell_name
+from study.models.backbones import PolicyRunner
+from study.pipeline import RunContext
+from study.stages.sweep import Cell, Loaded, Sweep
 from study.tasks.gsm8k import Example, extract_flexible, extract_strict, is_correct
 
 EXTRACTIONS = ("strict", "flexible")
-EM_COLUMNS = ("model", "inference_loops", "extraction", "correct", "n", "accuracy", "ci_low", "ci_high")
+EM_COLUMNS = ("model", "policy", "inference_loops", "extraction", "correct", "n", "accuracy", "ci_low", "ci_high")
 GENERATION_FIELDS = (
     "model", "inference_loops", "example_id", "question", "text", "strict_answer", "flexible_answer", "gold",
     "strict_correct", "flexible_correct",
 )  # fmt: skip
+RECORD_FIELDS = ("policy", *GENERATION_FIELDS)  # a generations.jsonl record: the scored generation and its policy
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -81,68 +82,88 @@ def accuracy_rows(records: Sequence[dict], model: str, loops: int) -> list[dict]
 
 
 def generate_texts(
-    model, tokenizer, examples: Sequence[Example], batch_size: int, max_new_tokens: int, loops: int
+    runner: PolicyRunner, tokenizer, examples: Sequence[Example], batch_size: int, max_new_tokens: int, progress=None
 ) -> list[str]:
-    """Greedy texts in example order. Batches group prompts of similar token length,
-    which cuts left padding; batched and one-at-a-time decoding give the same tokens."""
+    """Greedy texts in example order (``runner``: a backbone at a depth policy). Batches
+    group prompts of similar token length, which cuts left padding; batched and
+    one-at-a-time decoding give the same tokens."""
     lengths = [len(tokenizer.encode(e.prompt, add_special_tokens=False)) for e in examples]
     order = sorted(range(len(examples)), key=lambda i: -lengths[i])
     texts: list[str] = [""] * len(examples)
+    bar = progress(total=len(examples), desc="examples", inner=True) if progress is not None else None
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        results = greedy_generate(
-            model, tokenizer, [examples[i].prompt for i in batch], max_new_tokens, num_loops=loops
-        )
+        results = runner.generate(tokenizer, [examples[i].prompt for i in batch], max_new_tokens)
         for i, result in zip(batch, results, strict=True):
             texts[i] = result.text
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
     return texts
 
 
 # ---- cells ------------------------------------------------------------------------------
 
 
-def cell_path(ctx: RunContext, model: str, loops: int) -> Path:
-    return ctx.cells_dir("exact_match") / f"{cell_name(model, loops)}.jsonl"
+class GenerationStore:
+    """One JSONL per cell: its examples' generation records (``GENERATION_FIELDS``)."""
+
+    suffix = ".jsonl"
+
+    def __init__(self, example_ids: list[int]) -> None:
+        self.example_ids = example_ids
+
+    def read(self, path: Path, cell: Cell) -> list[dict] | None:
+        return read_cell(path, self.example_ids, cell.policy.id)
+
+    def write(self, path: Path, cell: Cell, records: list[dict]) -> None:
+        atomic_write_jsonl(path, records)
 
 
-def read_cell(path: Path, example_ids: list[int]) -> list[dict] | None:
+def cell_path(ctx: RunContext, model: str, policy: str) -> Path:
+    return ctx.cells_dir("exact_match") / f"{model}-{policy}{GenerationStore.suffix}"
+
+
+def read_cell(path: Path, example_ids: list[int], policy: str | None = None) -> list[dict] | None:
     if not path.is_file():
         return None
     try:
         records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         ids = [r["example_id"] for r in records]
+        policies = {r["policy"] for r in records}
     except (ValueError, KeyError, TypeError):
         return None  # unreadable: decode again
-    complete = all(set(r) == set(GENERATION_FIELDS) for r in records)
-    return records if ids == example_ids and complete else None
+    complete = all(set(r) == set(RECORD_FIELDS) for r in records)
+    same_policy = policy is None or policies <= {policy}
+    return records if ids == example_ids and complete and same_policy else None
 
 
 def run(ctx: RunContext) -> None:
     config = ctx.config.exact_match
-    grid = sorted(set(config.inference_loops))
     examples = ctx.examples("em")
-    ids = [e.id for e in examples]
+    cells = [Cell(spec, policy) for spec in ctx.model_specs() for policy in ctx.policies(config.inference_loops)]
+
+    def compute(cell: Cell, loaded: Loaded, progress) -> list[dict]:
+        runner = loaded.runner(cell.policy)
+        texts = generate_texts(runner, loaded.tokenizer, examples, config.batch_size, config.max_new_tokens, progress)
+        name, loops = cell.model.name, cell.policy.inference_loops
+        return [
+            {"policy": cell.policy.id, **score_generation(name, loops, e, t)}
+            for e, t in zip(examples, texts, strict=True)
+        ]
+
+    def describe(cell: Cell, records: list[dict]) -> str:
+        return f"strict {sum(r['strict_correct'] for r in records) / len(records):.3f}"
+
+    values = Sweep(ctx, "exact_match", GenerationStore([e.id for e in examples]), compute, describe).run(cells)
+    if values is None:  # another process of the run aggregates
+        return
     records: list[dict] = []
     accuracy: list[dict] = []
-    for spec in ctx.model_specs():
-        model = tokenizer = None
-        for loops in grid:
-            ctx.check_stop()
-            path = cell_path(ctx, spec.name, loops)
-            cell = read_cell(path, ids)
-            if cell is None:
-                if model is None:
-                    model, tokenizer = ctx.load_model(spec), ctx.load_tokenizer(spec)
-                start = time.perf_counter()
-                texts = generate_texts(model, tokenizer, examples, config.batch_size, config.max_new_tokens, loops)
-                cell = [score_generation(spec.name, loops, e, t) for e, t in zip(examples, texts, strict=True)]
-                atomic_write_jsonl(path, cell)
-                share = sum(r["strict_correct"] for r in cell) / len(cell)
-                print(f"exact_match {path.stem}: strict {share:.3f} ({time.perf_counter() - start:.1f}s)", flush=True)
-            records.extend(cell)
-            accuracy.extend(accuracy_rows(cell, spec.name, loops))
-        del model
-        if ctx.device.type == "cuda":
-            torch.cuda.empty_cache()
+    for cell in cells:
+        records.extend(values[cell])
+        rows = accuracy_rows(values[cell], cell.model.name, cell.policy.inference_loops)
+        accuracy.extend({**row, "policy": cell.policy.id} for row in rows)
     atomic_write_csv(ctx.results_path("exact_match.csv"), accuracy, EM_COLUMNS)
     atomic_write_jsonl(ctx.results_path("generations.jsonl"), records)

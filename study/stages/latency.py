@@ -1,6 +1,8 @@
 """Latency stage: what each loop costs at generation time.
 
-For each model × loop count: ``warmup`` untimed runs, then ``samples`` timed greedy
+For each model × depth policy (one cell each, through the sweep-cell loop of
+``study.stages.sweep``, in the main process only: timings run one at a time so they
+do not compete): ``warmup`` untimed runs, then ``samples`` timed greedy
 generations at batch 1 of exactly ``new_tokens`` tokens (no early stop, so every
 sample does the same token work), each followed by a timed prefill (the prompt's
 forward pass alone). Prompts are the first ``samples`` NLL test prompts, cycled if
@@ -23,11 +25,13 @@ import torch
 from scipy import stats
 
 from study.io import atomic_write_csv, atomic_write_json, read_json
-from study.models.generation import greedy_generate, preallocated_cache
-from study.pipeline import RunContext, StudyError, cell_name
+from study.looping.policies import DepthPolicy, LoopedWindow
+from study.models.backbones import PolicyRunner
+from study.pipeline import RunContext, StudyError
+from study.stages.sweep import Cell, Loaded, Sweep
 
 LATENCY_COLUMNS = (
-    "model", "inference_loops", "median_s", "p10_s", "p90_s", "tokens_per_s", "prefill_s", "new_tokens",
+    "model", "policy", "inference_loops", "median_s", "p10_s", "p90_s", "tokens_per_s", "prefill_s", "new_tokens",
     "samples", "device", "flops_per_token",
 )  # fmt: skip
 FIT_COLUMNS = ("model", "slope_s_per_loop", "intercept_s", "r_squared")
@@ -67,6 +71,46 @@ def generation_flops_per_token(config, loops: int, prompt_tokens: float, new_tok
     return token_flops(config, loops, prompt_tokens + (new_tokens - 1) / 2)
 
 
+# evaluations of the window per loop step where a strategy needs more than one
+# (aitken's two passes already count as two loops: see LoopSpec)
+WINDOW_EVALUATIONS_PER_LOOP = {"midpoint": 2, "heun": 2, "rk4": 4}
+
+
+def decoder_layer_flops(config, context: float) -> float:
+    """Forward FLOPs of one Llama-family decoder layer for one token attending to
+    ``context`` keys: q/o projections (d x heads*head_dim), k/v (d x kv_heads*head_dim),
+    the gated MLP (3 matmuls d x i) and attention (4 * context * heads*head_dim)."""
+    d = config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    q_width, kv_width = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    projections = 2 * (2 * d * q_width + 2 * d * kv_width)
+    return projections + 2 * 3 * d * config.intermediate_size + 4 * context * q_width
+
+
+def looped_decoder_token_flops(config, policy: LoopedWindow, context: float, decoding: bool = True) -> float:
+    """Forward FLOPs for one token of a looped decoder: the layers outside the window
+    once, the window K times (x evaluations per step of the strategy), plus the pass
+    that writes the window's KV when a cache is kept; bypassed decode steps run the
+    window once. The LM head (2 d V) is included."""
+    spec = policy.spec
+    width = spec.window[1] - spec.window[0] + 1
+    if decoding and spec.decode_mode == "bypass":
+        window_passes = 1.0
+    else:
+        window_passes = spec.loops * WINDOW_EVALUATIONS_PER_LOOP.get(spec.strategy, 1)
+        window_passes += 1 if spec.cache_strategy != "none" else 0
+    layers = config.num_hidden_layers - width + window_passes * width
+    return layers * decoder_layer_flops(config, context) + 2 * config.hidden_size * config.vocab_size
+
+
+def policy_generation_flops_per_token(config, policy: DepthPolicy, prompt_tokens: float, new_tokens: int) -> float:
+    """``generation_flops_per_token`` of any backbone at any policy."""
+    context = prompt_tokens + (new_tokens - 1) / 2
+    if isinstance(policy, LoopedWindow):
+        return looped_decoder_token_flops(config, policy, context)
+    return token_flops(config, policy.inference_loops, context)
+
+
 # ---- measuring ---------------------------------------------------------------------------
 
 
@@ -81,46 +125,58 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_generation(model, tokenizer, prompt: str, loops: int, new_tokens: int, device: torch.device) -> float:
+def time_generation(runner: PolicyRunner, tokenizer, prompt: str, new_tokens: int, device: torch.device) -> float:
     synchronize(device)
     start = time.perf_counter()
-    (result,) = greedy_generate(model, tokenizer, [prompt], new_tokens, num_loops=loops, early_stop=False)
+    (result,) = runner.generate(tokenizer, [prompt], new_tokens, early_stop=False)
     synchronize(device)
     seconds = time.perf_counter() - start
     if len(result.token_ids) != new_tokens:  # block_size cut it short: the sample is not comparable
         raise StudyError(
             f"latency: a {result.prompt_tokens}-token prompt leaves room for only {len(result.token_ids)} of "
-            f"latency.new_tokens={new_tokens} tokens in block_size {model.config.block_size}"
+            f"latency.new_tokens={new_tokens} tokens in block_size {runner.context_limit}"
         )
     return seconds
 
 
 @torch.inference_mode()
-def time_prefill(model, input_ids: torch.Tensor, loops: int, new_tokens: int, device: torch.device) -> float:
-    """The prompt forward pass as ``greedy_generate`` runs it: filling a fresh cache sized
+def time_prefill(runner: PolicyRunner, input_ids: torch.Tensor, new_tokens: int, device: torch.device) -> float:
+    """The prompt forward pass as ``generate`` runs it: filling a fresh cache sized
     for the generation, last logits only."""
     synchronize(device)
     start = time.perf_counter()
-    cache = preallocated_cache(model, loops, input_ids.shape[1] + new_tokens - 1)
-    model(input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1, num_loops=loops)
+    runner.prefill(input_ids, new_tokens)
     synchronize(device)
     return time.perf_counter() - start
 
 
 def measure_cell(
-    model, tokenizer, prompts: list[str], loops: int, new_tokens: int, warmup: int, device: torch.device
+    runner: PolicyRunner,
+    tokenizer,
+    prompts: list[str],
+    new_tokens: int,
+    warmup: int,
+    device: torch.device,
+    progress=None,
 ) -> dict:
+    policy = runner.policy
     for i in range(warmup):  # allocator, kernels and caches warm up outside the clock
-        time_generation(model, tokenizer, prompts[i % len(prompts)], loops, new_tokens, device)
+        time_generation(runner, tokenizer, prompts[i % len(prompts)], new_tokens, device)
     seconds, prefill, prompt_tokens = [], [], []
+    bar = progress(total=len(prompts), desc="samples", inner=True) if progress is not None else None
     for prompt in prompts:
-        seconds.append(time_generation(model, tokenizer, prompt, loops, new_tokens, device))
+        seconds.append(time_generation(runner, tokenizer, prompt, new_tokens, device))
         ids = tokenizer.encode(prompt, add_special_tokens=False)
-        prefill.append(time_prefill(model, torch.tensor([ids], device=device), loops, new_tokens, device))
+        prefill.append(time_prefill(runner, torch.tensor([ids], device=device), new_tokens, device))
         prompt_tokens.append(len(ids))
-    flops = generation_flops_per_token(model.config, loops, float(np.mean(prompt_tokens)), new_tokens)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    flops = policy_generation_flops_per_token(runner.model.config, policy, float(np.mean(prompt_tokens)), new_tokens)
     return {
-        "inference_loops": loops,
+        "policy": policy.id,
+        "inference_loops": policy.inference_loops,
         "new_tokens": new_tokens,
         "samples": len(prompts),
         "warmup": warmup,
@@ -137,6 +193,7 @@ def latency_row(model: str, cell: dict) -> dict:
     median = float(np.median(seconds))
     return {
         "model": model,
+        "policy": cell["policy"],
         "inference_loops": cell["inference_loops"],
         "median_s": median,
         "p10_s": float(np.percentile(seconds, 10)),
@@ -167,17 +224,35 @@ def fit_row(model: str, loops: list[int], medians: list[float]) -> dict:
 # ---- cells -------------------------------------------------------------------------------
 
 
-def cell_path(ctx: RunContext, model: str, loops: int) -> Path:
-    return ctx.cells_dir("latency") / f"{cell_name(model, loops)}.json"
+class TimingStore:
+    """One JSON per cell: the raw timings (``measure_cell``)."""
+
+    suffix = ".json"
+
+    def __init__(self, new_tokens: int, samples: int, warmup: int) -> None:
+        self.settings = (new_tokens, samples, warmup)
+
+    def read(self, path: Path, cell: Cell) -> dict | None:
+        return read_cell(path, cell.policy, *self.settings)
+
+    def write(self, path: Path, cell: Cell, value: dict) -> None:
+        atomic_write_json(path, value)
 
 
-def read_cell(path: Path, loops: int, new_tokens: int, samples: int, warmup: int) -> dict | None:
+def cell_path(ctx: RunContext, model: str, policy: str) -> Path:
+    return ctx.cells_dir("latency") / f"{model}-{policy}{TimingStore.suffix}"
+
+
+def read_cell(path: Path, policy: DepthPolicy, new_tokens: int, samples: int, warmup: int) -> dict | None:
     if not path.is_file():
         return None
     try:
         cell = read_json(path)
-        expected = (loops, new_tokens, samples, warmup, samples)
-        found = (cell["inference_loops"], cell["new_tokens"], cell["samples"], cell["warmup"], len(cell["seconds"]))
+        expected = (policy.id, policy.inference_loops, new_tokens, samples, warmup, samples)
+        found = (
+            cell["policy"], cell["inference_loops"], cell["new_tokens"], cell["samples"], cell["warmup"],
+            len(cell["seconds"]),
+        )  # fmt: skip
     except (ValueError, KeyError, TypeError):
         return None
     return cell if found == expected else None
@@ -185,29 +260,26 @@ def read_cell(path: Path, loops: int, new_tokens: int, samples: int, warmup: int
 
 def run(ctx: RunContext) -> None:
     config = ctx.config.latency
-    grid = sorted(set(config.inference_loops))
     pool = ctx.examples("nll_test")
     prompts = [pool[i % len(pool)].prompt for i in range(config.samples)]
+    grid = ctx.policies(config.inference_loops)
+    cells = [Cell(spec, policy) for spec in ctx.model_specs() for policy in grid]
+
+    def compute(cell: Cell, loaded: Loaded, progress) -> dict:
+        runner = loaded.runner(cell.policy)
+        return measure_cell(runner, loaded.tokenizer, prompts, config.new_tokens, config.warmup, ctx.device, progress)
+
+    def describe(cell: Cell, value: dict) -> str:
+        return f"{float(np.median(value['seconds'])):.4f}s per sample of {config.new_tokens} tokens"
+
+    store = TimingStore(config.new_tokens, config.samples, config.warmup)
+    values = Sweep(ctx, "latency", store, compute, describe, spread=False).run(cells)
+    if values is None:  # another process of the run aggregates
+        return
     rows, fits = [], []
     for spec in ctx.model_specs():
-        model = tokenizer = None
-        medians = []
-        for loops in grid:
-            ctx.check_stop()
-            path = cell_path(ctx, spec.name, loops)
-            cell = read_cell(path, loops, config.new_tokens, config.samples, config.warmup)
-            if cell is None:
-                if model is None:
-                    model, tokenizer = ctx.load_model(spec), ctx.load_tokenizer(spec)
-                cell = measure_cell(model, tokenizer, prompts, loops, config.new_tokens, config.warmup, ctx.device)
-                atomic_write_json(path, cell)
-            row = latency_row(spec.name, cell)
-            print(f"latency {path.stem}: {row['median_s']:.4f}s per sample of {config.new_tokens} tokens", flush=True)
-            rows.append(row)
-            medians.append(row["median_s"])
-        fits.append(fit_row(spec.name, grid, medians))
-        del model
-        if ctx.device.type == "cuda":
-            torch.cuda.empty_cache()
+        model_rows = [latency_row(spec.name, values[Cell(spec, policy)]) for policy in grid]
+        rows.extend(model_rows)
+        fits.append(fit_row(spec.name, [p.inference_loops for p in grid], [r["median_s"] for r in model_rows]))
     atomic_write_csv(ctx.results_path("latency.csv"), rows, LATENCY_COLUMNS)
     atomic_write_csv(ctx.results_path("latency_fit.csv"), fits, FIT_COLUMNS)

@@ -5,16 +5,22 @@ separately and joined (``encode_example``); each continuation token is scored by
 the logits at the position before it. Two targets per example: the whole solution
 (tokens from ``answer_start``) and the final answer alone (from ``final_start``).
 
-For each model (loaded once) × split (``test``, ``train``) × loop count, one cell
-file ``results/cells/nll/<model>-<split>-L<loops>.csv`` is written atomically; a
-rerun reads finished cells back instead of recomputing them. Then:
+For each model × split (``test``, ``train``) × depth policy of ``nll.inference_loops``
+(``M8`` for LoopFormer, ``euler-w12-15-K3`` for a looped decoder), one cell file
+``results/cells/nll/<model>-<split>-<policy>.csv`` is written by the one sweep-cell
+loop (``study.stages.sweep``: resume, Ctrl-C, processes). With a ``schedules``
+section (LoopFormer), every schedule of M steps is one more test cell per model,
+summarised in ``schedules.csv`` (this stage owns it: same scorer, same loop). Then:
 
-- ``nll.csv``: one row per (model, split, loops, example);
+- ``nll.csv``: one row per (model, split, policy, example), with the loops the
+  policy runs (``inference_loops``) and the loops the example executed;
 - ``nll_summary.csv``: token-weighted NLL per cell (sum NLL / sum tokens, the
   headline) with a percentile bootstrap CI over examples;
 - ``preferred_depth.csv``: per (model, split), the best loop count and, from a
   paired bootstrap (the same resampled examples for every loop count), each loop's
-  gap to the best with its CI and how often it wins.
+  gap to the best with its CI and how often it wins;
+- ``schedules.csv``: per (model, schedule) on the test slice, NLL per token with its
+  bootstrap CI and its rank among the schedules (1 = lowest NLL).
 
 Everything is deterministic for a given seed on CPU: fixed batching, float64 sums,
 seeded numpy generators.
@@ -22,7 +28,6 @@ seeded numpy generators.
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,20 +39,28 @@ import torch.nn.functional as F
 from scipy import stats
 
 from study.io import atomic_write_csv, read_csv
-from study.pipeline import RunContext, cell_name
+from study.looping.policies import DepthPolicy, StepSchedule, UniformLoops
+from study.looping.schedules import enumerate_schedules, uniform_schedule
+from study.models.backbones import PolicyRunner, bind
+from study.pipeline import RunContext
+from study.stages.sweep import Cell, Loaded, Sweep
 from study.tasks.gsm8k import EncodedExample, encode_example
 
 SPLITS = {"test": "nll_test", "train": "nll_train"}  # split column value -> ctx.examples subset
 NLL_COLUMNS = (
-    "model", "split", "inference_loops", "example_id", "answer_tokens", "nll_sum", "final_tokens", "final_nll_sum",
+    "model", "split", "policy", "inference_loops", "executed_loops", "example_id", "answer_tokens", "nll_sum",
+    "final_tokens", "final_nll_sum",
 )  # fmt: skip
 SUMMARY_COLUMNS = (
-    "model", "split", "inference_loops", "examples", "tokens", "nll_per_token", "ci_low", "ci_high",
-    "example_mean_nll", "final_tokens", "final_nll_per_token", "final_ci_low", "final_ci_high",
+    "model", "split", "policy", "inference_loops", "executed_loops", "examples", "tokens", "nll_per_token", "ci_low",
+    "ci_high", "example_mean_nll", "final_tokens", "final_nll_per_token", "final_ci_low", "final_ci_high",
 )  # fmt: skip
 PREFERRED_COLUMNS = (
-    "model", "split", "train_loops", "inference_loops", "nll_per_token", "best_loops", "best_nll", "is_best",
-    "gap_to_best", "gap_ci_low", "gap_ci_high", "p_best", "p_best_is_train_loops", "train_test_match",
+    "model", "split", "train_loops", "policy", "inference_loops", "nll_per_token", "best_loops", "best_nll",
+    "is_best", "gap_to_best", "gap_ci_low", "gap_ci_high", "p_best", "p_best_is_train_loops", "train_test_match",
+)  # fmt: skip
+SCHEDULE_COLUMNS = (
+    "model", "split", "policy", "steps", "uniform", "nll_per_token", "ci_low", "ci_high", "rank",
 )  # fmt: skip
 
 
@@ -61,6 +74,7 @@ class ContinuationScore:
     nll_sum: float  # their summed NLL (nats)
     final_tokens: int  # tokens of the final answer (after '####')
     final_nll_sum: float
+    executed_loops: float = 0.0  # loops the policy ran for this example (its own count for a halting rule)
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -85,6 +99,14 @@ def fit_to_window(example: EncodedExample, block_size: int) -> EncodedExample:
     )
 
 
+def loopformer_policy(model, schedule: Sequence[float] | None, num_loops: int | None) -> DepthPolicy:
+    """The policy of LoopFormer's ``schedule``/``num_loops`` arguments (its train_loops when neither)."""
+    if schedule is not None:
+        return StepSchedule(tuple(schedule))
+    # neither: the model's own default depth (stand-in models without one loop once)
+    return UniformLoops(num_loops if num_loops is not None else int(getattr(model.config, "train_loops", 1)))
+
+
 @torch.inference_mode()
 def score_continuations(
     model,
@@ -92,8 +114,13 @@ def score_continuations(
     batch_size: int,
     schedule: Sequence[float] | None = None,
     num_loops: int | None = None,
+    progress=None,
 ) -> list[ContinuationScore]:
     """Summed NLL of each example's solution and final answer, in input order.
+
+    ``model`` is a ``PolicyRunner`` (any backbone at any depth policy) or a LoopFormer
+    run at ``schedule``/``num_loops``. ``progress(total=..., desc=...)`` may give a bar
+    over the examples.
 
     Batches are right-padded and passed *without* an attention mask: attention is
     causal, so a real token never sees the padding after it, positions are plain
@@ -101,26 +128,26 @@ def score_continuations(
     padded positions are never gathered, so padding is never scored. Only the
     positions that predict continuation tokens go through the LM head, and the last
     token, which predicts nothing, is not fed at all."""
-    device = next(model.parameters()).device
-    examples = [fit_to_window(e, model.config.block_size) for e in examples]
+    runner = model if isinstance(model, PolicyRunner) else bind(model, loopformer_policy(model, schedule, num_loops))
+    device = runner.device
+    examples = [fit_to_window(e, runner.context_limit) for e in examples]
     scores: list[ContinuationScore | None] = [None] * len(examples)
+    bar = progress(total=len(examples), desc="examples", inner=True) if progress is not None else None
     for batch in length_batches([len(e.input_ids) for e in examples], batch_size):
         rows = [examples[i] for i in batch]
         width = max(len(e.input_ids) for e in rows) - 1
         input_ids = torch.zeros((len(rows), width), dtype=torch.long)
         for r, example in enumerate(rows):
             input_ids[r, : len(example.input_ids) - 1] = torch.tensor(example.input_ids[:-1])
-        hidden = model.gpt(
-            input_ids.to(device), schedule=schedule, num_loops=num_loops, use_cache=False
-        ).last_hidden_state
+        hidden, executed = runner.hidden(input_ids.to(device))  # [B, T, H], [B]
         # token t (t >= answer_start) is predicted by the hidden state at t - 1
         counts = [len(e.input_ids) - e.answer_start for e in rows]
         row_index = torch.cat([torch.full((count,), r) for r, count in enumerate(counts)])
         positions = torch.cat([torch.arange(e.answer_start - 1, len(e.input_ids) - 1) for e in rows])
         targets = torch.cat([torch.tensor(e.input_ids[e.answer_start :]) for e in rows])
-        logits = model.lm_head(hidden[row_index.to(device), positions.to(device)])
+        logits = runner.head(hidden[row_index.to(device), positions.to(device)])
         token_nll = F.cross_entropy(logits.float(), targets.to(device), reduction="none").double().cpu()
-        for example, index, nll in zip(rows, batch, token_nll.split(counts), strict=True):
+        for r, (example, index, nll) in enumerate(zip(rows, batch, token_nll.split(counts), strict=True)):
             final_from = example.final_start - example.answer_start
             scores[index] = ContinuationScore(
                 example_id=example.example_id,
@@ -128,7 +155,12 @@ def score_continuations(
                 nll_sum=float(nll.sum()),
                 final_tokens=len(nll) - final_from,
                 final_nll_sum=float(nll[final_from:].sum()),
+                executed_loops=float(executed[r]),
             )
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
     return scores  # type: ignore[return-value]
 
 
@@ -220,12 +252,28 @@ def paired_depth_bootstrap(
 # ---- cells ---------------------------------------------------------------------------------
 
 
-def cell_path(ctx: RunContext, model: str, split: str, loops: int) -> Path:
-    return ctx.cells_dir("nll") / f"{cell_name(model, split, loops)}.csv"
+class NLLStore:
+    """One CSV per cell: its examples' rows (``NLL_COLUMNS``)."""
+
+    suffix = ".csv"
+
+    def __init__(self, example_ids: dict[str, list[int]]) -> None:
+        self.example_ids = example_ids  # per split
+
+    def read(self, path: Path, cell: Cell) -> list[dict] | None:
+        return read_cell(path, self.example_ids[cell.split], cell.policy.id)
+
+    def write(self, path: Path, cell: Cell, rows: list[dict]) -> None:
+        atomic_write_csv(path, rows, NLL_COLUMNS)
 
 
-def read_cell(path: Path, example_ids: list[int]) -> list[dict] | None:
-    """A finished cell's rows (typed), or None when missing or not for these examples."""
+def cell_path(ctx: RunContext, model: str, split: str, policy: str) -> Path:
+    return ctx.cells_dir("nll") / f"{model}-{split}-{policy}{NLLStore.suffix}"
+
+
+def read_cell(path: Path, example_ids: list[int], policy: str | None = None) -> list[dict] | None:
+    """A finished cell's rows (typed), or None when missing, unreadable or not for these
+    examples (or, given ``policy``, for another policy)."""
     if not path.is_file():
         return None
     try:
@@ -233,7 +281,9 @@ def read_cell(path: Path, example_ids: list[int]) -> list[dict] | None:
             {
                 "model": r["model"],
                 "split": r["split"],
+                "policy": r["policy"],
                 "inference_loops": int(r["inference_loops"]),
+                "executed_loops": float(r["executed_loops"]),
                 "example_id": int(r["example_id"]),
                 "answer_tokens": int(r["answer_tokens"]),
                 "nll_sum": float(r["nll_sum"]),
@@ -244,16 +294,23 @@ def read_cell(path: Path, example_ids: list[int]) -> list[dict] | None:
         ]
     except (KeyError, ValueError, TypeError):
         return None  # unreadable: recompute
+    if policy is not None and any(r["policy"] != policy for r in rows):
+        return None
     return rows if [r["example_id"] for r in rows] == example_ids else None
 
 
-def score_cell(model, encoded: list[EncodedExample], batch_size: int, name: str, split: str, loops: int) -> list[dict]:
-    scores = score_continuations(model, encoded, batch_size, num_loops=loops)
+def score_cell(cell: Cell, loaded: Loaded, examples: list, batch_size: int, progress=None) -> list[dict]:
+    encoded = loaded.cache.get(cell.split)
+    if encoded is None:  # each split is encoded once per model
+        encoded = loaded.cache[cell.split] = [encode_example(loaded.tokenizer, e) for e in examples]
+    scores = score_continuations(loaded.runner(cell.policy), encoded, batch_size, progress=progress)
     return [
         {
-            "model": name,
-            "split": split,
-            "inference_loops": loops,
+            "model": cell.model.name,
+            "split": cell.split,
+            "policy": cell.policy.id,
+            "inference_loops": cell.policy.inference_loops,
+            "executed_loops": s.executed_loops,
             "example_id": s.example_id,
             "answer_tokens": s.answer_tokens,
             "nll_sum": s.nll_sum,
@@ -264,92 +321,104 @@ def score_cell(model, encoded: list[EncodedExample], batch_size: int, name: str,
     ]
 
 
+def schedule_policies(ctx: RunContext) -> list[StepSchedule]:
+    """Every schedule of the ``schedules`` section, plus the uniform one when the grid
+    of step sizes cannot express it (e.g. 3 steps in eighths)."""
+    if ctx.config.schedules is None:
+        return []
+    found = enumerate_schedules(ctx.config.schedules.loops, ctx.config.schedules.granularity)
+    uniform = uniform_schedule(ctx.config.schedules.loops)
+    return found if any(p.is_uniform for p in found) else [*found, uniform]
+
+
 def run(ctx: RunContext) -> None:
     config = ctx.config.nll
-    grid = sorted(set(config.inference_loops))
+    grid = ctx.policies(config.inference_loops)
     examples = {split: ctx.examples(subset) for split, subset in SPLITS.items()}
-    cells: dict[tuple[str, str, int], list[dict]] = {}
-    for spec in ctx.model_specs():
-        model = tokenizer = None
-        encoded: dict[str, list[EncodedExample]] = {}
-        for split, subset in examples.items():
-            ids = [e.id for e in subset]
-            for loops in grid:
-                ctx.check_stop()
-                path = cell_path(ctx, spec.name, split, loops)
-                rows = read_cell(path, ids)
-                if rows is None:
-                    if model is None:  # load each model once, and only if a cell of it is missing
-                        model, tokenizer = ctx.load_model(spec), ctx.load_tokenizer(spec)
-                    if split not in encoded:
-                        encoded[split] = [encode_example(tokenizer, e) for e in subset]
-                    start = time.perf_counter()
-                    rows = score_cell(model, encoded[split], config.batch_size, spec.name, split, loops)
-                    atomic_write_csv(path, rows, NLL_COLUMNS)
-                    value = sum(r["nll_sum"] for r in rows) / sum(r["answer_tokens"] for r in rows)
-                    print(f"nll {path.stem}: {value:.4f} nats/token ({time.perf_counter() - start:.1f}s)", flush=True)
-                cells[spec.name, split, loops] = rows
-        del model
-        if ctx.device.type == "cuda":
-            torch.cuda.empty_cache()
-    write_results(ctx, cells, grid)
+    schedules = schedule_policies(ctx)
+    cells = [Cell(spec, policy, split) for spec in ctx.model_specs() for split in SPLITS for policy in grid]
+    cells += [Cell(spec, policy, "test") for spec in ctx.model_specs() for policy in schedules]
+    # model-major order: a process's share of the cells loads each model once
+    order = {spec.name: i for i, spec in enumerate(ctx.model_specs())}
+    cells.sort(key=lambda c: order[c.model.name])
+
+    def compute(cell: Cell, loaded: Loaded, progress) -> list[dict]:
+        return score_cell(cell, loaded, examples[cell.split], config.batch_size, progress)
+
+    def describe(cell: Cell, rows: list[dict]) -> str:
+        return f"{sum(r['nll_sum'] for r in rows) / sum(r['answer_tokens'] for r in rows):.4f} nats/token"
+
+    store = NLLStore({split: [e.id for e in subset] for split, subset in examples.items()})
+    values = Sweep(ctx, "nll", store, compute, describe).run(cells)
+    if values is None:  # another process of the run aggregates
+        return
+    by_key = {(c.model.name, c.split, c.policy.id): rows for c, rows in values.items()}
+    write_results(ctx, by_key, grid)
+    if schedules:
+        write_schedules(ctx, by_key, schedules)
 
 
-def write_results(ctx: RunContext, cells: dict[tuple[str, str, int], list[dict]], grid: list[int]) -> None:
+def cell_summary(rows: list[dict], resamples: int, confidence: float, seed: int) -> dict:
+    """Token-weighted NLL of one cell with its bootstrap CI (whole solution and final answer)."""
+    nll = np.array([r["nll_sum"] for r in rows])
+    tokens = np.array([r["answer_tokens"] for r in rows])
+    final_nll = np.array([r["final_nll_sum"] for r in rows])
+    final_tokens = np.array([r["final_tokens"] for r in rows])
+    ci = ratio_ci(nll, tokens, resamples, confidence, seed)
+    final_ci = ratio_ci(final_nll, final_tokens, resamples, confidence, seed)
+    return {
+        "executed_loops": float(np.mean([r["executed_loops"] for r in rows])),
+        "examples": len(rows),
+        "tokens": int(tokens.sum()),
+        "nll_per_token": float(ratio_of_sums(nll, tokens)),
+        "ci_low": ci[0],
+        "ci_high": ci[1],
+        "example_mean_nll": float(np.mean(nll / tokens)),  # each example weighted equally
+        "final_tokens": int(final_tokens.sum()),
+        "final_nll_per_token": float(ratio_of_sums(final_nll, final_tokens)),
+        "final_ci_low": final_ci[0],
+        "final_ci_high": final_ci[1],
+    }
+
+
+def write_results(ctx: RunContext, cells: dict[tuple[str, str, str], list[dict]], grid: list[DepthPolicy]) -> None:
     config, seed = ctx.config.nll, ctx.config.seed
     specs = ctx.model_specs()
-    order = [(spec.name, split, loops) for spec in specs for split in SPLITS for loops in grid]
-    atomic_write_csv(ctx.results_path("nll.csv"), [row for key in order for row in cells[key]], NLL_COLUMNS)
+    order = [(spec.name, split, policy) for spec in specs for split in SPLITS for policy in grid]
+    rows_of = {key: cells[key[0], key[1], key[2].id] for key in order}
+    atomic_write_csv(ctx.results_path("nll.csv"), [row for key in order for row in rows_of[key]], NLL_COLUMNS)
 
     summary = []
-    for name, split, loops in order:
-        rows = cells[name, split, loops]
-        nll = np.array([r["nll_sum"] for r in rows])
-        tokens = np.array([r["answer_tokens"] for r in rows])
-        final_nll = np.array([r["final_nll_sum"] for r in rows])
-        final_tokens = np.array([r["final_tokens"] for r in rows])
-        ci = ratio_ci(nll, tokens, config.bootstrap_resamples, config.confidence, seed)
-        final_ci = ratio_ci(final_nll, final_tokens, config.bootstrap_resamples, config.confidence, seed)
+    for name, split, policy in order:
+        stats_row = cell_summary(rows_of[name, split, policy], config.bootstrap_resamples, config.confidence, seed)
         summary.append(
-            {
-                "model": name,
-                "split": split,
-                "inference_loops": loops,
-                "examples": len(rows),
-                "tokens": int(tokens.sum()),
-                "nll_per_token": float(ratio_of_sums(nll, tokens)),
-                "ci_low": ci[0],
-                "ci_high": ci[1],
-                "example_mean_nll": float(np.mean(nll / tokens)),  # each example weighted equally
-                "final_tokens": int(final_tokens.sum()),
-                "final_nll_per_token": float(ratio_of_sums(final_nll, final_tokens)),
-                "final_ci_low": final_ci[0],
-                "final_ci_high": final_ci[1],
-            }
+            {"model": name, "split": split, "policy": policy.id, "inference_loops": policy.inference_loops, **stats_row}
         )
     atomic_write_csv(ctx.results_path("nll_summary.csv"), summary, SUMMARY_COLUMNS)
 
+    loops = [policy.inference_loops for policy in grid]
     preferred = []
     for spec in specs:
         results = {}
         for split in SPLITS:
-            nll = np.array([[r["nll_sum"] for r in cells[spec.name, split, loops]] for loops in grid])
-            tokens = np.array([r["answer_tokens"] for r in cells[spec.name, split, grid[0]]])
+            nll = np.array([[r["nll_sum"] for r in rows_of[spec.name, split, policy]] for policy in grid])
+            tokens = np.array([r["answer_tokens"] for r in rows_of[spec.name, split, grid[0]]])
             results[split] = paired_depth_bootstrap(nll, tokens, config.bootstrap_resamples, config.confidence, seed)
-        match = grid[results["test"].best_index] == grid[results["train"].best_index]
+        match = loops[results["test"].best_index] == loops[results["train"].best_index]
         for split, result in results.items():
             best = result.best_index
             # a train depth outside the grid never wins a resample
-            p_train = result.p_best[grid.index(spec.train_loops)] if spec.train_loops in grid else 0.0
-            for i, loops in enumerate(grid):
+            p_train = result.p_best[loops.index(spec.train_loops)] if spec.train_loops in loops else 0.0
+            for i, policy in enumerate(grid):
                 preferred.append(
                     {
                         "model": spec.name,
                         "split": split,
                         "train_loops": spec.train_loops,
-                        "inference_loops": loops,
+                        "policy": policy.id,
+                        "inference_loops": policy.inference_loops,
                         "nll_per_token": result.nll_per_token[i],
-                        "best_loops": grid[best],
+                        "best_loops": loops[best],
                         "best_nll": result.nll_per_token[best],
                         "is_best": i == best,
                         "gap_to_best": result.gap[i],
@@ -361,3 +430,33 @@ def write_results(ctx: RunContext, cells: dict[tuple[str, str, int], list[dict]]
                     }
                 )
     atomic_write_csv(ctx.results_path("preferred_depth.csv"), preferred, PREFERRED_COLUMNS)
+
+
+def write_schedules(
+    ctx: RunContext, cells: dict[tuple[str, str, str], list[dict]], schedules: list[StepSchedule]
+) -> None:
+    """``schedules.csv``: every schedule's test NLL per model, ranked (1 = lowest NLL;
+    equal NLLs share the lower rank)."""
+    config, seed = ctx.config.nll, ctx.config.seed
+    rows = []
+    for spec in ctx.model_specs():
+        values = []
+        for policy in schedules:
+            rows_of = cells[spec.name, "test", policy.id]
+            values.append((policy, cell_summary(rows_of, config.bootstrap_resamples, config.confidence, seed)))
+        ranks = stats.rankdata([s["nll_per_token"] for _, s in values], method="min")
+        for (policy, summary), rank in zip(values, ranks, strict=True):
+            rows.append(
+                {
+                    "model": spec.name,
+                    "split": "test",
+                    "policy": policy.id,
+                    "steps": " ".join(f"{s:g}" for s in policy.steps),
+                    "uniform": policy.is_uniform,
+                    "nll_per_token": summary["nll_per_token"],
+                    "ci_low": summary["ci_low"],
+                    "ci_high": summary["ci_high"],
+                    "rank": int(rank),
+                }
+            )
+    atomic_write_csv(ctx.results_path("schedules.csv"), rows, SCHEDULE_COLUMNS)

@@ -1,7 +1,12 @@
 """SFT stage: fine-tune the base once per ``sft.train_loops`` entry with trl.
 
-Each model trains at a fixed loop count, which reaches the model through its config
-(``train_loops``): trl calls the backbone with input ids and mask only. Loss is on
+Each model trains at a fixed depth policy. LoopFormer: the loop count reaches the
+model through its config (``train_loops``): trl calls the backbone with input ids and
+mask only. A looped decoder (training-free looping of a pretrained decoder): every
+training forward runs through ``loop_decoder(model, spec)`` at K = the entry, so the
+gradients flow through every pass of the window; the saved model is the plain
+decoder (``save_pretrained``) with ``loop_policy.json`` beside it, never the wrapper.
+Loss is on
 the completion (the gold solution + EOS), never the prompt. Trainer checkpoints land
 in ``sft/<name>/checkpoint-*`` every ``sft.save_steps`` optimizer steps; a rerun
 resumes from the newest complete one. The final model is saved to ``models/<name>``
@@ -10,6 +15,10 @@ by writing a temporary folder and renaming it, so a folder there is always whole
 Entry point for one model, also under ``accelerate launch`` (DDP across GPUs/nodes)::
 
     accelerate launch -m study.stages.sft --run-dir runs/v17-seed2026 --train-loops 8
+
+Under ``accelerate launch run_study.py`` (several processes) the models are split
+between the processes and each trains its own in a child process of its own (one SFT
+per GPU on Kaggle's T4 x2), outside the sweep's process group.
 """
 
 from __future__ import annotations
@@ -22,9 +31,11 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from study import distributed
 from study.config import StudyConfig
-from study.io import atomic_write_csv, read_csv
+from study.io import atomic_write_csv, atomic_write_json, read_csv
 from study.pipeline import (
     RunContext,
     StudyError,
@@ -34,6 +45,35 @@ from study.pipeline import (
 )
 
 LOSS_COLUMNS = ("model", "train_loops", "step", "epoch", "loss", "learning_rate")
+LOOP_POLICY_FILE = "loop_policy.json"  # beside a looped decoder's SFT weights: the policy it trained at
+IGNORE_INDEX = -100  # label of the prompt and padding tokens (trl's completion-only collator)
+
+
+def looped_sft_trainer(spec):
+    """An ``SFTTrainer`` whose forward runs the model through ``loop_decoder(model,
+    spec)``: the weights are the plain decoder's, the loss is the looped model's."""
+    from trl import SFTTrainer
+
+    from study.models.looped_decoder import loop_decoder
+
+    class LoopedSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            decoder = self.accelerator.unwrap_model(model)
+            looped = loop_decoder(decoder, spec)  # holds references only: gradients reach the decoder
+            hidden = looped.base_forward(inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+            labels = inputs["labels"][:, 1:]  # token t is predicted at position t - 1
+            scored = labels != IGNORE_INDEX
+            logits = decoder.lm_head(hidden.last_hidden_state[:, :-1][scored])  # [tokens, V]
+            loss = F.cross_entropy(logits.float(), labels[scored], reduction="sum")
+            count = scored.sum() if num_items_in_batch is None else num_items_in_batch
+            # like the causal-LM loss with num_items_in_batch: a sum over the tokens of the whole
+            # accumulated batch, divided once by their number
+            loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return (loss, None) if return_outputs else loss
+
+    return LoopedSFTTrainer
 
 
 def trainer_dir(ctx: RunContext, name: str) -> Path:
@@ -128,7 +168,12 @@ def train_one(ctx: RunContext, train_loops: int) -> None:
         make_deterministic(ctx.device)
     tokenizer = ctx.load_tokenizer()
     model = ctx.load_model(ctx.base_spec).train()
-    model.config.train_loops = train_loops  # the loop count every training forward runs
+    policy = ctx.loop_family.policy(train_loops)  # the depth every training forward runs
+    trainer_class = SFTTrainer
+    if ctx.looped_decoder:
+        trainer_class = looped_sft_trainer(policy.spec)
+    else:
+        model.config.train_loops = train_loops
     peft_config = None
     if sft.lora is not None:
         from peft import LoraConfig
@@ -141,7 +186,7 @@ def train_one(ctx: RunContext, train_loops: int) -> None:
             task_type="CAUSAL_LM",
         )
     output_dir = trainer_dir(ctx, spec.name)
-    trainer = SFTTrainer(
+    trainer = trainer_class(
         model=model,
         args=training_arguments(ctx.config, output_dir, ctx.device),
         train_dataset=sft_dataset(ctx),
@@ -160,11 +205,14 @@ def train_one(ctx: RunContext, train_loops: int) -> None:
     trained = trainer.model
     if peft_config is not None:
         trained = trained.merge_and_unload()  # sweeps load a plain checkpoint
-    trained.config.train_loops = train_loops
+    if not ctx.looped_decoder:
+        trained.config.train_loops = train_loops
     staging = final_dir.with_name(f".{spec.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     trained.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    # what it trained at (the sweeps run their own policies on it; the wrapper is not in the weights)
+    atomic_write_json(staging / LOOP_POLICY_FILE, {"train_loops": train_loops, **policy.describe()})
     shutil.rmtree(final_dir, ignore_errors=True)
     staging.rename(final_dir)
 
@@ -181,6 +229,22 @@ def train_one(ctx: RunContext, train_loops: int) -> None:
         if "loss" in entry
     ]
     atomic_write_csv(loss_cell(ctx, spec.name), rows, LOSS_COLUMNS)
+
+
+def _train_in_child(ctx: RunContext, train_loops: int) -> None:
+    """Under ``accelerate launch``: train one model in a child process that is not a
+    member of the run's process group (the Trainer would otherwise average gradients
+    with the other processes' different models), on this process's device."""
+    extra = {}
+    if ctx.device.type == "cuda":
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        index = ctx.device.index or 0
+        extra["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
+    command = [sys.executable, "-m", "study.stages.sft", "--run-dir", str(ctx.run_dir)]
+    command += ["--train-loops", str(train_loops)]
+    code = subprocess.run(command, env=distributed.child_environment(extra), check=False).returncode
+    if code != 0:
+        raise StudyError(f"sft: training at train_loops {train_loops} failed in process {distributed.process_index()}")
 
 
 def _parallel_on_gpus(ctx: RunContext, pending: list[int]) -> None:
@@ -205,7 +269,14 @@ def run(ctx: RunContext) -> None:
         for loops in ctx.config.sft.train_loops
         if not (ctx.model_dir(f"train{loops}") / "config.json").is_file()
     ]
-    if ctx.device.type == "cuda" and torch.cuda.device_count() > 1 and len(pending) > 1:
+    if distributed.num_processes() > 1:  # accelerate launch: each process trains its share of the models
+        for loops in distributed.split(pending):
+            ctx.check_stop()
+            _train_in_child(ctx, loops)
+        distributed.settle(None)
+        if not distributed.is_main():
+            return
+    elif ctx.device.type == "cuda" and torch.cuda.device_count() > 1 and len(pending) > 1:
         _parallel_on_gpus(ctx, pending)
     for loops in ctx.config.sft.train_loops:
         ctx.check_stop()

