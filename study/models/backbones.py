@@ -23,10 +23,13 @@ folder, with its provenance, so later loads take a second instead of a minute).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -221,12 +224,21 @@ def materialize_offline_smollm2(target: Path) -> dict[str, Any]:
     if provenance_path.is_file() and (target / "config.json").is_file():
         return json.loads(provenance_path.read_text())
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     gguf = smollm2_gguf_path()
-    hf_logging.disable_progress_bar()  # the per-tensor dequantization bar floods non-terminal logs
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # the per-tensor dequantization bar is useful on a terminal and floods a log file
+    quiet = contextlib.nullcontext() if sys.stderr.isatty() else contextlib.redirect_stderr(io.StringIO())
+    with quiet:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # the weights are dequantized fp32 already; transformers still marks the model as GGUF-quantized
+    # and refuses to save it, so the same tensors go into a plain model of the same config
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
     provenance = {
         "source": "offline:smollm2",
         "model": "SmolLM2-135M-Instruct",

@@ -77,8 +77,13 @@ RESULT_FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "latency.csv": ("latency", "latency", ("model", "inference_loops", "median_s", "p10_s", "p90_s")),
     "latency_fit.csv": ("latency_fit", "latency", ("model", "slope_s_per_loop", "intercept_s", "r_squared")),
+    "schedules.csv": (
+        "schedules",
+        "nll",
+        ("model", "split", "policy", "steps", "uniform", "nll_per_token", "ci_low", "ci_high", "rank"),
+    ),
 }
-BOOL_COLUMNS = ("is_best", "train_test_match")
+BOOL_COLUMNS = ("is_best", "train_test_match", "uniform")
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -106,6 +111,7 @@ class Results:
     exact_match: pd.DataFrame | None = None
     latency: pd.DataFrame | None = None
     latency_fit: pd.DataFrame | None = None
+    schedules: pd.DataFrame | None = None
     problems: list[str] = field(default_factory=list)  # files present but unreadable
 
     @property
@@ -122,6 +128,26 @@ class Results:
         if self.config is not None:
             return self.config.model.source == EMBEDDED_BASE
         return ((self.manifest or {}).get("model") or {}).get("source") == EMBEDDED_BASE
+
+    @property
+    def provenance(self) -> dict[str, Any] | None:
+        """Where an offline base came from (file, sha256, quantization), from the manifest."""
+        return ((self.manifest or {}).get("model") or {}).get("provenance")
+
+    @property
+    def looped_decoder(self) -> bool:
+        """True when the backbone is a pretrained decoder looped training-free (depth = K)."""
+        if self.config is not None:
+            return self.config.model.backbone == "looped_decoder"
+        return ((self.manifest or {}).get("model") or {}).get("backbone") == "looped_decoder"
+
+    @property
+    def depth_label(self) -> str:
+        """The x axis of the depth figures: LoopFormer's loops, or the looped window's K."""
+        if self.looped_decoder and self.config is not None and self.config.looping is not None:
+            a, b = self.config.looping.window
+            return f"inference loops K (layers {a}-{b} looped, {self.config.looping.strategy})"
+        return "inference loops (test-time depth)"
 
     @property
     def name(self) -> str:
@@ -501,7 +527,7 @@ def plot_nll_vs_loops(results: Results, ax: Axes | None = None, splits: Sequence
             )
     _mark_train_loops(ax, results, models)
     _loop_ticks(ax, nll["inference_loops"])
-    ax.set_xlabel("inference loops (test-time depth)")
+    ax.set_xlabel(results.depth_label)
     ax.set_ylabel("NLL per token (nats/token)")
     ax.set_title("NLL vs inference loops (lower is better)")
     handles = [
@@ -648,7 +674,7 @@ def plot_exact_match(results: Results, axes: Sequence[Axes] | None = None) -> Fi
         counts = rows_all["n"].dropna().unique()
         n_text = f", n = {int(counts[0])}" if len(counts) == 1 else ""
         ax.set_title(f"{extraction} answer extraction{n_text}")
-        ax.set_xlabel("inference loops (test-time depth)")
+        ax.set_xlabel(results.depth_label)
         ax.set_ylim(bottom=0)
     axes[0].set_ylabel("exact-match accuracy (%, Wilson 95% CI)")
     handles = [
@@ -744,10 +770,54 @@ def plot_latency(results: Results, ax: Axes | None = None) -> Figure:
     device = ""
     if "device" in latency.columns and latency["device"].nunique() == 1:
         device = f" on {latency['device'].iloc[0]}"
-    ax.set_xlabel("inference loops (test-time depth)")
+    ax.set_xlabel(results.depth_label)
     ax.set_ylabel(f"median latency (s/sample{_latency_new_tokens(results)})")
     ax.set_title(f"Latency per sample vs inference loops{device} (bars: p10-p90; dashed: linear fit)")
     ax.legend(handles=handles, loc="upper left")
+    return figure
+
+
+@_styled
+def plot_schedules(results: Results, axes: Sequence[Axes] | None = None) -> Figure:
+    """Every LoopFormer schedule of M steps at a fixed budget: test NLL with its bootstrap
+    CI, one panel per model, schedules sorted from best to worst; the uniform schedule is
+    marked and the best and worst are labelled with their step sizes."""
+    frame = results.schedules
+    names = results.models_in(frame) if frame is not None else []
+    if axes is None:
+        panels = max(1, len(names))
+        figure = Figure(figsize=(4.6 * panels, 4.6), layout="constrained")
+        axes = list(figure.subplots(1, panels, sharey=True, squeeze=False)[0])
+    else:
+        figure = axes[0].figure
+    if not names:
+        _not_run(axes[0], results.missing("schedules.csv"))
+        return figure
+    for ax, name in zip(axes, names, strict=False):
+        rows = frame[frame["model"] == name].sort_values(["rank", "policy"]).reset_index(drop=True)
+        x = np.arange(len(rows))
+        colour = results.colors[name]
+        y = rows["nll_per_token"].to_numpy(dtype=float)
+        low, high = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
+        ax.errorbar(
+            x, y, yerr=[y - low, high - y], fmt="o", ms=3.5, color=colour, ecolor=colour, elinewidth=0.8, alpha=0.85
+        )
+        for i in rows.index[rows["uniform"].astype(bool)]:
+            ax.plot(x[i], y[i], marker="D", ms=9, mfc="none", mec="black", mew=1.6, ls="none")
+            ax.annotate(
+                f"uniform (rank {int(rows['rank'][i])})", (x[i], y[i]), xytext=(4, -14), textcoords="offset points",
+                fontsize=8,
+            )  # fmt: skip
+        last = len(rows) - 1
+        for i, what, offset, align in ((0, "best", (6, 8), "left"), (last, "worst", (-6, 8), "right")):
+            ax.annotate(
+                f"{what}: {rows['steps'][i]}", (x[i], y[i]), xytext=offset, textcoords="offset points", fontsize=8,
+                ha=align,
+            )  # fmt: skip
+        ax.set_title(results.model(name).label)
+        ax.set_xlabel(f"schedule, sorted by test NLL ({len(rows)} schedules)")
+        ax.set_xticks([])
+    axes[0].set_ylabel("test NLL per token (nats/token)")
     return figure
 
 
@@ -807,7 +877,18 @@ FIGURES: tuple[FigureSpec, ...] = (
 )
 
 
-REPORT_FIGURE_ORDER = ("nll_vs_loops", "exact_match", "latency", "frontier", "sft_loss")
+SCHEDULES_FIGURE = FigureSpec(
+    "schedules",
+    "Every schedule at a fixed loop budget",
+    plot_schedules,
+    ("schedules.csv",),
+    "Test NLL (bootstrap 95% CI) of every LoopFormer schedule with M steps whose step sizes are multiples of "
+    "1/granularity, sorted from best to worst per model; the diamond is the uniform schedule, and the best "
+    "and worst are labelled with their step sizes. Source: `results/schedules.csv`.",
+)
+FIGURES = (*FIGURES, SCHEDULES_FIGURE)
+
+REPORT_FIGURE_ORDER = ("nll_vs_loops", "exact_match", "latency", "frontier", "sft_loss", "schedules")
 
 
 def figure_spec(name: str) -> FigureSpec:
@@ -837,6 +918,12 @@ def write_figures(results: Results, figures_dir: Path) -> dict[str, Path | None]
             written[spec.name] = None
             continue
         figure = spec.plot(results)
+        # every figure names its base model (the offline SmolLM2 as the quantized copy it is), in a
+        # strip the constrained layout keeps free below the axes
+        engine = figure.get_layout_engine()
+        if engine is not None and hasattr(engine, "set") and "rect" in engine.get():
+            engine.set(rect=(0, 0.035, 1, 0.965))
+        figure.text(0.005, 0.004, f"model: {results.model_label}", fontsize=7, color="0.35", ha="left", va="bottom")
         written[spec.name] = save_figure(figure, figures_dir, spec.name)[0]
     return written
 
@@ -899,6 +986,15 @@ def _header(results: Results) -> list[str]:
         lines += [
             f"> **Model: {label}.** This run used the tiny LoopFormer embedded in this repository, not the released "
             "checkpoint: its numbers show that the pipeline works, not what the released model prefers.",
+            "",
+        ]
+    provenance = results.provenance
+    if provenance:
+        lines += [
+            f"> **Model: {label}.** Offline copy `{Path(str(provenance.get('file', '?'))).name}` "
+            f"(sha256 `{provenance.get('sha256', '?')}`, {provenance.get('package', '?')}): "
+            f"**{provenance.get('quantization', 'quantized')}**, so its numbers are those of the quantized weights, "
+            "not of the hub model.",
             "",
         ]
     if results.config is not None and results.config.description:
@@ -1183,6 +1279,46 @@ def _sft_section(results: Results, figures: dict[str, Path | None], rel: str) ->
     return lines + _figure_block(results, "sft_loss", figures, rel)
 
 
+def _schedules_section(results: Results, figures: dict[str, Path | None], rel: str) -> list[str]:
+    """Only for runs that swept schedules (LoopFormer configs with a ``schedules`` section)."""
+    frame = results.schedules
+    if frame is None:
+        swept = results.config is not None and results.config.schedules is not None
+        return ["## Schedules at a fixed loop budget", "", results.missing("schedules.csv") + ".", ""] if swept else []
+    lines = ["## Schedules at a fixed loop budget", ""]
+    rows = []
+    for name in results.models_in(frame):
+        subset = frame[frame["model"] == name].sort_values(["rank", "policy"])
+        best, worst = subset.iloc[0], subset.iloc[-1]
+        uniform = subset[subset["uniform"].astype(bool)]
+        uniform_text = (
+            f"{format_nll(uniform['nll_per_token'].iloc[0])} (rank {int(uniform['rank'].iloc[0])})"
+            if not uniform.empty
+            else "—"
+        )
+        rows.append(
+            [
+                results.model(name).label,
+                len(subset),
+                f"{best['steps']}: {format_nll(best['nll_per_token'])} "
+                f"[{format_nll(best['ci_low'])}, {format_nll(best['ci_high'])}]",
+                uniform_text,
+                f"{worst['steps']}: {format_nll(worst['nll_per_token'])} "
+                f"[{format_nll(worst['ci_low'])}, {format_nll(worst['ci_high'])}]",
+                format_nll(float(worst["nll_per_token"] - best["nll_per_token"])),
+            ]
+        )
+    headers = ["Model", "Schedules", "Best [95% CI]", "Uniform (rank)", "Worst [95% CI]", "Spread (worst − best)"]
+    lines += [
+        markdown_table(headers, rows),
+        "",
+        "Test NLL per token of every schedule with the same number of steps (step sizes in the order they run). "
+        "Source: `results/schedules.csv`.",
+        "",
+    ]
+    return lines + _figure_block(results, "schedules", figures, rel)
+
+
 def render_report(results: Results, figures: dict[str, Path | None], figures_rel: str = "figures") -> str:
     """The text of report.md; ``figures`` maps figure name -> written PNG (None: not drawn)."""
     lines = _header(results)
@@ -1193,6 +1329,7 @@ def render_report(results: Results, figures: dict[str, Path | None], figures_rel
     lines += _exact_match_section(results, figures, figures_rel)
     lines += _latency_section(results, figures, figures_rel)
     lines += _sft_section(results, figures, figures_rel)
+    lines += _schedules_section(results, figures, figures_rel)
     return "\n".join(lines).rstrip() + "\n"
 
 
