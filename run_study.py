@@ -303,11 +303,12 @@ def _start_manifest(manifest, ctx, config, argv, args, device, resolved_commit) 
 def user_errors() -> tuple[type[BaseException], ...]:
     from study.config import ConfigError
     from study.io import OutputError
+    from study.models.backbones import BackboneError
     from study.models.loopformer import CheckpointError
     from study.pipeline import StudyError
     from study.tasks.gsm8k import DataError
 
-    return (ConfigError, DataError, StudyError, CheckpointError, OutputError)
+    return (ConfigError, DataError, StudyError, CheckpointError, OutputError, BackboneError)
 
 
 def main(argv: list[str] | None = None) -> int:

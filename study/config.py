@@ -162,6 +162,15 @@ class StudyConfig(Section):
             raise ValueError(f"looping.window {self.looping.window}: expected [a, b] with a <= b")
         if looped and self.sft.lora is not None:
             raise ValueError("sft.lora is for LoopFormer only (the looped decoder trains every weight)")
+        if looped:  # every loop count of every grid must make a valid LoopSpec (strategy, hyperparameters)
+            family = self.loop_family()
+            grids = (self.sft.train_loops, self.nll.inference_loops, self.exact_match.inference_loops,
+                     self.latency.inference_loops)  # fmt: skip
+            for loops in sorted({k for grid in grids for k in grid}):
+                try:
+                    family.policy(loops)
+                except (ValueError, TypeError) as error:
+                    raise ValueError(f"looping: {error}") from None
         return self
 
     def loop_family(self):
@@ -209,8 +218,9 @@ def _format_error(error: ValidationError, origin: str) -> str:
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key"
-    elif "input" in first and first["type"] not in ("missing",):
+    elif "input" in first and first["type"] not in ("missing",) and first["loc"]:  # not a whole section
         message = f"{message} (got {first['input']!r})"
+    message = message.removeprefix("Value error, ")
     return f"{origin}: {key}: {message}"
 
 

@@ -151,7 +151,10 @@ class LoopedDecoderRunner(PolicyRunner):
         super().__init__(model, policy)
         from study.models.looped_decoder import loop_decoder
 
-        self.looped = loop_decoder(model, policy.spec)
+        try:
+            self.looped = loop_decoder(model, policy.spec)
+        except ValueError as error:  # e.g. a window outside the model's layers
+            raise BackboneError(f"looping: {error}") from None
         self.causal_lm = LoopedCausalLM(self.looped)
 
     @property
