@@ -28,6 +28,7 @@ STAGE_MODULES = {
     "latency": "study.stages.latency",
     "report": "study.stages.report",
 }
+STAGES_IN_ORDER = tuple(STAGE_MODULES)
 USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130
 
@@ -151,14 +152,24 @@ def preflight(config) -> str | None:
 
 
 def prepare_run_dir(run_dir: Path, config, force: bool):
-    from study.manifest import Manifest, now
+    """The run directory's manifest. A directory of another run (another config name or
+    seed, or files but no manifest) is refused unless ``force`` moves it aside; a config
+    change within the same run is fine: stages whose sections or inputs changed are redone."""
+    from study.manifest import Manifest, ManifestError, now
     from study.pipeline import StudyError
 
     manifest_path = run_dir / "manifest.json"
     if manifest_path.is_file():
-        existing = Manifest(manifest_path)
-        conflict = existing.config_hash != config.identity_hash()
-        what = f"a run of a different config ({existing.data.get('config', {}).get('name')!r})"
+        try:
+            existing = Manifest(manifest_path)
+        except ManifestError as error:
+            conflict, what = True, f"a manifest.json that is not a manifest ({str(error).split(': ', 1)[-1]})"
+        else:
+            old = existing.data.get("config") or {}
+            conflict = (old.get("name"), old.get("seed")) != (config.name, config.seed)
+            what = f"a run of another config ({old.get('name')!r}, seed {old.get('seed')})"
+            if not conflict and existing.config_hash != config.identity_hash():
+                print("the config differs from this run's last one: stages whose sections changed are redone")
     else:
         conflict = run_dir.is_dir() and any(run_dir.iterdir())
         what = "files but no manifest.json"
@@ -175,23 +186,16 @@ def prepare_run_dir(run_dir: Path, config, force: bool):
     return Manifest(manifest_path)
 
 
+# stages that read the base model (directly, or through the models trained from it)
+USES_BASE = ("sft", "nll", "exact_match", "latency")
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     quiet_libraries()
     from study.config import load_config
-    from study.gpus import spread_over_gpus
-    from study.io import atomic_write_json
-    from study.manifest import now
-    from study.pipeline import (
-        RESOLVED_CONFIG,
-        STAGES,
-        Interrupted,
-        RunContext,
-        StudyError,
-        configure_torch,
-        mark_stage_done,
-        resolve_device,
-        stage_done,
-    )
+    from study.lock import RunLock
+    from study.pipeline import RunContext, StudyError, configure_torch, resolve_device, stage_done
+    from study.validation import check_run_dir_path, validate_before_writing
 
     config = load_config(args.version, args.overrides, seed=args.seed)
     if args.model is not None:
@@ -206,41 +210,101 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     device = resolve_device(config.device)
     resolved_commit = preflight(config)
     run_dir = args.output_dir or Path("runs") / f"{config.name}-seed{config.seed}"
-    ctx = RunContext(config=config, run_dir=run_dir, device=device, skip_checks=args.skip_checks)
-    subsets = ctx.subsets  # bad data or impossible subset sizes fail here, before anything is written
-    wanted = STAGES if "all" in args.stages else [s for s in STAGES if s in args.stages]
+    check_run_dir_path(run_dir, "--output-dir" if args.output_dir else "name (the default run directory)")
+    ctx = RunContext(
+        config=config, run_dir=run_dir, device=device, skip_checks=args.skip_checks, resolved_commit=resolved_commit
+    )
+    ctx.subsets  # noqa: B018 - bad data or impossible subset sizes fail here, before anything is written
+    validate_before_writing(ctx)
+    wanted = list(STAGES_IN_ORDER) if "all" in args.stages else [s for s in STAGES_IN_ORDER if s in args.stages]
+    gate_added = not args.skip_checks and "check" not in wanted and any(s in USES_BASE for s in wanted)
+    if gate_added:  # the gate guards every stage that uses the base; only --skip-checks passes it by
+        wanted.insert(0, "check")
     needs_models = [s for s in wanted if s in ("nll", "exact_match", "latency")]
-    if needs_models and "sft" not in wanted and not stage_done(run_dir, config, "sft"):
-        raise StudyError(f"--stages {' '.join(needs_models)}: the sft stage has not run for this config; add sft")
+    if needs_models and "sft" not in wanted and not stage_done(ctx, "sft"):
+        raise StudyError(
+            f"--stages {' '.join(needs_models)}: the sft stage has not run for this config and these inputs; add sft"
+        )
 
+    lock = RunLock(run_dir).acquire()
+    try:
+        if lock.takeover_note():
+            print(lock.takeover_note(), flush=True)
+        return run_stages(ctx, args, argv, wanted, gate_added)
+    finally:
+        lock.release()
+
+
+def run_stages(ctx, args: argparse.Namespace, argv: list[str], wanted: list[str], gate_added: bool) -> int:
+    from study.gpus import spread_over_gpus
+    from study.io import atomic_write_json
+    from study.manifest import now
+    from study.pipeline import (
+        RESOLVED_CONFIG,
+        STAGE_SECTIONS,
+        Interrupted,
+        changed_inputs,
+        mark_stage_done,
+        recorded_stage_key,
+        refresh_model_outputs,
+        stage_done,
+        stage_key,
+    )
+    from study.stages.check import gate_error, recorded_failures
+
+    config, run_dir, device = ctx.config, ctx.run_dir, ctx.device
     manifest = prepare_run_dir(run_dir, config, args.force)
     manifest.start(config, device, argv, args.skip_checks)
     atomic_write_json(run_dir / RESOLVED_CONFIG, config.model_dump(mode="json"))
     manifest.update(
+        # what this invocation was given; each stage's own record (stages.<name>.inputs)
+        # names what its results were computed from
         data={
             "source": config.data.source,
             "directory": config.data.directory,
             "sha256": ctx.dataset.sha256,
-            "subsets": subsets.as_dict(),
+            "subsets": ctx.subsets.as_dict(),
         },
         model={
             "source": config.model.source,
             "resolved_path": ctx.base_spec.source,
             "revision": config.model.revision,
-            "resolved_commit": resolved_commit,
+            "resolved_commit": ctx.resolved_commit,
             "label": config.model.label,
             "train_loops": ctx.base_spec.train_loops,
         },
     )
     print(f"loopdepth: {config.name} (seed {config.seed}) on {device} -> {run_dir}", flush=True)
+    if gate_added:
+        print("[check] added: the sanity gate runs before any stage that uses the base", flush=True)
+    elif args.skip_checks and "check" not in wanted:
+        print("[check] not run (--skip-checks): the base is not gated; the manifest and report say so", flush=True)
     with ctx.sigint_between_cells():
         for stage in wanted:
-            if stage != "report" and stage_done(run_dir, config, stage):
-                print(f"[{stage}] done already (same config): skipped", flush=True)
+            key = stage_key(ctx, stage)
+            done = stage != "report" and stage_done(ctx, stage, key)
+            failures = recorded_failures(ctx) if done and stage == "check" else []
+            if failures and not args.skip_checks:
+                raise gate_error(failures)  # a failure recorded under --skip-checks still gates a run without it
+            if done and failures is not None:
+                print(f"[{stage}] done already (same config and inputs): skipped", flush=True)
                 continue
-            print(f"[{stage}] running", flush=True)
+            changed = changed_inputs(ctx, stage, key)
+            print(f"[{stage}] running" + (f" (changed: {', '.join(changed)})" if changed else ""), flush=True)
+            if stage == "report":
+                recorded = {s: recorded_stage_key(run_dir, s) for s in STAGES_IN_ORDER[:-1]}
+                stale = [s for s, k in recorded.items() if k is not None and k != stage_key(ctx, s)]
+                if stale:
+                    print(
+                        f"[report] note: the results of {', '.join(stale)} were computed from another config or "
+                        "other inputs than this command's; rerun those stages to update them",
+                        flush=True,
+                    )
+            discarded = refresh_model_outputs(ctx, stage)
+            if discarded:
+                print(f"[{stage}] inputs changed for {', '.join(discarded)}: their earlier outputs are discarded")
             started = time.time()
-            manifest.stage(stage, started=now())
+            manifest.begin_stage(stage, started=now())
             try:
                 spread_over_gpus(ctx, stage)  # several GPUs: models swept in parallel first
                 importlib.import_module(STAGE_MODULES[stage]).run(ctx)
@@ -251,8 +315,16 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
                     file=sys.stderr,
                 )
                 return INTERRUPTED_EXIT
-            mark_stage_done(run_dir, config, stage)
-            manifest.stage(stage, finished=now(), seconds=round(time.time() - started, 3))
+            mark_stage_done(ctx, stage, key)
+            sections = STAGE_SECTIONS[stage] or tuple(config.model_dump(mode="json"))
+            manifest.stage(
+                stage,
+                finished=now(),
+                seconds=round(time.time() - started, 3),
+                # provenance of this stage's results, kept until the stage itself reruns
+                config={k: v for k, v in config.model_dump(mode="json").items() if k in sections},
+                **key,
+            )
             print(f"[{stage}] finished in {time.time() - started:.1f} s", flush=True)
     report = run_dir / "report.md"
     if report.is_file():
@@ -263,14 +335,24 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 def user_errors() -> tuple[type[BaseException], ...]:
     from study.config import ConfigError
     from study.io import OutputError
+    from study.lock import RunLockError
+    from study.manifest import ManifestError
     from study.models.loopformer import CheckpointError
     from study.pipeline import StudyError
     from study.tasks.gsm8k import DataError
 
-    return (ConfigError, DataError, StudyError, CheckpointError, OutputError)
+    return (ConfigError, DataError, StudyError, CheckpointError, OutputError, ManifestError, RunLockError)
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the stages start (imports, validation): nothing was written
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
         args = build_compare_parser().parse_args(argv[1:])
@@ -283,23 +365,26 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as error:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)  # one line, whatever the message
         return USER_ERROR_EXIT
     except OSError as error:
         # a full disk or a read-only folder met outside our own atomic writers
-        if args.debug or error.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+        disk = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.ENAMETOOLONG, errno.EFBIG)
+        if args.debug or error.errno not in disk:
             raise
         print(f"error: {error.filename or 'output'}: {error.strerror}", file=sys.stderr)
         return USER_ERROR_EXIT
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from study.manifest import read_manifest
     from study.pipeline import StudyError
     from study.report import compare
 
     for run_dir in args.run_dirs:
         if not (run_dir / "manifest.json").is_file():
             raise StudyError(f"{run_dir}: not a run directory (no manifest.json)")
+        read_manifest(run_dir / "manifest.json")  # garbage, empty or not an object: one line naming it
     compare(list(args.run_dirs), args.out)
     print(f"comparison: {args.out}")
     return 0

@@ -18,6 +18,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 EMBEDDED_BASE = "embedded:mini"  # the tiny LoopFormer shipped in study/assets/mini-base
 
 PositiveInt = Annotated[int, Field(gt=0)]
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeding (transformers.set_seed) take 32-bit seeds
 LoopGrid = Annotated[list[PositiveInt], Field(min_length=1)]
 
 
@@ -27,7 +28,8 @@ class ConfigError(ValueError):
 
 class Section(BaseModel):
     # strict: "4" or 4.0 is not a loop count; unknown keys are typos, not extensions
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: an infinite learning rate or a NaN threshold is a typo that trains to NaN
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -100,7 +102,7 @@ class ChecksConfig(Section):
 class StudyConfig(Section):
     name: str
     description: str = ""
-    seed: Annotated[int, Field(ge=0)] = 2026
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 2026
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: PositiveInt | None = Field(
         None, description="CPU threads for torch (None: torch's default); 1 is fastest for the tiny model"
@@ -141,9 +143,25 @@ def _format_error(error: ValidationError, origin: str) -> str:
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key"
-    elif "input" in first and first["type"] not in ("missing",):
-        message = f"{message} (got {first['input']!r})"
+    elif "input" in first and first["type"] not in ("missing", "value_error") and first["loc"]:
+        # a cross-field check (value_error) names its fields itself; its input is a whole section
+        message = f"{message} (got {_short_repr(first['input'])})"
     return f"{origin}: {key}: {message}"
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_config_text(path: Path) -> str:
+    """A config file's text; undecodable bytes are a one-line error naming the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x})") from None
 
 
 def resolve_config_path(version: str) -> Path:
@@ -203,7 +221,7 @@ def _nested_sections(prefix: list[str]) -> set[str]:
 def load_config(version: str, overrides: list[str] | tuple[str, ...] = (), seed: int | None = None) -> StudyConfig:
     path = resolve_config_path(version)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_config_text(path))
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())[:200]})") from None
     if not isinstance(data, dict):

@@ -13,7 +13,6 @@ prefix; the LM head is tied to the token embedding and not stored.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -475,19 +474,20 @@ def check_local_checkpoint(folder: Path) -> None:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: missing (a LoopFormer checkpoint needs config.json)")
-    try:
-        model_type = json.loads(config_path.read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError) as error:
-        raise CheckpointError(f"{config_path}: not a JSON object ({_one_line(error)})") from None
+    from study.models.validation import read_json_object, validate_model_config, validate_weights
+
+    model_type = read_json_object(config_path).get("model_type")
     if model_type != LoopFormerConfig.model_type:
         raise CheckpointError(
             f"{config_path}: model_type is {model_type!r}, expected {LoopFormerConfig.model_type!r}"
         )
+    validate_model_config(config_path)  # types and ranges, before transformers coerces or crashes
     has_safetensors = any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
     if not has_safetensors:
         pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
         found = f" (found only {pickles}: pickle files are refused)" if pickles else ""
         raise CheckpointError(f"{folder}: no model.safetensors{found}")
+    validate_weights(folder)  # truncated, empty or garbage files: named here, not deep in the loader
 
 
 AutoConfig.register(LoopFormerConfig.model_type, LoopFormerConfig)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from study.io import atomic_write_json
+from study.io import atomic_write_json, read_json
 from study.pipeline import RunContext, StudyError
 from study.stages.nll import score_continuations
 from study.tasks.gsm8k import encode_example
@@ -118,8 +118,25 @@ def run(ctx: RunContext) -> None:
         {"passed": not failed, "skipped": ctx.skip_checks, "checks": [asdict(c) for c in checks]},
     )
     if failed and not ctx.skip_checks:
-        reasons = "; ".join(c.message for c in failed)
-        raise StudyError(
-            f"sanity checks failed: {reasons}. {LIKELY_CAUSES}. Nothing was trained. "
-            "Rerun with --skip-checks to go on anyway (the report will say so)."
-        )
+        raise gate_error([c.message for c in failed])
+
+
+def gate_error(messages: list[str]) -> StudyError:
+    return StudyError(
+        f"sanity checks failed: {'; '.join(messages)}. {LIKELY_CAUSES}. Nothing was trained. "
+        "Rerun with --skip-checks to go on anyway (the report will say so)."
+    )
+
+
+def recorded_failures(ctx: RunContext) -> list[str] | None:
+    """The messages of the failed checks recorded in ``checks.json`` ([] when all
+    passed), or None when the file is missing or unreadable (the stage must run again)."""
+    try:
+        recorded = read_json(ctx.results_path("checks.json"))
+        failed = [str(c["message"]) for c in recorded["checks"] if not c["passed"]]
+        passed = recorded["passed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if passed is not True and not failed:
+        return None
+    return failed

@@ -24,7 +24,7 @@ from scipy import stats
 
 from study.io import atomic_write_csv, atomic_write_jsonl
 from study.models.generation import greedy_generate
-from study.pipeline import RunContext, cell_name
+from study.pipeline import RunContext, StudyError, cell_name
 from study.tasks.gsm8k import Example, extract_flexible, extract_strict, is_correct
 
 EXTRACTIONS = ("strict", "flexible")
@@ -36,6 +36,8 @@ GENERATION_FIELDS = (
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    if n < 1 or not 0 <= correct <= n:
+        raise StudyError(f"exact_match: {correct} correct of {n} is not a proportion; the interval is refused")
     ci = stats.binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
 

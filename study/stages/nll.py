@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from study.io import atomic_write_csv, read_csv
-from study.pipeline import RunContext, cell_name
+from study.pipeline import RunContext, StudyError, cell_name
 from study.tasks.gsm8k import EncodedExample, encode_example
 
 SPLITS = {"test": "nll_test", "train": "nll_train"}  # split column value -> ctx.examples subset
@@ -135,6 +135,18 @@ def score_continuations(
 # ---- statistics (plain arrays in, plain floats out) --------------------------------------
 
 
+def require_finite(what: str, *arrays: np.ndarray) -> None:
+    """Statistics of NaN or infinite NLL are not numbers to report: a diverged model, or
+    overflowing weights, must stop the run rather than win an argmin."""
+    bad = sum(int(np.size(a) - np.isfinite(a).sum()) for a in arrays)
+    if bad:
+        total = sum(int(np.size(a)) for a in arrays)
+        raise StudyError(
+            f"{what}: {bad} of {total} input values are NaN or infinite (a model that trained to NaN, or "
+            "overflowing weights); the statistic is refused. Check results/nll.csv and the SFT loss"
+        )
+
+
 def ratio_of_sums(nll: np.ndarray, tokens: np.ndarray, axis: int = -1) -> np.ndarray:
     """Token-weighted NLL: sum of NLL over sum of tokens (vectorised along ``axis``)."""
     return np.sum(nll, axis=axis) / np.sum(tokens, axis=axis)
@@ -145,6 +157,7 @@ def ratio_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of sum(nll)/sum(tokens), resampling examples (pairs)."""
     nll, tokens = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    require_finite("nll: bootstrap CI", nll, tokens)
     if len(nll) < 2:
         return float("nan"), float("nan")  # one example: no spread to resample
     result = stats.bootstrap(
@@ -176,6 +189,7 @@ def paired_depth_bootstrap(
     same at every depth). scipy's paired bootstrap draws one set of example indices per
     resample and scores every loop count on it, so gaps and wins are paired across depths."""
     nll, tokens = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    require_finite("nll: preferred depth", nll, tokens)
     loops = len(nll)
     point = ratio_of_sums(nll, tokens)
     best = int(np.argmin(point))

@@ -15,16 +15,22 @@ Entry point for one model, also under ``accelerate launch`` (DDP across GPUs/nod
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import os
 import shutil
 import subprocess
 import sys
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from study.config import StudyConfig
-from study.io import atomic_write_csv, read_csv
+from study.io import atomic_write_csv, read_csv, read_json
+from study.models.loopformer import CheckpointError
+from study.models.validation import validate_safetensors
 from study.pipeline import (
     RunContext,
     StudyError,
@@ -44,20 +50,59 @@ def loss_cell(ctx: RunContext, name: str) -> Path:
     return ctx.cells_dir("sft") / f"{name}.csv"
 
 
-def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest ``checkpoint-N`` whose trainer state was written (the Trainer writes it
-    last, so a checkpoint killed half-way has none and is discarded)."""
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a trainer checkpoint cannot be resumed from, or None when it can. The Trainer
+    writes ``trainer_state.json`` last, so a checkpoint killed half-way lacks it; a kill
+    during that very write leaves it empty or torn."""
+    state = path / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (written last: the save was cut short)"
+    try:
+        if not isinstance(read_json(state), dict):
+            return "trainer_state.json is not a JSON object"
+    except (OSError, ValueError):
+        return "trainer_state.json is empty or torn"
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            validate_safetensors(weights)
+        except CheckpointError:
+            return f"{weights.name} is truncated or corrupt"
+    for pickled in ("optimizer.pt", "scheduler.pt"):
+        if (path / pickled).is_file() and not zipfile.is_zipfile(path / pickled):
+            return f"{pickled} is truncated or corrupt"
+    return None
+
+
+def last_complete_checkpoint(folder: Path, log: Callable[[str], None] | None = None) -> Path | None:
+    """The newest ``checkpoint-N`` that can be resumed from. Newer ones that cannot are
+    removed (a rerun would otherwise crash on them forever), each reported to ``log``."""
     if not folder.is_dir():
         return None
-    complete = []
-    for path in folder.glob("checkpoint-*"):
-        if not path.name.split("-")[-1].isdigit():
-            continue
-        if (path / "trainer_state.json").is_file():
-            complete.append(path)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    numbered = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for path in sorted(numbered, key=lambda p: -int(p.name.split("-")[-1])):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        if log is not None:
+            log(f"{path.name} is incomplete ({problem}): discarded")
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+# a write that failed for want of room: torch's zip writer reports it as a C++ enforce
+# failure (RuntimeError), safetensors as its own error, Python as OSError
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+DISK_MESSAGES = ("file write failed", "No space left", "Disk quota", "StorageFull", "unexpected pos", "Read-only")
+
+
+def disk_write_failure(error: BaseException) -> str | None:
+    """A short reason when ``error`` is a failed write to disk, else None."""
+    if isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+        return error.strerror or str(error)
+    text = " ".join(str(error).split())
+    if not isinstance(error, OSError) and any(m in text for m in DISK_MESSAGES):
+        return next(m for m in DISK_MESSAGES if m in text)
+    return None
 
 
 def sft_dataset(ctx: RunContext):
@@ -114,6 +159,28 @@ def _stop_on_ctrl_c(ctx: RunContext):
     return StopOnCtrlC()
 
 
+def _stop_on_non_finite_loss(name: str, learning_rate: float):
+    """A callback that stops training with a one-line error as soon as a logged loss is
+    NaN or infinite (every step is logged): a diverged model must never reach the sweeps."""
+    from transformers import TrainerCallback
+
+    class StopOnNonFiniteLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                raise StudyError(
+                    f"sft: {name}: the training loss became {loss} at step {state.global_step}: training diverged "
+                    f"(sft.learning_rate {learning_rate}); lower it and rerun. No final model was saved"
+                )
+            return control
+
+    return StopOnNonFiniteLoss()
+
+
+def _all_finite(model) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 def train_one(ctx: RunContext, train_loops: int) -> None:
     """Fine-tune one model (resuming if a checkpoint exists) and save it to models/<name>."""
     from trl import SFTTrainer
@@ -147,24 +214,39 @@ def train_one(ctx: RunContext, train_loops: int) -> None:
         train_dataset=sft_dataset(ctx),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[_stop_on_ctrl_c(ctx)],
+        callbacks=[_stop_on_ctrl_c(ctx), _stop_on_non_finite_loss(spec.name, sft.learning_rate)],
     )
-    checkpoint = last_complete_checkpoint(output_dir)
+    checkpoint = last_complete_checkpoint(output_dir, log=lambda line: print(f"  {spec.name}: {line}", flush=True))
     if checkpoint is not None:
         print(f"  {spec.name}: resuming from {checkpoint.name}", flush=True)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    ctx.check_stop()  # stopped early by Ctrl-C: the checkpoint is saved, the model is not final
-    if not trainer.is_world_process_zero():
-        return
-
-    trained = trainer.model
-    if peft_config is not None:
-        trained = trained.merge_and_unload()  # sweeps load a plain checkpoint
-    trained.config.train_loops = train_loops
     staging = final_dir.with_name(f".{spec.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    trained.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        ctx.check_stop()  # stopped early by Ctrl-C: the checkpoint is saved, the model is not final
+        if not trainer.is_world_process_zero():
+            return
+
+        trained = trainer.model
+        if peft_config is not None:
+            trained = trained.merge_and_unload()  # sweeps load a plain checkpoint
+        if not _all_finite(trained):  # the last update overflowed after the last logged loss
+            raise StudyError(
+                f"sft: {spec.name}: the trained weights hold NaN or infinite values: training diverged "
+                f"(sft.learning_rate {sft.learning_rate}); lower it and rerun. No final model was saved"
+            )
+        trained.config.train_loops = train_loops
+        shutil.rmtree(staging, ignore_errors=True)
+        trained.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    except Exception as error:
+        reason = disk_write_failure(error)
+        if reason is None:
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StudyError(
+            f"{output_dir}: writing {spec.name}'s checkpoint failed ({reason}): free disk space and rerun, "
+            "training resumes from the last complete checkpoint"
+        ) from None
     shutil.rmtree(final_dir, ignore_errors=True)
     staging.rename(final_dir)
 

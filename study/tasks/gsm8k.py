@@ -116,14 +116,22 @@ def read_jsonl(path: Path, split: str) -> tuple[list[Example], str]:
     if not path.is_file():
         raise DataError(f"{path}: GSM8K {split} file not found")
     records: list[tuple[str, object]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}:{number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1})"
+                ) from None
             if not line.strip():
                 continue
             try:
                 records.append((f"{path}:{number}", json.loads(line)))
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    if not records:
+        raise DataError(f"{path}: empty (no GSM8K records)")
     return _validated(split, records)
 
 
