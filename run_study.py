@@ -372,7 +372,9 @@ def _main(argv: list[str] | None = None) -> int:
         disk = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.ENAMETOOLONG, errno.EFBIG)
         if args.debug or error.errno not in disk:
             raise
-        print(f"error: {error.filename or 'output'}: {error.strerror}", file=sys.stderr)
+        where = str(error.filename or "output")
+        where = where if len(where) <= 160 else f"{where[:80]}...{where[-40:]}"  # the line stays short
+        print(f"error: {where}: {error.strerror}", file=sys.stderr)
         return USER_ERROR_EXIT
 
 

@@ -44,12 +44,13 @@ def check_lora_targets(ctx: RunContext) -> None:
 def check_run_dir_path(run_dir: Path, named_by: str) -> None:
     """A run directory the file system can hold, with room for what a run writes in it."""
     absolute = Path(os.path.abspath(run_dir))
-    existing = next((p for p in (absolute, *absolute.parents) if p.exists()), Path("/"))
-    try:
-        name_max = os.pathconf(existing, "PC_NAME_MAX")
-        path_max = os.pathconf(existing, "PC_PATH_MAX")
-    except (OSError, ValueError):
-        name_max, path_max = 255, 4096
+    name_max, path_max = 255, 4096
+    for folder in (absolute, *absolute.parents):
+        try:  # the nearest existing folder says what its file system allows
+            name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+            break
+        except (OSError, ValueError):  # missing, or itself too long to name
+            continue
     too_long = [p for p in absolute.parts if len(p.encode()) + NAME_SUFFIX > name_max]
     if too_long:
         raise StudyError(

@@ -81,8 +81,8 @@ def test_config_file_with_unknown_key(capsys, tmp_path: Path) -> None:
 
 def test_output_dir_of_another_config_is_refused_then_forced(capsys, existing_run: Path) -> None:
     before = _files(existing_run)
-    argv = [*SMOKE, "--output-dir", str(existing_run), "--set", "nll.batch_size=3"]
-    _fails(capsys, argv, "--output-dir", "different config", "--force")
+    argv = [*SMOKE, "--output-dir", str(existing_run), "--set", "name=other"]
+    _fails(capsys, argv, "--output-dir", "another config", "--force")
     assert _files(existing_run) == before
     # --force keeps the earlier run beside the new one; the gate then stops this one (random tiny base)
     run_study.main([*argv, "--force", "--stages", "check"])

@@ -19,10 +19,7 @@ from study.pipeline import RunContext, StudyError
 from study.stages.nll import score_continuations
 from study.tasks.gsm8k import encode_example
 
-LIKELY_CAUSES = (
-    "likely causes: weights not loaded (check the checkpoint's keys), a tokenizer that is not the model's "
-    "(vocabulary size, EOS id), or broken loop conditioning"
-)
+LIKELY_CAUSES = "likely: weights not loaded, a tokenizer not the model's, or broken loop conditioning"
 
 
 @dataclass
@@ -122,9 +119,10 @@ def run(ctx: RunContext) -> None:
 
 
 def gate_error(messages: list[str]) -> StudyError:
+    # one line under 300 characters: the first failure in full, the rest are in results/checks.json
+    more = f" (+{len(messages) - 1} more in results/checks.json)" if len(messages) > 1 else ""
     return StudyError(
-        f"sanity checks failed: {'; '.join(messages)}. {LIKELY_CAUSES}. Nothing was trained. "
-        "Rerun with --skip-checks to go on anyway (the report will say so)."
+        f"sanity checks failed: {messages[0]}{more}; {LIKELY_CAUSES}. Nothing was trained; --skip-checks goes on anyway"
     )
 
 
