@@ -234,7 +234,10 @@ def context_from_run_dir(run_dir: Path, only_models: frozenset[str] | None = Non
     path = run_dir / RESOLVED_CONFIG
     if not path.is_file():
         raise StudyError(f"{path}: missing (start the run with run_study.py first)")
-    config = StudyConfig.model_validate(read_json(path))
+    try:
+        config = StudyConfig.model_validate(read_json(path))
+    except ValueError as error:  # torn JSON, or a config that no longer validates (pydantic's error is a ValueError)
+        raise StudyError(f"{path}: unreadable ({' '.join(str(error).split())[:120]}); rerun run_study.py") from None
     configure_torch(config)
     device = resolve_device(config.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process under accelerate/torchrun
