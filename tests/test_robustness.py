@@ -144,6 +144,19 @@ def test_sft_stops_with_one_line_when_the_loss_becomes_non_finite(tmp_path: Path
     assert not ctx.model_dir("train2").exists()
 
 
+@pytest.mark.parametrize("loss", [float("nan"), float("inf")])
+def test_non_finite_loss_callback_stops_at_the_first_bad_log(loss: float) -> None:
+    from transformers import TrainerControl, TrainerState
+
+    from study.stages.sft import _stop_on_non_finite_loss
+
+    callback = _stop_on_non_finite_loss("train8", 5e-6)
+    state, control = TrainerState(global_step=3), TrainerControl()
+    callback.on_log(None, state, control, logs={"loss": 2.5})  # finite: training goes on
+    with pytest.raises(StudyError, match=r"train8: the training loss became .* at step 3"):
+        callback.on_log(None, state, control, logs={"loss": loss})
+
+
 # ---- full disk and torn checkpoints in SFT ----------------------------------------------------
 
 
