@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from scipy import stats
@@ -14,6 +15,7 @@ from study.stages.exact_match import (
     EM_COLUMNS,
     GENERATION_FIELDS,
     score_generation,
+    score_text,
     wilson_interval,
 )
 from study.tasks.gsm8k import Example, extract_flexible, extract_strict, is_correct, normalize
@@ -112,3 +114,26 @@ def test_run_writes_results_and_resumes(tmp_path, monkeypatch):
     em_stage.run(ctx)
     assert calls == [1]  # only the deleted cell is decoded again
     assert {name: ctx.results_path(name).read_bytes() for name in first} == first
+
+
+LM_EVAL_CASES = Path(__file__).parent / "fixtures" / "lm_eval_gsm8k_cases.jsonl"
+
+
+def test_lm_eval_verdicts_equal_lm_evals_own_on_fuzzed_generations():
+    """5,000 near-miss generations scored by lm-eval 0.4.13's own gsm8k filters and
+    exact_match (tests/fixtures/make_lm_eval_gsm8k_cases.py): same answers, same verdicts."""
+    cases = [json.loads(line) for line in LM_EVAL_CASES.read_text(encoding="utf-8").splitlines()]
+    assert len(cases) == 5000
+    differ = []
+    for case in cases:
+        scored = score_text(case["text"], case["gold"], eos=case["eos"])
+        ours = [scored[f"lm_eval_{name}{suffix}"] for name in ("strict", "flexible") for suffix in ("_answer", "")]
+        theirs = [case[f"{name}{suffix}"] for name in ("strict", "flexible") for suffix in ("_answer", "")]
+        if ours != theirs:
+            differ.append((case["text"], ours, theirs))
+        # numeric verdicts are never stricter than lm-eval's string comparison
+        assert scored["strict"] >= scored["lm_eval_strict"] and scored["flexible"] >= scored["lm_eval_flexible"]
+    assert not differ, f"{len(differ)} of {len(cases)} differ, e.g. {differ[:3]}"
+    # the table is not degenerate: each verdict is sometimes right, sometimes wrong
+    for name in ("strict", "flexible"):
+        assert 0.05 < sum(case[name] for case in cases) / len(cases) < 0.5
