@@ -185,7 +185,8 @@ def test_stage_counts_a_model_right_only_under_flexible_extraction(tmp_path, mon
     from study.tasks.gsm8k import Dataset
 
     ctx = make_context(tmp_path)
-    rows = [Example(split, i, "How many apples?", "16 + 2 = 18\n#### 18") for split in ("train", "test") for i in range(8)]
+    answer = "16 + 2 = 18\n#### 18"
+    rows = [Example(split, i, "How many apples?", answer) for split in ("train", "test") for i in range(8)]
     ctx.dataset_loader = lambda: Dataset("bundled", rows[:8], rows[8:], {"train": "-", "test": "-"})
     longer = ctx.config.exact_match.model_copy(update={"max_new_tokens": 16})
     ctx.config = ctx.config.model_copy(update={"exact_match": longer})

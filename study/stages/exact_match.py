@@ -29,8 +29,8 @@ from scipy import stats
 from study.io import atomic_write_csv, atomic_write_jsonl
 from study.models.generation import greedy_generate
 from study.pipeline import RunContext, cell_name
-# score_text is public here too (study.stages.exact_match.score_text): the stage's verdicts are the task's
-from study.tasks.gsm8k import EXTRACTIONS, Example, score_text
+from study.tasks.gsm8k import EXTRACTIONS, Example, score_text  # score_text: public here too
+
 EM_COLUMNS = ("model", "inference_loops", "extraction", "correct", "n", "accuracy", "ci_low", "ci_high")
 GENERATION_FIELDS = (
     "model", "inference_loops", "example_id", "question", "text", "gold",
