@@ -32,11 +32,24 @@ USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130
 
 
+# shown under --help; tests/test_config.py parses and validates every one of them
+EXAMPLES = """examples:
+  python run_study.py --version smoke                     # the quick look: tiny model, a few examples (CPU)
+  python run_study.py --version mini                      # the embedded offline default (CPU)
+  python run_study.py --version v17 --seed 2026           # the published confirmation run (GPU, internet)
+  python run_study.py --version mini --set data.nll_test_examples=50 --set nll.inference_loops=[2,8]
+  python run_study.py --version mini --stages report      # redraw the report of a finished run
+  python run_study.py compare runs/v16-seed2026 runs/v17-seed2026 --out runs/compare
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_study.py",
         description="Which inference loop depth does LoopFormer prefer after SFT, and what does each loop cost? "
         "Runs the study's stages for one config version. Use `run_study.py compare RUN_DIR ...` to compare runs.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--version", required=True, help="config name under configs/ (v16, v17, mini, smoke) or a path to a YAML file"
@@ -66,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set nll.nll_test_examples=4 (repeatable; validated like the file)",
+        help="override a config value, e.g. --set data.nll_test_examples=4 or --set nll.inference_loops=[2,8] "
+        "(repeatable; validated like the file)",
     )
     parser.add_argument(
         "--force",
