@@ -156,7 +156,7 @@ def preflight(config) -> str | None:
                 if kind == "model"
                 else "pass --set data.source=bundled (the bundled GSM8K copy)"
             )
-            reason = " ".join(str(error).split())[:160]
+            reason = " ".join(str(error).split())[:60]
             raise StudyError(
                 f"{'model.source' if kind == 'model' else 'data.source'}: cannot reach the Hugging Face hub for "
                 f"{repo!r} ({type(error).__name__}: {reason}); run with internet access, or {hint}"

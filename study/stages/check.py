@@ -19,10 +19,7 @@ from study.pipeline import RunContext, StudyError
 from study.stages.nll import score_continuations
 from study.tasks.gsm8k import encode_example
 
-LIKELY_CAUSES = (
-    "likely causes: weights not loaded (check the checkpoint's keys), a tokenizer that is not the model's "
-    "(vocabulary size, EOS id), or broken loop conditioning"
-)
+LIKELY_CAUSES = "likely: weights not loaded, a tokenizer not the model's, or broken loop conditioning"
 
 
 @dataclass
@@ -118,8 +115,9 @@ def run(ctx: RunContext) -> None:
         {"passed": not failed, "skipped": ctx.skip_checks, "checks": [asdict(c) for c in checks]},
     )
     if failed and not ctx.skip_checks:
-        reasons = "; ".join(c.message for c in failed)
+        # one readable line: the first failure in full, the others counted (all are in checks.json)
+        more = f" (+{len(failed) - 1} more in results/checks.json)" if len(failed) > 1 else ""
         raise StudyError(
-            f"sanity checks failed: {reasons}. {LIKELY_CAUSES}. Nothing was trained. "
-            "Rerun with --skip-checks to go on anyway (the report will say so)."
+            f"sanity check failed: {failed[0].message}{more}; {LIKELY_CAUSES}. "
+            "Nothing was trained; --skip-checks goes on anyway."
         )
