@@ -104,13 +104,20 @@ def build_compare_parser() -> argparse.ArgumentParser:
 
 
 def quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    """Library chatter off; the progress bars that say something on: the hub's download
+    bars (fetching a released checkpoint takes minutes) and the stages' own. Off are the
+    bars of every model load and of datasets' tokenizing passes over a few hundred rows."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stderr.isatty():
+        # a log file (CI), not a terminal: every tqdm bar redraws at most every 30 s, not 10 times a second
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
     import datasets
+    import huggingface_hub
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()  # switches the hub's bars off too...
+    huggingface_hub.utils.enable_progress_bars()  # ...which downloads should show
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
 
