@@ -656,7 +656,8 @@ def plot_exact_match(results: Results, axes: Sequence[Axes] | None = None) -> Fi
         counts = rows_all["n"].dropna().unique()
         n_text = f", n = {int(counts[0])}" if len(counts) == 1 else ""
         ax.set_title(f"{EXTRACTION_TITLES.get(extraction, extraction)}{n_text}")
-        ax.set_xlabel("inference loops (test-time depth)")
+        if ax in axes[-2:] or len(axes) != 4:  # a 2x2 grid shares x: label the bottom row
+            ax.set_xlabel("inference loops (test-time depth)")
         ax.set_ylim(bottom=0)
     for ax in axes[:: 2 if len(axes) == 4 else len(axes)]:
         ax.set_ylabel("exact-match accuracy (%, Wilson 95% CI)")

@@ -144,7 +144,7 @@ def sft_progress(name: str, interactive: bool | None = None):
                 (self.training_bar.write if self.training_bar is not None else print)(text)
                 return
             if self.training_bar is not None:
-                self.training_bar.set_postfix_str(_log_text(logs), refresh=False)
+                self.training_bar.set_postfix_str(_log_text(logs))
             elif not self.interactive:
                 step = state.global_step
                 if step <= 1 or step % self.every == 0 or step == state.max_steps:
