@@ -33,11 +33,24 @@ USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130
 
 
+# shown under --help; tests/test_config.py parses and validates every one of them
+EXAMPLES = """examples:
+  python run_study.py --version smoke                     # the quick look: tiny model, a few examples (CPU)
+  python run_study.py --version mini                      # the embedded offline default (CPU)
+  python run_study.py --version v17 --seed 2026           # the published confirmation run (GPU, internet)
+  python run_study.py --version mini --set data.nll_test_examples=50 --set nll.inference_loops=[2,8]
+  python run_study.py --version mini --stages report      # redraw the report of a finished run
+  python run_study.py compare runs/v16-seed2026 runs/v17-seed2026 --out runs/compare
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_study.py",
         description="Which inference loop depth does LoopFormer prefer after SFT, and what does each loop cost? "
         "Runs the study's stages for one config version. Use `run_study.py compare RUN_DIR ...` to compare runs.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--version", required=True, help="config name under configs/ (v16, v17, mini, smoke) or a path to a YAML file"
@@ -67,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set nll.nll_test_examples=4 (repeatable; validated like the file)",
+        help="override a config value, e.g. --set data.nll_test_examples=4 or --set nll.inference_loops=[2,8] "
+        "(repeatable; validated like the file)",
     )
     parser.add_argument(
         "--force",
@@ -91,13 +105,20 @@ def build_compare_parser() -> argparse.ArgumentParser:
 
 
 def quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    """Library chatter off; the progress bars that say something on: the hub's download
+    bars (fetching a released checkpoint takes minutes) and the stages' own. Off are the
+    bars of every model load and of datasets' tokenizing passes over a few hundred rows."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stderr.isatty():
+        # a log file (CI), not a terminal: every tqdm bar redraws at most every 30 s, not 10 times a second
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
     import datasets
+    import huggingface_hub
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()  # switches the hub's bars off too...
+    huggingface_hub.utils.enable_progress_bars()  # ...which downloads should show
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
 
@@ -143,7 +164,7 @@ def preflight(config) -> str | None:
                 if kind == "model"
                 else "pass --set data.source=bundled (the bundled GSM8K copy)"
             )
-            reason = " ".join(str(error).split())[:160]
+            reason = " ".join(str(error).split())[:60]
             raise StudyError(
                 f"{'model.source' if kind == 'model' else 'data.source'}: cannot reach the Hugging Face hub for "
                 f"{repo!r} ({type(error).__name__}: {reason}); run with internet access, or {hint}"

@@ -18,7 +18,6 @@ Run directory (``runs/<version>-seed<seed>/`` by default)::
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 from collections.abc import Callable, Iterator
@@ -27,7 +26,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from study.config import EMBEDDED_BASE, StudyConfig
@@ -59,25 +57,14 @@ class ModelSpec:
     revision: str | None = None
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def make_deterministic(device: torch.device) -> None:
-    if device.type == "cuda":
-        # cuBLAS needs a fixed workspace to be deterministic; must precede the first cuBLAS call
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
 def configure_torch(config: StudyConfig) -> None:
     if config.torch_threads is not None:
         # tiny models run fastest on one thread: OpenMP barriers cost more than they share
         torch.set_num_threads(config.torch_threads)
+    if config.sft.deterministic:
+        # the Trainer's full_determinism sets this too, but cuBLAS reads it once, at its first
+        # call: in a run the check stage has used the GPU by then
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":16:8")
 
 
 def resolve_device(requested: str) -> torch.device:

@@ -1,9 +1,14 @@
 """NLL stage: teacher-forced NLL of the gold GSM8K solution at every inference depth.
 
-Scoring follows lm-eval's ``loglikelihood``: prompt and continuation are tokenised
-separately and joined (``encode_example``); each continuation token is scored by
-the logits at the position before it. Two targets per example: the whole solution
-(tokens from ``answer_start``) and the final answer alone (from ``final_start``).
+Scoring follows lm-eval's ``loglikelihood``: each continuation token is scored by the
+logits at the position before it. lm-eval 0.4 encodes prompt + continuation as one
+string and splits the ids at the prompt's token count; ``encode_example`` encodes the
+prompt, the solution and the final answer separately and joins them. On GSM8K both
+give the same ids, because every piece after the prompt starts with a space (``" {answer}"``,
+``"#### 18"`` split before ``" 18"``) and byte-level BPE never merges across that
+boundary: checked on all 8,792 bundled records with GPT-2's tokenizer and the mini
+model's (``tests/test_data.py`` keeps a sample of it). Two targets per example: the
+whole solution (tokens from ``answer_start``) and the final answer alone (from ``final_start``).
 
 For each model (loaded once) × split (``test``, ``train``) × loop count, one cell
 file ``results/cells/nll/<model>-<split>-L<loops>.csv`` is written atomically; a

@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,13 +32,7 @@ from study.config import StudyConfig
 from study.io import atomic_write_csv, read_csv, read_json
 from study.models.loopformer import CheckpointError
 from study.models.validation import validate_safetensors
-from study.pipeline import (
-    RunContext,
-    StudyError,
-    context_from_run_dir,
-    make_deterministic,
-    seed_everything,
-)
+from study.pipeline import RunContext, StudyError, context_from_run_dir
 
 LOSS_COLUMNS = ("model", "train_loops", "step", "epoch", "loss", "learning_rate")
 
@@ -139,9 +134,73 @@ def training_arguments(config: StudyConfig, output_dir: Path, device: torch.devi
         report_to=[],
         dataloader_num_workers=0,
         use_cpu=device.type == "cpu",
-        disable_tqdm=True,
+        disable_tqdm=False,  # the Trainer's step bar, shown by SFTProgress
         dataset_num_proc=None,
     )
+
+
+def _log_text(logs: dict) -> str:
+    """A logged step as a short readable text: loss, learning rate, epoch."""
+    parts = []
+    if "loss" in logs:
+        parts.append(f"loss {float(logs['loss']):.4f}")
+    if "learning_rate" in logs:
+        parts.append(f"lr {float(logs['learning_rate']):.2e}")
+    if "epoch" in logs:
+        parts.append(f"epoch {float(logs['epoch']):.2f}")
+    return ", ".join(parts)
+
+
+def sft_progress(name: str, interactive: bool | None = None):
+    """The Trainer's own step bar (its ``ProgressCallback``), named after the model and
+    showing the latest loss as its postfix instead of printing a dict per logged step.
+    Off a terminal (a CI log), where a redrawn bar piles up, it prints one plain line at
+    the first step, every tenth of the run and at the end."""
+    from tqdm.auto import tqdm
+    from transformers.trainer_callback import ProgressCallback
+
+    class SFTProgress(ProgressCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.interactive = sys.stderr.isatty() if interactive is None else interactive
+            self.every, self.started = 1, 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.current_step, self.started = state.global_step, time.perf_counter()
+            self.every = max(1, state.max_steps // 10)
+            if state.is_world_process_zero and self.interactive:
+                self.training_bar = tqdm(
+                    total=state.max_steps, initial=state.global_step, desc=f"  sft {name}", unit="step",
+                    dynamic_ncols=True,
+                )  # fmt: skip
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.training_bar is not None:
+                self.training_bar.update(state.global_step - self.current_step)
+            self.current_step = state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            if "train_runtime" in logs:  # the Trainer's closing summary
+                text = f"  sft {name}: {state.global_step} steps in {time.perf_counter() - self.started:.1f} s"
+                if "train_loss" in logs:
+                    text += f", mean loss {float(logs['train_loss']):.4f}"
+                (self.training_bar.write if self.training_bar is not None else print)(text)
+                return
+            if self.training_bar is not None:
+                self.training_bar.set_postfix_str(_log_text(logs))
+            elif not self.interactive:
+                step = state.global_step
+                if step <= 1 or step % self.every == 0 or step == state.max_steps:
+                    print(f"  sft {name}: step {step}/{state.max_steps}, {_log_text(logs)}", flush=True)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.training_bar is not None:
+                self.training_bar.close()
+                self.training_bar = None
+
+    return SFTProgress()
 
 
 def _stop_on_ctrl_c(ctx: RunContext):
@@ -181,18 +240,18 @@ def _all_finite(model) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def train_one(ctx: RunContext, train_loops: int) -> None:
-    """Fine-tune one model (resuming if a checkpoint exists) and save it to models/<name>."""
+def build_trainer(ctx: RunContext, train_loops: int):
+    """The SFTTrainer of one model: the base at ``train_loops`` loops, the config's
+    training arguments, the SFT subset, and the Ctrl-C and progress callbacks."""
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTTrainer
 
     spec = ctx.sft_spec(train_loops)
-    final_dir = ctx.model_dir(spec.name)
-    if (final_dir / "config.json").is_file() and loss_cell(ctx, spec.name).is_file():
-        return
     sft = ctx.config.sft
-    seed_everything(ctx.config.seed)  # before the model is built, so any fresh init is seeded
-    if sft.deterministic:
-        make_deterministic(ctx.device)
+    # python, numpy and torch seeded before the model is built, so any fresh init (LoRA's
+    # adapters) is seeded; deterministic kernels are the Trainer's (full_determinism)
+    set_seed(ctx.config.seed)
     tokenizer = ctx.load_tokenizer()
     model = ctx.load_model(ctx.base_spec).train()
     model.config.train_loops = train_loops  # the loop count every training forward runs
@@ -207,15 +266,30 @@ def train_one(ctx: RunContext, train_loops: int) -> None:
             target_modules=list(sft.lora.target_modules),
             task_type="CAUSAL_LM",
         )
-    output_dir = trainer_dir(ctx, spec.name)
     trainer = SFTTrainer(
         model=model,
-        args=training_arguments(ctx.config, output_dir, ctx.device),
+        args=training_arguments(ctx.config, trainer_dir(ctx, spec.name), ctx.device),
         train_dataset=sft_dataset(ctx),
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[_stop_on_ctrl_c(ctx), _stop_on_non_finite_loss(spec.name, sft.learning_rate)],
     )
+    for default in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(default)
+    trainer.add_callback(sft_progress(spec.name))
+    return trainer
+
+
+def train_one(ctx: RunContext, train_loops: int) -> None:
+    """Fine-tune one model (resuming if a checkpoint exists) and save it to models/<name>."""
+    spec = ctx.sft_spec(train_loops)
+    final_dir = ctx.model_dir(spec.name)
+    if (final_dir / "config.json").is_file() and loss_cell(ctx, spec.name).is_file():
+        return
+    sft = ctx.config.sft
+    trainer = build_trainer(ctx, train_loops)
+    tokenizer = trainer.processing_class
+    output_dir = trainer_dir(ctx, spec.name)
     checkpoint = last_complete_checkpoint(output_dir, log=lambda line: print(f"  {spec.name}: {line}", flush=True))
     if checkpoint is not None:
         print(f"  {spec.name}: resuming from {checkpoint.name}", flush=True)
@@ -227,7 +301,7 @@ def train_one(ctx: RunContext, train_loops: int) -> None:
             return
 
         trained = trainer.model
-        if peft_config is not None:
+        if sft.lora is not None:
             trained = trained.merge_and_unload()  # sweeps load a plain checkpoint
         if not _all_finite(trained):  # the last update overflowed after the last logged loss
             raise StudyError(
