@@ -17,7 +17,6 @@ from study.tokenizer import load_tokenizer
 
 from .conftest import shared_dir
 
-
 # max-abs logit error against the authors' implementation, measured on this CPU (torch 2.13):
 # sdpa 1.04e-6, eager 1.16e-6 (logits reach 0.58, so ~16 float32 ulps); the bound leaves room
 # for other CPUs' kernels, not for a wrong model (a wrong op is off by 1e-3 or more)
