@@ -48,6 +48,9 @@ class LoopFormerKwargs(TransformersKwargs, total=False):
     refused, so a misspelt ``num_loop=4`` cannot silently run the default depth."""
 
     return_dict: bool | None
+    # ``generate(..., stop_strings=..., tokenizer=tok)`` hands its tokenizer on to every
+    # forward along with the model inputs (transformers 5.x); it means nothing here
+    tokenizer: object
 
 
 ACCEPTED_KWARGS = LoopFormerKwargs.__optional_keys__ | LoopFormerKwargs.__required_keys__
