@@ -116,14 +116,16 @@ def requirements_without_torch(pyproject: Path) -> list[str]:
     import tomllib
 
     dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
-    return [d for d in dependencies if _requirement_name(d) != "torch"]
+    return [d for d in dependencies if requirement_name(d) != "torch"]
 
 
-def _requirement_name(requirement: str) -> str:
-    name = requirement
-    for separator in "<>=!~;[ (":
-        name = name.split(separator, 1)[0]
-    return name.strip().lower().replace("_", "-")
+def requirement_name(requirement: str) -> str:
+    """The canonical project name of a PEP 508 requirement ("Torch[x]>=2; ..." -> "torch")."""
+    # packaging ships with pip's environment on Kaggle (transformers needs it too)
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    return canonicalize_name(Requirement(requirement).name)
 
 
 def install(project: Path) -> None:

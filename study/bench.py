@@ -1,33 +1,47 @@
-"""Micro-benchmark of the sweep machinery, all measured in one process.
+"""Speed of the sweep machinery against the machine's own limits, measured in one process.
 
-    python -m study.bench [--model DIR] [--out bench.json]
+    python -m study.bench [--shape released|mini|tiny] [--threads N] [--out bench.json]
 
-(a) ``decode_cached_vs_recompute``: greedy decoding with the KV cache vs re-running
-    the whole sequence every step (the authors' generate), batch 1, ``--new-tokens``
-    at ``--loops`` loops. Target >= 8x.
-(b) ``nll_batched_vs_single``: the NLL scorer (``study.stages.nll.score_continuations``)
-    on the first ``--nll-examples`` GSM8K test examples, batched and length-sorted
-    vs one example at a time. Target >= 5x.
-(c) ``nll_roofline_fraction``: useful GFLOP/s of the batched NLL run (non-pad tokens
-    only; FLOPs from ``study.stages.latency.token_flops`` with causal attention) over the
-    GFLOP/s of one large fp32 matmul measured in the same run. Target >= 50%.
+``--shape released`` (the default) builds a *random* LoopFormer of the released
+checkpoint's shape (d 2048, 32 heads, 3 blocks, MLP 5120, vocab 50,304) with the
+vendored GPT-2 tokenizer: time depends on shapes, not on weights, and no download is
+needed. ``--shape mini`` measures the embedded mini base (or ``--model DIR``), where
+per-operation overhead dominates; ``--shape tiny`` is a few-thousand-parameter model
+for the tests. Every figure is printed with its inputs and written to ``--out``:
 
-The model is ``--model``, else the embedded mini base (``study/assets/mini-base``)
-when it exists, else a *random* LoopFormer of the mini shape with a byte-level BPE
-trained on the fly (printed as such): timings depend on shapes, not on weights.
+- ``decode_bandwidth_fraction``: the memory-bandwidth lower bound of one generated
+  token (the weight bytes it must read at ``--loops`` loops: every block once per loop,
+  plus the LM head, over a stream-copy bandwidth measured here, STREAM convention:
+  bytes read + bytes written) divided by the measured per-token decode time of the
+  decoder the exact-match stage uses (prefill timed apart and excluded).
+- ``nll_roofline_fraction``: useful GFLOP/s of the batched NLL scorer
+  (``study.stages.nll.score_continuations``) on GSM8K test examples, over the GFLOP/s
+  of one large fp32 matmul measured here.
+- ``decode_cached_vs_recompute``: full-recompute greedy decoding (the LoopFormer
+  authors' ``generate``) over cached greedy decoding, same tokens asserted.
+- ``generate_vs_decoder``: transformers' ``model.generate`` time over the exact-match
+  decoder's (``study.models.generation.greedy_generate``), same tokens asserted.
+- ``growth``: per-token decode time at 1, 2, 4, 8, 16 loops with a least-squares line
+  (intercept = the LM head and embeddings), and recompute vs cached at 16/32/64 new
+  tokens (quadratic vs linear), at ``--growth-loops``.
+- ``nll_peak_rss``: the resident memory peak while scoring one batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import platform
-import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
 import torch
+from scipy import stats
 
 from study.io import atomic_write_json
 from study.models.generation import greedy_generate, recompute_generate
@@ -41,6 +55,13 @@ from study.tokenizer import has_tokenizer, load_tokenizer
 EOS = "<|endoftext|>"
 # the shape of the embedded mini base, for the random stand-in
 MINI_SHAPE = {"n_embd": 128, "n_head": 4, "n_layer": 3, "intermediate_dim": 320, "vocab_size": 2048}
+# random models of these shapes use the GPT-2 tokenizer (vocab 50,304 = 50,257 padded)
+RANDOM_SHAPES = {
+    "released": {"n_embd": 2048, "n_head": 32, "n_layer": 3, "intermediate_dim": 5120, "vocab_size": 50304},
+    "tiny": {"n_embd": 32, "n_head": 2, "n_layer": 2, "intermediate_dim": 64, "vocab_size": 50304},
+}
+SHAPE_FIELDS = ("n_embd", "n_head", "n_layer", "intermediate_dim", "vocab_size", "block_size")
+GIB = 2**30
 
 
 def random_mini(block_size: int = 512, seed: int = 0) -> tuple[LoopFormerForCausalLM, object]:
@@ -59,23 +80,31 @@ def random_mini(block_size: int = 512, seed: int = 0) -> tuple[LoopFormerForCaus
         show_progress=False,
     )
     bpe.train_from_iterator([e.prompt + e.completion for e in load_gsm8k().train[:2000]], trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=EOS)
-    torch.manual_seed(seed)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=EOS, padding_side="left")
     config = LoopFormerConfig(
         block_size=block_size, train_loops=8, bos_token_id=0, eos_token_id=0, pad_token_id=0, **MINI_SHAPE
     )
+    return randomised(config, seed), tokenizer
+
+
+def randomised(config: LoopFormerConfig, seed: int) -> LoopFormerForCausalLM:
+    torch.manual_seed(seed)
     model = LoopFormerForCausalLM(config)
     with torch.no_grad():  # adaLN-zero would make every loop the identity; timings do not care, outputs do
         for block in model.gpt.transformer.h.blocks:
             block.adaLN_modulation[1].weight.normal_(0.0, 0.02)
-    return model.eval(), tokenizer
+    return model.eval()
 
 
-def load_model(path: str | None, force_random: bool) -> tuple[LoopFormerForCausalLM, object, str]:
-    if path is None and not force_random and (EMBEDDED_DIR / "config.json").is_file():
+def load_model(args: argparse.Namespace) -> tuple[LoopFormerForCausalLM, object, str]:
+    if args.shape in RANDOM_SHAPES:
+        config = LoopFormerConfig(block_size=1024, train_loops=8, **RANDOM_SHAPES[args.shape])
+        return randomised(config, seed=0), load_tokenizer(None), f"random LoopFormer of the {args.shape} shape"
+    path = args.model
+    if path is None and not args.random and (EMBEDDED_DIR / "config.json").is_file():
         path = str(EMBEDDED_DIR)
     if path is None:
-        print("note: no --model and no study/assets/mini-base yet: using a RANDOM LoopFormer of the mini shape")
+        print("note: no --model and no study/assets/mini-base: using a RANDOM LoopFormer of the mini shape")
         model, tokenizer = random_mini()
         return model, tokenizer, f"random mini-shaped LoopFormer {MINI_SHAPE}"
     model = LoopFormerForCausalLM.from_pretrained(path).eval()
@@ -83,8 +112,9 @@ def load_model(path: str | None, force_random: bool) -> tuple[LoopFormerForCausa
     return model, tokenizer, path
 
 
-def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, object]:
-    """Fastest of ``repeats`` runs (the least disturbed by other processes) and its output."""
+def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, object, list[float]]:
+    """Fastest of ``repeats`` runs (the least disturbed by other processes), its output,
+    and all the times (their spread is reported)."""
     times, output = [], None
     for _ in range(repeats):
         synchronize(device)
@@ -92,7 +122,48 @@ def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> t
         output = fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return min(times), output
+    return min(times), output, times
+
+
+def spread(times: list[float]) -> str:
+    return f"best of {len(times)}, worst {max(times) / min(times) - 1:+.0%}"
+
+
+# ---- the machine's limits -----------------------------------------------------------------
+
+
+def stream_copy_gbs(megabytes: int, repeats: int, device: torch.device) -> float:
+    """STREAM "copy" bandwidth: (bytes read + bytes written) per second of ``b.copy_(a)``
+    over arrays far larger than the last-level cache."""
+    a = torch.ones(megabytes * 2**20 // 4, device=device)
+    b = torch.zeros_like(a)
+    b.copy_(a)  # touch every page before timing
+    seconds, _, _ = best_time(lambda: b.copy_(a), repeats, device)
+    return 2 * a.numel() * 4 / seconds / 1e9
+
+
+def matmul_gflops(size: int, repeats: int, device: torch.device) -> float:
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b  # warm-up
+    seconds, _, _ = best_time(lambda: a @ b, repeats, device)
+    return 2 * size**3 / seconds / 1e9
+
+
+# ---- what a token and a batch cost ---------------------------------------------------------
+
+
+def decode_weight_bytes(model: LoopFormerForCausalLM, loops: int) -> tuple[int, int]:
+    """(block bytes per loop, LM head bytes): the weights one decoded token must read.
+    Every block runs once per loop; the head (tied to the embedding) once per token. The
+    adaLN and timestep weights are read once per generation, not per token, and the
+    embedding lookup reads one row: both are left out."""
+    size = model.gpt.transformer.h.blocks[0].attn.c_attn.weight.element_size()
+    per_loop = 0
+    for block in model.gpt.transformer.h.blocks:
+        for linear in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+            per_loop += sum(p.numel() for p in linear.parameters()) * size
+    return per_loop, model.lm_head.weight.numel() * size
 
 
 def nll_flops(config, loops: int, lengths: list[int], scored: list[int]) -> float:
@@ -107,12 +178,33 @@ def nll_flops(config, loops: int, lengths: list[int], scored: list[int]) -> floa
     return total
 
 
-def matmul_gflops(size: int, repeats: int, device: torch.device) -> float:
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    a @ b  # warm-up
-    seconds, _ = best_time(lambda: a @ b, repeats, device)
-    return 2 * size**3 / seconds / 1e9
+class PeakRSS:
+    """Resident set size sampled every few milliseconds on a thread while the block runs."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.process, self.interval_s = psutil.Process(), interval_s
+        self.before = self.peak = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> PeakRSS:
+        gc.collect()
+        self.before = self.peak = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+# ---- the benchmark ---------------------------------------------------------------------------
 
 
 def run_bench(args: argparse.Namespace) -> dict:
@@ -121,117 +213,254 @@ def run_bench(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if args.nll_batch_size is None:
         args.nll_batch_size = 32 if device.type == "cuda" else 8
-    model, tokenizer, source = load_model(args.model, args.random)
+    start_clock = time.perf_counter()
+    model, tokenizer, source = load_model(args)
     model.to(device)
     config = model.config
     test = load_gsm8k().test
-    print(f"model: {source} | device {device_name(device)} | torch threads {torch.get_num_threads()}")
-
-    # (a) decoding: cached vs recompute, batch 1, no early stop (equal token work)
+    print(
+        f"model: {source} { ({k: getattr(config, k) for k in SHAPE_FIELDS}) } | device {device_name(device)} | "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads | {config._attn_implementation} attention"
+    )
+    # one decoding call as the exact-match stage makes it, batch 1, no early stop (equal token work)
     prompt = test[0].prompt
     prompt_tokens = len(tokenizer.encode(prompt, add_special_tokens=False))
     new_tokens = min(args.new_tokens, config.block_size - prompt_tokens + 1)
 
-    def decode(generate):
-        return generate(model, tokenizer, [prompt], new_tokens, num_loops=args.loops, early_stop=False)[0]
+    def decode(generate, tokens: int, loops: int):
+        return generate(model, tokenizer, [prompt], tokens, num_loops=loops, early_stop=False)[0]
 
-    decode(greedy_generate)  # warm-up
-    cached_s, cached = best_time(lambda: decode(greedy_generate), args.repeats, device)
-    recompute_s, recomputed = best_time(lambda: decode(recompute_generate), 1, device)
-    decode_ratio = recompute_s / cached_s
-    print(
-        f"(a) decode {new_tokens} tokens after a {prompt_tokens}-token prompt at {args.loops} loops: "
-        f"recompute {recompute_s:.3f}s / cached {cached_s:.3f}s = {decode_ratio:.1f}x (target >= 8x)"
-    )
+    def per_token(loops: int, tokens: int, repeats: int) -> tuple[float, float, float, list[float]]:
+        """(seconds per decoded token, prefill seconds, decode seconds, decode times): a run of
+        one new token is the prefill alone (its token comes from the prefill's logits), so
+        the rest of a ``tokens`` run is ``tokens - 1`` decode steps."""
+        decode(greedy_generate, 2, loops)  # warm-up
+        prefill_s, _, _ = best_time(lambda: decode(greedy_generate, 1, loops), repeats, device)
+        total_s, _, times = best_time(lambda: decode(greedy_generate, tokens, loops), repeats, device)
+        return max(total_s - prefill_s, 0.0) / (tokens - 1), prefill_s, total_s, times
 
-    # (b) NLL: batched and length-sorted vs one example at a time
-    encoded = [fit_to_window(encode_example(tokenizer, e), config.block_size) for e in test[: args.nll_examples]]
+    # (1) NLL scorer: roofline fraction and resident peak, first, before decoding caches grow. The stage
+    # sorts its examples by length and batches neighbours; the bench scores the same kind of batch: the
+    # --nll-examples around the median length of the first --nll-pool test examples
+    pool = [fit_to_window(encode_example(tokenizer, e), config.block_size) for e in test[: args.nll_pool]]
+    by_length = sorted(pool, key=lambda e: len(e.input_ids))
+    first = max(0, (len(by_length) - args.nll_examples) // 2)
+    encoded = by_length[first : first + args.nll_examples]
+    # the machine's limit right beside the figure it scales (the load on a shared machine drifts)
+    peak_gflops = matmul_gflops(args.matmul_size, args.repeats, device)
+    print(f"machine: fp32 matmul {args.matmul_size}^3 {peak_gflops:.1f} GFLOP/s")
 
     def score(batch_size: int):
         return score_continuations(model, encoded, batch_size, num_loops=args.loops)
 
-    score(args.nll_batch_size)  # warm-up
-    batched_s, batched = best_time(lambda: score(args.nll_batch_size), args.repeats, device)
-    single_s, single = best_time(lambda: score(1), 1, device)
-    nll_ratio = single_s / batched_s
-    max_diff = max(abs(a.nll_sum - b.nll_sum) for a, b in zip(batched, single, strict=True))
+    with PeakRSS() as rss:  # the first run gives the memory peak, and counts as one of the timed runs
+        _, batched, nll_times = best_time(lambda: score(args.nll_batch_size), 1, device)
+    if args.repeats > 1:
+        nll_times += best_time(lambda: score(args.nll_batch_size), args.repeats - 1, device)[2]
+    batched_s = min(nll_times)
     lengths = [len(e.input_ids) for e in encoded]
+    padded = sum(
+        max(len(e.input_ids) for e in encoded[i : i + args.nll_batch_size]) - 1
+        for i in range(0, len(encoded), args.nll_batch_size)
+    ) * min(args.nll_batch_size, len(encoded))
+    fed = [length - 1 for length in lengths]  # the last token is only a target: the scorer never feeds it
+    useful = nll_flops(
+        config, args.loops, fed, [length - e.answer_start for length, e in zip(lengths, encoded, strict=True)]
+    )
+    nll_gflops = useful / batched_s / 1e9
+    nll_fraction = nll_gflops / peak_gflops
+    if not all(torch.isfinite(torch.tensor(s.nll_sum)) for s in batched):
+        raise RuntimeError("NLL scorer returned a non-finite score")
     print(
-        f"(b) NLL of {len(encoded)} GSM8K test examples ({sum(lengths)} tokens) at {args.loops} loops: "
-        f"one at a time {single_s:.3f}s / batch {args.nll_batch_size} {batched_s:.3f}s = {nll_ratio:.1f}x "
-        f"(target >= 5x; max |batched - single| nll_sum {max_diff:.2e})"
+        f"nll: {len(encoded)} GSM8K test examples around the median length of the first {len(pool)} "
+        f"({sum(lengths)} tokens, {min(lengths)}-{max(lengths)}; {sum(fed)} real of {padded} fed positions), "
+        f"batch {args.nll_batch_size}, {args.loops} loops: {useful / 1e9:.1f} GFLOP in {batched_s:.2f}s "
+        f"({spread(nll_times)}) = {nll_gflops:.1f} GFLOP/s = {nll_fraction:.1%} of the matmul roofline (target >= 85%)"
+    )
+    print(
+        f"nll: resident memory peak {rss.peak / GIB:.2f} GiB while scoring batch {args.nll_batch_size} "
+        f"(+{(rss.peak - rss.before) / GIB:.2f} GiB over the {rss.before / GIB:.2f} GiB before)"
+    )
+    nll_single = None
+    if args.shape == "mini":  # cheap at this size: batching against one example at a time
+        single_s, single, _ = best_time(lambda: score(1), 1, device)
+        max_diff = max(abs(a.nll_sum - b.nll_sum) for a, b in zip(batched, single, strict=True))
+        nll_single = {"single_s": single_s, "batched_vs_single": single_s / batched_s, "max_abs_diff": max_diff}
+        print(f"nll: one at a time {single_s:.3f}s = {single_s / batched_s:.1f}x slower (max |diff| {max_diff:.1e})")
+
+    # (2) decoding at --loops: per-token time vs the bandwidth bound, measured just before
+    copy_gbs = stream_copy_gbs(args.copy_megabytes, args.repeats, device)
+    print(f"machine: stream copy {copy_gbs:.1f} GB/s ({args.copy_megabytes} MiB arrays, read + write)")
+    step_s, prefill_s, cached_s, cached_times = per_token(args.loops, new_tokens, args.repeats)
+    block_bytes, head_bytes = decode_weight_bytes(model, args.loops)
+    token_bytes = args.loops * block_bytes + head_bytes
+    bound_s = token_bytes / (copy_gbs * 1e9)
+    bandwidth_fraction = bound_s / step_s
+    print(
+        f"decode: {new_tokens} tokens after a {prompt_tokens}-token prompt at {args.loops} loops: "
+        f"{cached_s:.2f}s ({spread(cached_times)}), prefill {prefill_s:.2f}s, {step_s * 1e3:.1f} ms per token; "
+        f"bound {args.loops} x {block_bytes / 1e6:.0f} MB blocks + {head_bytes / 1e6:.0f} MB head = "
+        f"{token_bytes / 1e9:.2f} GB at {copy_gbs:.1f} GB/s = {bound_s * 1e3:.1f} ms: "
+        f"{bandwidth_fraction:.1%} of the bound (target >= 80%)"
     )
 
-    # (c) useful GFLOP/s of the batched NLL run vs a large fp32 matmul
-    fed = [length - 1 for length in lengths]  # the last token is only a target: the scorer never feeds it
-    useful = nll_flops(config, args.loops, fed, [len(e.input_ids) - e.answer_start for e in encoded])
-    nll_gflops = useful / batched_s / 1e9
-    peak = matmul_gflops(args.matmul_size, args.repeats, device)
-    fraction = nll_gflops / peak
+    # (3) cached vs full recompute, identical tokens
+    cached = decode(greedy_generate, new_tokens, args.loops)
+    recompute_s, recomputed, _ = best_time(lambda: decode(recompute_generate, new_tokens, args.loops), 1, device)
+    if recomputed.token_ids != cached.token_ids:
+        raise RuntimeError("recompute and cached decoding chose different tokens")
+    decode_ratio = recompute_s / cached_s
+    print(f"decode: full recompute {recompute_s:.2f}s / cached {cached_s:.2f}s = {decode_ratio:.1f}x (target >= 8x)")
+
+    # (4) transformers' generate vs the exact-match decoder, identical tokens
+    ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)], device=device)
+
+    def hf_generate():
+        # min_new_tokens: the same token work as early_stop=False (an EOS would end generate early)
+        return model.generate(
+            ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, num_loops=args.loops
+        )
+
+    hf_generate()  # warm-up
+    # alternate the two decoders, so a drift in the machine's load hits both alike
+    generate_times, decoder_times = [], []
+    for _ in range(args.repeats):
+        generate_times += best_time(hf_generate, 1, device)[2]
+        decoder_times += best_time(lambda: decode(greedy_generate, new_tokens, args.loops), 1, device)[2]
+    generated = hf_generate()
+    generate_s, decoder_s = min(generate_times), min(decoder_times)
+    if generated[0, ids.shape[1] :].tolist() != cached.token_ids:
+        raise RuntimeError("model.generate and the exact-match decoder chose different tokens")
+    generate_ratio = generate_s / decoder_s
     print(
-        f"(c) batched NLL {useful / 1e9:.2f} GFLOP in {batched_s:.3f}s = {nll_gflops:.1f} GFLOP/s; "
-        f"fp32 matmul {args.matmul_size}^3 = {peak:.1f} GFLOP/s; fraction {fraction:.1%} (target >= 50%)"
+        f"decode: model.generate {generate_s:.2f}s ({spread(generate_times)}) / greedy_generate {decoder_s:.2f}s "
+        f"({spread(decoder_times)}), alternated = {generate_ratio:.2f} (exact match uses greedy_generate)"
     )
+
+    # (5) how cost grows: per-token time against loops, recompute vs cached against length
+    loop_grid = [loops for loops in (1, 2, 4, 8, 16) if loops <= args.max_growth_loops]
+    per_loop = {loops: per_token(loops, args.growth_tokens, args.repeats)[0] for loops in loop_grid}
+    fit = stats.linregress(list(per_loop), list(per_loop.values()))
+    head_bound_s = head_bytes / (copy_gbs * 1e9)
+    print(
+        "growth: ms per token at loops "
+        + ", ".join(f"{loops}: {s * 1e3:.1f}" for loops, s in per_loop.items())
+        + f"; fit {fit.slope * 1e3:.1f} ms per loop + {fit.intercept * 1e3:.1f} ms (R^2 {fit.rvalue**2:.3f}); "
+        f"head alone at the bound {head_bound_s * 1e3:.1f} ms"
+    )
+    lengths_grid = []
+    for tokens in args.growth_lengths:
+        tokens = min(tokens, config.block_size - prompt_tokens + 1)
+        cached_t, _, _ = best_time(lambda tokens=tokens: decode(greedy_generate, tokens, args.growth_loops), 1, device)
+        recompute_t, _, _ = best_time(
+            lambda tokens=tokens: decode(recompute_generate, tokens, args.growth_loops), 1, device
+        )
+        lengths_grid.append({"new_tokens": tokens, "cached_s": cached_t, "recompute_s": recompute_t})
+    print(
+        f"growth at {args.growth_loops} loops: new tokens -> recompute / cached seconds: "
+        + ", ".join(f"{g['new_tokens']}: {g['recompute_s']:.2f}/{g['cached_s']:.2f}" for g in lengths_grid)
+    )
+    elapsed = time.perf_counter() - start_clock
+    print(f"bench took {elapsed:.0f}s")
 
     return {
+        "decode_bandwidth_fraction": bandwidth_fraction,
+        "nll_roofline_fraction": nll_fraction,
         "decode_cached_vs_recompute": decode_ratio,
-        "nll_batched_vs_single": nll_ratio,
-        "nll_roofline_fraction": fraction,
+        "generate_vs_decoder": generate_ratio,
         "details": {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
             "model": source,
-            "config": {k: getattr(config, k) for k in (*MINI_SHAPE, "block_size")},
+            "shape": args.shape,
+            "config": {k: getattr(config, k) for k in SHAPE_FIELDS},
+            "attn_implementation": config._attn_implementation,
             "device": device_name(device),
             "machine": platform.machine(),
+            "cpu_count": psutil.cpu_count(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "loops": args.loops,
+            "repeats": args.repeats,
+            "seconds": elapsed,
+            "machine_limits": {
+                "stream_copy_gbs": copy_gbs,
+                "copy_megabytes": args.copy_megabytes,
+                "matmul_size": args.matmul_size,
+                "matmul_gflops": peak_gflops,
+            },
             "decode": {
+                "decoder": "study.models.generation.greedy_generate",
                 "prompt_tokens": prompt_tokens,
                 "new_tokens": new_tokens,
                 "cached_s": cached_s,
+                "cached_times": cached_times,
+                "prefill_s": prefill_s,
+                "per_token_s": step_s,
+                "block_bytes_per_loop": block_bytes,
+                "head_bytes": head_bytes,
+                "bound_per_token_s": bound_s,
                 "recompute_s": recompute_s,
-                "tokens_match": cached.token_ids == recomputed.token_ids,
+                "generate_s": generate_s,
+                "generate_times": generate_times,
+                "decoder_s": decoder_s,  # greedy_generate, timed alternately with generate
+                "decoder_times": decoder_times,
+                "tokens_match": True,  # asserted above, for recompute and for generate
             },
             "nll": {
                 "examples": len(encoded),
+                "pool": len(pool),
                 "tokens": sum(lengths),
-                "mean_tokens": statistics.fmean(lengths),
+                "fed_positions": sum(fed),
+                "padded_positions": padded,
                 "batch_size": args.nll_batch_size,
                 "batched_s": batched_s,
-                "single_s": single_s,
-                "max_abs_nll_sum_diff": max_diff,
+                "batched_times": nll_times,
                 "useful_gflop": useful / 1e9,
                 "gflops": nll_gflops,
+                "peak_rss_bytes": rss.peak,
+                "rss_before_bytes": rss.before,
+                "single": nll_single,
             },
-            "matmul": {"size": args.matmul_size, "gflops": peak},
+            "growth": {
+                "per_token_s_by_loops": {str(k): v for k, v in per_loop.items()},
+                "tokens": args.growth_tokens,
+                "slope_s_per_loop": fit.slope,
+                "intercept_s": fit.intercept,
+                "r_squared": fit.rvalue**2,
+                "head_bound_s": head_bound_s,
+                "length_loops": args.growth_loops,
+                "by_length": lengths_grid,
+            },
         },
     }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="checkpoint folder (default: the embedded mini base)")
-    parser.add_argument("--random", action="store_true", help="use the random mini-shaped model even if one exists")
+    parser.add_argument("--shape", choices=("released", "mini", "tiny"), default="released")
+    parser.add_argument("--model", default=None, help="--shape mini: checkpoint folder (default: the embedded base)")
+    parser.add_argument("--random", action="store_true", help="--shape mini: a random mini-shaped model")
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON results (default: bench.json)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--threads",
         type=int,
-        default=0,
-        help="torch intra-op threads (default: torch's); on a CPU shared with other jobs, 1 avoids "
-        "OpenMP threads waiting on each other, which swamps the small ops of decoding",
+        default=1,
+        help="torch intra-op threads (default 1; 0 = torch's default). On a CPU shared with other jobs one "
+        "thread is steadiest: OpenMP threads otherwise wait on each other at every small op",
     )
     parser.add_argument("--loops", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--nll-examples", type=int, default=64)
-    parser.add_argument(
-        "--nll-batch-size",
-        type=int,
-        default=None,
-        help="default 32 on a GPU, 8 on CPU (small batches stay in cache; larger ones were slower there)",
-    )
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--nll-examples", type=int, default=8, help="examples scored (default: one CPU batch)")
+    parser.add_argument("--nll-pool", type=int, default=64, help="first test examples they are drawn from")
+    parser.add_argument("--nll-batch-size", type=int, default=None, help="default 32 on a GPU, 8 on CPU")
+    parser.add_argument("--growth-tokens", type=int, default=8, help="tokens per depth for the per-loop line")
+    parser.add_argument("--max-growth-loops", type=int, default=16)
+    parser.add_argument("--growth-loops", type=int, default=2, help="depth of the recompute-vs-cached length sweep")
+    parser.add_argument("--growth-lengths", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--matmul-size", type=int, default=2048)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of the fast paths (the best counts)")
+    parser.add_argument("--copy-megabytes", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each fast path (the best counts)")
     return parser
 
 

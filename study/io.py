@@ -21,6 +21,20 @@ class OutputError(OSError):
     """The output directory cannot be written (full disk, read-only, ...)."""
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (``os.umask``
+    is set-and-return, racy with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     try:
@@ -29,6 +43,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as error:
         raise OutputError(f"{path.parent}: cannot write here ({error.strerror or error})") from None
     try:
+        # mkstemp creates 0600; results are shared files, so give them what open() would (0644 under 022)
+        os.fchmod(handle, 0o666 & ~current_umask())
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()

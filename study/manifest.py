@@ -66,12 +66,33 @@ def hardware(device: torch.device) -> dict[str, Any]:
     }
 
 
+class ManifestError(ValueError):
+    """A run directory's manifest.json that is not a manifest (user error, one line)."""
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A run's manifest as a dict, or ``ManifestError`` naming the file."""
+    try:
+        data = read_json(path)
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not UTF-8 text (not a loopdepth manifest)") from None
+    except ValueError as error:
+        reason = "empty" if not path.read_bytes().strip() else f"not valid JSON ({getattr(error, 'msg', error)})"
+        raise ManifestError(f"{path}: {reason}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: expected a JSON object, found a {type(data).__name__}")
+    for key, kind in (("config", dict), ("stages", dict), ("invocations", list)):
+        if key in data and not isinstance(data[key], kind):
+            raise ManifestError(f"{path}: '{key}' is a {type(data[key]).__name__}, expected a {kind.__name__}")
+    return data
+
+
 class Manifest:
     """Read-modify-write of the run's manifest; every write is atomic."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data: dict[str, Any] = read_json(path) if path.is_file() else {}
+        self.data: dict[str, Any] = read_manifest(path) if path.is_file() else {}
 
     @property
     def config_hash(self) -> str | None:
@@ -97,6 +118,11 @@ class Manifest:
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
+        self.save()
+
+    def begin_stage(self, name: str, **fields: Any) -> None:
+        """A stage starts (again): its earlier record described outputs it now replaces."""
+        self.data.setdefault("stages", {})[name] = dict(fields)
         self.save()
 
     def stage(self, name: str, **fields: Any) -> None:

@@ -4,19 +4,21 @@ bookkeeping (skip what is done, resume what is not) and the SIGINT flag.
 Run directory (``runs/<version>-seed<seed>/`` by default)::
 
     manifest.json                 config, seed, versions, data/model sources, stage times
-    stages/<stage>.json           written last by a finished stage: its config hash
+    stages/<stage>.json           written last by a finished stage: its config hash and the
+                                  fingerprints of every input it read (data, weights, tokenizers)
     models/<name>/                SFT checkpoints (save_pretrained + tokenizer)
     sft/<name>/                   trainer checkpoints while SFT runs (resume points)
     results/                      checks.json, sft_loss.csv, nll*.csv, preferred_depth.csv,
                                   exact_match.csv, generations.jsonl, latency.csv
-    results/cells/<stage>/        one file per finished sweep cell (resume points)
+    results/cells/<stage>/        one file per finished sweep cell (resume points), and per
+                                  model ``<model>.inputs.json``: the inputs its cells were computed from
     figures/, report.md           the report stage
 """
 
 from __future__ import annotations
 
 import os
-import random
+import shutil
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,16 +26,16 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from study.config import EMBEDDED_BASE, OFFLINE_SMOLLM2, StudyConfig
+from study.fingerprint import model_fingerprint, tokenizer_fingerprint
 from study.io import atomic_write_json, read_json
 from study.looping.policies import DepthPolicy, policies_for
 from study.models.backbones import BackboneError, load_looped_base, materialize_offline_smollm2
 from study.models.loopformer import CheckpointError, LoopFormerForCausalLM
 from study.tasks.gsm8k import Dataset, Example, Subsets, load_gsm8k, make_subsets
-from study.tokenizer import has_tokenizer, load_tokenizer
+from study.tokenizer import GPT2_DIR, has_tokenizer, load_tokenizer
 
 EMBEDDED_DIR = Path(__file__).parent / "assets" / "mini-base"
 BASE = "base"
@@ -57,25 +59,14 @@ class ModelSpec:
     revision: str | None = None
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def make_deterministic(device: torch.device) -> None:
-    if device.type == "cuda":
-        # cuBLAS needs a fixed workspace to be deterministic; must precede the first cuBLAS call
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
 def configure_torch(config: StudyConfig) -> None:
     if config.torch_threads is not None:
         # tiny models run fastest on one thread: OpenMP barriers cost more than they share
         torch.set_num_threads(config.torch_threads)
+    if config.sft.deterministic:
+        # the Trainer's full_determinism sets this too, but cuBLAS reads it once, at its first
+        # call: in a run the check stage has used the GPU by then
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":16:8")
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -103,6 +94,7 @@ class RunContext:
     device: torch.device
     skip_checks: bool = False
     dataset_loader: Callable[[], Dataset] | None = None
+    resolved_commit: str | None = None  # the hub commit the base's revision resolved to (hub bases)
     _stop: list[bool] = field(default_factory=lambda: [False])
 
     # ---- layout -------------------------------------------------------------------
@@ -153,9 +145,12 @@ class RunContext:
         config_train_loops = 8
         local = Path(source)
         if (local / "config.json").is_file():
-            import json
+            from study.models.validation import validate_model_config
 
-            config_train_loops = int(json.loads((local / "config.json").read_text()).get("train_loops", 8))
+            try:  # a fractional or string train_loops is refused here, never rounded
+                config_train_loops = validate_model_config(local / "config.json").get("train_loops", 8)
+            except CheckpointError as error:
+                raise StudyError(str(error)) from None
         return ModelSpec(BASE, "Base", config_train_loops, source, self.config.model.revision)
 
     def sft_spec(self, train_loops: int) -> ModelSpec:
@@ -212,6 +207,10 @@ class RunContext:
             if self.config.model.tokenizer == "auto" and not Path(source).is_dir():
                 return load_tokenizer(None)  # hub repo without tokenizer files: the model's GPT-2 BPE
             raise StudyError(f"model.tokenizer: cannot load a tokenizer from {source}") from None
+        except Exception as error:  # tokenizers raises a bare Exception for a corrupt tokenizer.json
+            reason = " ".join(str(error).split())[:120]
+            where = "model.tokenizer" if self.config.model.tokenizer != "auto" else "model.source"
+            raise StudyError(f"{where}: the tokenizer files in {source} are unreadable ({reason})") from None
 
     def load_model(self, spec: ModelSpec) -> LoopFormerForCausalLM:
         if self.looped_decoder:
@@ -261,7 +260,10 @@ def context_from_run_dir(run_dir: Path) -> RunContext:
     path = run_dir / RESOLVED_CONFIG
     if not path.is_file():
         raise StudyError(f"{path}: missing (start the run with run_study.py first)")
-    config = StudyConfig.model_validate(read_json(path))
+    try:
+        config = StudyConfig.model_validate(read_json(path))
+    except ValueError as error:  # torn JSON, or a config that no longer validates (pydantic's error is a ValueError)
+        raise StudyError(f"{path}: unreadable ({' '.join(str(error).split())[:120]}); rerun run_study.py") from None
     configure_torch(config)
     device = resolve_device(config.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process under accelerate/torchrun
@@ -291,18 +293,139 @@ def stage_marker(run_dir: Path, stage: str) -> Path:
     return run_dir / "stages" / f"{stage}.json"
 
 
-def stage_done(run_dir: Path, config: StudyConfig, stage: str) -> bool:
+# the data splits each stage reads; check and sft read the base only, the sweeps every model
+STAGE_SPLITS: dict[str, tuple[str, ...]] = {
+    "check": ("train", "test"),
+    "sft": ("train",),
+    "nll": ("train", "test"),
+    "exact_match": ("test",),
+    "latency": ("test",),
+    "report": (),
+}
+BASE_ONLY_STAGES = ("check", "sft")
+# per-model settings that do not change a model's cells or weights: the loop grid (each
+# cell is one loop count), the bootstrap (computed from the cells), resume points
+CELL_NEUTRAL: dict[str, tuple[str, ...]] = {
+    "sft": ("train_loops", "save_steps"),
+    "nll": ("inference_loops", "bootstrap_resamples", "confidence"),
+    "exact_match": ("inference_loops",),
+    "latency": ("inference_loops",),
+}
+
+
+def model_inputs(ctx: RunContext, spec: ModelSpec) -> dict[str, object]:
+    """Content fingerprints of a model folder (weights, config, tokenizer files) and of
+    the tokenizer the study loads for it."""
+    commit = ctx.resolved_commit if spec.name == BASE else None
+    source = ctx.tokenizer_source(spec)
+    tokenizer = tokenizer_fingerprint(GPT2_DIR if source is None else source, spec.revision)
+    return {"model": model_fingerprint(spec.source, spec.revision, commit), "tokenizer": tokenizer}
+
+
+def stage_inputs(ctx: RunContext, stage: str) -> dict[str, object]:
+    """Everything a stage reads, by content: its data splits and its models."""
+    inputs: dict[str, object] = {f"data:{split}": ctx.dataset.sha256[split] for split in STAGE_SPLITS[stage]}
+    specs = [] if stage == "report" else [ctx.base_spec] if stage in BASE_ONLY_STAGES else ctx.model_specs()
+    for spec in specs:
+        inputs[spec.name] = model_inputs(ctx, spec)
+    return inputs
+
+
+def stage_key(ctx: RunContext, stage: str) -> dict[str, object]:
+    return {"config_hash": stage_hash(ctx.config, stage), "inputs": stage_inputs(ctx, stage)}
+
+
+def recorded_stage_key(run_dir: Path, stage: str) -> dict[str, object] | None:
     marker = stage_marker(run_dir, stage)
-    if not marker.is_file():
-        return False
     try:
-        return read_json(marker).get("config_hash") == stage_hash(config, stage)
+        recorded = read_json(marker) if marker.is_file() else None
     except (ValueError, OSError):
+        return None  # torn or unreadable: the stage is not done
+    if not isinstance(recorded, dict):
+        return None
+    return {"config_hash": recorded.get("config_hash"), "inputs": recorded.get("inputs")}
+
+
+def stage_done(ctx: RunContext, stage: str, key: dict[str, object] | None = None) -> bool:
+    """Finished for this config *and* these inputs (and, for sft, its models are there)."""
+    if recorded_stage_key(ctx.run_dir, stage) != (key or stage_key(ctx, stage)):
         return False
+    if stage == "sft":
+        return all((ctx.model_dir(f"train{loops}") / "config.json").is_file() for loops in ctx.config.sft.train_loops)
+    return True
 
 
-def mark_stage_done(run_dir: Path, config: StudyConfig, stage: str) -> None:
-    atomic_write_json(stage_marker(run_dir, stage), {"stage": stage, "config_hash": stage_hash(config, stage)})
+def changed_inputs(ctx: RunContext, stage: str, key: dict[str, object]) -> list[str]:
+    """What differs from the stage's recorded key, for the log: "config" and input names."""
+    recorded = recorded_stage_key(ctx.run_dir, stage)
+    if recorded is None:
+        return []
+    changed = ["config"] if recorded["config_hash"] != key["config_hash"] else []
+    old = recorded["inputs"] if isinstance(recorded["inputs"], dict) else {}
+    new = key["inputs"]
+    assert isinstance(new, dict)
+    return changed + sorted(name for name in set(old) | set(new) if old.get(name) != new.get(name))
+
+
+def mark_stage_done(ctx: RunContext, stage: str, key: dict[str, object]) -> None:
+    atomic_write_json(stage_marker(ctx.run_dir, stage), {"stage": stage, **key})
+
+
+# ---- per-model outputs keyed by their inputs -------------------------------------------------
+
+
+def model_output_key(ctx: RunContext, stage: str, spec: ModelSpec) -> dict[str, object]:
+    """What one model's outputs of a stage (its sweep cells; for sft its checkpoints and
+    final weights) were computed from. The model an SFT run *reads* is the base."""
+    source = ctx.base_spec if stage == "sft" else spec
+    settings = ctx.config.model_dump(mode="json")[stage]
+    return {
+        "stage": stage,
+        "seed": ctx.config.seed,
+        "data": ctx.config.data.model_dump(mode="json"),
+        "data_sha256": {split: ctx.dataset.sha256[split] for split in STAGE_SPLITS[stage]},
+        "settings": {k: v for k, v in settings.items() if k not in CELL_NEUTRAL[stage]},
+        "device": str(ctx.device) if stage == "latency" else None,  # timings belong to their device
+        **model_inputs(ctx, source),
+    }
+
+
+def model_outputs(ctx: RunContext, stage: str, name: str) -> list[Path]:
+    if stage == "sft":
+        candidates = [ctx.model_dir(name), ctx.run_dir / "sft" / name, ctx.cells_dir("sft") / f"{name}.csv"]
+        return [p for p in candidates if p.exists()]
+    cells = ctx.cells_dir(stage)
+    return sorted(cells.glob(f"{name}-*")) if cells.is_dir() else []
+
+
+def refresh_model_outputs(ctx: RunContext, stage: str) -> list[str]:
+    """Discard each model's outputs of ``stage`` that were computed from other inputs
+    than the current ones (a weight file or data file changed in place, a setting
+    changed), so no stale cell or checkpoint is reused; record the current inputs.
+    Returns the names of the models whose outputs were discarded."""
+    if stage not in CELL_NEUTRAL:
+        return []
+    specs = [ctx.sft_spec(loops) for loops in ctx.config.sft.train_loops] if stage == "sft" else ctx.model_specs()
+    discarded = []
+    for spec in specs:
+        sidecar = ctx.cells_dir(stage) / f"{spec.name}.inputs.json"
+        key = model_output_key(ctx, stage, spec)
+        try:
+            recorded = read_json(sidecar) if sidecar.is_file() else None
+        except (ValueError, OSError):
+            recorded = None
+        if recorded == key:
+            continue
+        stale = model_outputs(ctx, stage, spec.name)
+        for path in stale:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        if stale:
+            discarded.append(spec.name)
+        atomic_write_json(sidecar, key)
+    return discarded
 
 
 def cell_name(*parts: object) -> str:

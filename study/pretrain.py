@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, set_seed
 
 from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
 from study.tasks.gsm8k import Dataset, Example, encode_example, load_gsm8k, make_subsets
@@ -333,11 +333,8 @@ def deterministic(config: PretrainConfig) -> Iterator[None]:
     """Seeded, deterministic kernels and a fixed thread count; the process's previous
     settings come back afterwards (tests call ``pretrain`` in a shared process)."""
     previous = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
-    torch.use_deterministic_algorithms(True)
+    set_seed(config.seed, deterministic=True)  # python, numpy, torch; deterministic kernels
     torch.set_num_threads(config.threads)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
     try:
         yield
     finally:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import set_seed
 
 from study.config import load_config
 from study.models.looped_decoder import loop_decoder
-from study.pipeline import RunContext, configure_torch, resolve_device, seed_everything
+from study.pipeline import RunContext, configure_torch, resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.version)
     configure_torch(config)
     ctx = RunContext(config=config, run_dir=args.run_dir, device=resolve_device(config.device))
-    seed_everything(config.seed)
+    set_seed(config.seed)  # python, numpy and torch, as the SFT stage's Trainer seeds them
     tokenizer, model = ctx.load_tokenizer(), ctx.load_model(ctx.base_spec).train()
     spec = ctx.loop_family.policy(args.loops).spec
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.sft.learning_rate)

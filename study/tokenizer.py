@@ -16,12 +16,16 @@ def has_tokenizer(folder: Path) -> bool:
 
 def load_tokenizer(source: str | Path | None = None, revision: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer in ``source`` (a folder or hub id), or GPT-2's vendored BPE when
-    ``source`` is None or "gpt2". Padding goes right and reuses EOS, as in GPT-2."""
+    ``source`` is None or "gpt2". Padding reuses EOS, as in GPT-2, and goes on the left,
+    so ``model.generate(**tokenizer(prompts, padding=True, return_tensors="pt"))``
+    continues every row from its own last token. Nothing here relies on it for scoring
+    or training: the NLL scorer builds its own batches and trl's collator pads right
+    explicitly."""
     if source is None or str(source) == "gpt2":
         tokenizer = GPT2TokenizerFast.from_pretrained(GPT2_DIR)
     else:
         tokenizer = AutoTokenizer.from_pretrained(str(source), revision=revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
+    tokenizer.padding_side = "left"
     return tokenizer

@@ -24,6 +24,14 @@ if str(ROOT) not in sys.path:
 from study.config import StudyConfig  # noqa: E402
 from study.io import atomic_write_csv, atomic_write_json  # noqa: E402
 
+# the stages' own column layouts: a renamed or added column reaches the fake run too
+from study.stages.exact_match import EM_COLUMNS  # noqa: E402
+from study.stages.latency import FIT_COLUMNS, LATENCY_COLUMNS  # noqa: E402
+from study.stages.nll import PREFERRED_COLUMNS  # noqa: E402
+from study.stages.nll import SUMMARY_COLUMNS as NLL_COLUMNS  # noqa: E402
+from study.stages.sft import LOSS_COLUMNS as SFT_COLUMNS  # noqa: E402
+from study.tasks.gsm8k import EXTRACTIONS  # noqa: E402
+
 RESULT_FILES = (
     "checks.json",
     "sft_loss.csv",
@@ -34,20 +42,6 @@ RESULT_FILES = (
     "latency_fit.csv",
 )
 
-NLL_COLUMNS = [
-    "model", "split", "inference_loops", "examples", "tokens", "nll_per_token", "ci_low", "ci_high",
-    "example_mean_nll", "final_tokens", "final_nll_per_token", "final_ci_low", "final_ci_high",
-]  # fmt: skip
-PREFERRED_COLUMNS = [
-    "model", "split", "train_loops", "inference_loops", "nll_per_token", "best_loops", "best_nll", "is_best",
-    "gap_to_best", "gap_ci_low", "gap_ci_high", "p_best", "p_best_is_train_loops", "train_test_match",
-]  # fmt: skip
-EM_COLUMNS = ["model", "inference_loops", "extraction", "correct", "n", "accuracy", "ci_low", "ci_high"]
-LATENCY_COLUMNS = [
-    "model", "inference_loops", "median_s", "p10_s", "p90_s", "tokens_per_s", "prefill_s", "new_tokens",
-    "samples", "device", "flops_per_token",
-]  # fmt: skip
-SFT_COLUMNS = ["model", "train_loops", "step", "epoch", "loss", "learning_rate"]
 
 # the loop count where each fake model's test NLL bottoms out, and its depth
 # (train4 prefers 6 on test: a train/test mismatch the report must show)
@@ -211,7 +205,15 @@ def make_fake_run(
             rate = peak * math.exp(-0.6 * math.log(loops / optimum) ** 2)
             strict = int(rng.binomial(n, rate))
             flexible = min(n, strict + int(rng.integers(0, 4)))
-            for extraction, correct in (("strict", strict), ("flexible", flexible)):
+            # lm-eval compares strings: never more hits than the numeric verdicts
+            verdicts = {
+                "strict": strict,
+                "flexible": flexible,
+                "lm_eval_strict": strict - int(rng.integers(0, min(strict, 2) + 1)),
+                "lm_eval_flexible": flexible - int(rng.integers(0, min(flexible, 2) + 1)),
+            }
+            assert tuple(verdicts) == EXTRACTIONS
+            for extraction, correct in verdicts.items():
                 low, high = _wilson(correct, n)
                 em_rows.append(
                     {
@@ -262,7 +264,7 @@ def make_fake_run(
             }
         )
     write("latency.csv", latency_rows, LATENCY_COLUMNS)
-    write("latency_fit.csv", fit_rows, ["model", "slope_s_per_loop", "intercept_s", "r_squared"])
+    write("latency_fit.csv", fit_rows, FIT_COLUMNS)
     return run_dir
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,75 @@ def test_stage_hashes_ignore_unrelated_sections() -> None:
     assert stage_hash(a, "sft") == stage_hash(b, "sft") and stage_hash(a, "nll") == stage_hash(b, "nll")
     assert stage_hash(a, "latency") != stage_hash(b, "latency")
     assert a.identity_hash() == load_config("smoke", ["device=auto"]).identity_hash()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _commands(text: str) -> list[list[str]]:
+    """Every ``python run_study.py ...`` command in ``text`` (comments dropped), as argv."""
+    import shlex
+
+    found = []
+    for match in re.finditer(r"python run_study\.py([^\n`#]*)", text):
+        found.append(shlex.split(match.group(1)))
+    return found
+
+
+def _validate(argv: list[str]) -> None:
+    import run_study
+
+    if argv[:1] == ["compare"]:
+        run_study.build_compare_parser().parse_args(argv[1:])
+        return
+    args = run_study.build_parser().parse_args(argv)
+    load_config(args.version, args.overrides, seed=args.seed)
+
+
+def test_every_example_in_help_and_readme_is_a_valid_command() -> None:
+    """The examples of ``run_study.py --help`` (and of the README) parse and their config
+    loads with their overrides: an example naming a key that moved fails here."""
+    import run_study
+
+    help_text = run_study.build_parser().format_help()
+    commands = _commands(help_text)
+    assert len(commands) >= 5 and any(argv[:1] == ["compare"] for argv in commands)
+    overrides = re.findall(r"--set\s+([a-z_]+\.[\w.]+=\S+?)[,)]?(?=\s)", help_text)
+    assert "data.nll_test_examples=4" in overrides and "nll.inference_loops=[2,8]" in overrides
+    readme = ROOT / "README.md"
+    if readme.is_file():
+        text = readme.read_text(encoding="utf-8")
+        commands += _commands(text)
+        overrides += re.findall(r"--set ([a-z_]+\.[\w.]+=[^\s`]+)", text)
+    for argv in commands:
+        _validate(argv)
+    for override in overrides:
+        load_config("smoke", [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("sft.lerning_rate=1e-4", "sft.lerning_rate: unknown key (did you mean sft.learning_rate?)"),
+        ("sede=1", "sede: unknown key (did you mean seed?)"),
+        ("data.nll_tst_examples=4", "(did you mean data.nll_test_examples?)"),
+        ("nll.zzz=1", "nll.zzz: unknown key"),  # nothing close: no guess
+        ("nll.inference_loops=8", "valid list (got 8); write a list, e.g. --set nll.inference_loops=[2,4,6,8"),
+        ("sft.lora.target_modules=c_attn", "e.g. --set sft.lora.target_modules=[c_attn,c_proj,c_fc]"),
+    ],
+)
+def test_errors_suggest_the_closest_key_and_the_list_syntax(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config("smoke", [override])
+    message = str(caught.value)
+    assert expected in message and len(message) < 300 and "\n" not in message
+    if "zzz" in override:
+        assert "did you mean" not in message
+
+
+def test_list_error_in_a_file_shows_the_yaml_syntax(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    smoke = (CONFIG_DIR / "smoke.yaml").read_text()
+    path.write_text(smoke.replace("inference_loops: [2, 4, 8]", "inference_loops: 8", 1))
+    with pytest.raises(ConfigError, match=r"nll\.inference_loops: .*write a list, e\.g\. inference_loops: \[2, 4, 6"):
+        load_config(str(path))

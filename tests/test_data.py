@@ -113,3 +113,15 @@ def test_encoding_splits_solution_and_final_answer(dataset) -> None:
     assert tokenizer.decode(encoded.input_ids[: encoded.answer_start]) == example.prompt
     assert tokenizer.decode(encoded.input_ids[encoded.answer_start :]) == example.completion
     assert tokenizer.decode(encoded.input_ids[encoded.final_start :]) == " 18"
+
+
+def test_encoding_equals_lm_evals_whole_string_split(dataset) -> None:
+    """lm-eval 0.4 encodes prompt + continuation as one string and splits it at the
+    prompt's token count; the separate encoding gives the same ids (a sample of records;
+    all 8,792 agree, see study/stages/nll.py)."""
+    tokenizer = load_tokenizer()
+    for example in [*dataset.test[:150], *dataset.train[:150]]:
+        encoded = encode_example(tokenizer, example)
+        whole = tokenizer.encode(example.prompt + example.completion, add_special_tokens=False)
+        context = tokenizer.encode(example.prompt, add_special_tokens=False)
+        assert whole == encoded.input_ids and encoded.answer_start == len(context), example.id

@@ -43,6 +43,7 @@ def _fails(capsys, argv: list[str], *expected: str) -> str:
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert len(err) < 300, err
     for text in expected:
         assert text in err, err
     return err
@@ -58,7 +59,9 @@ def _fails(capsys, argv: list[str], *expected: str) -> str:
         ("exact_match.inference_loops=[0, 8]", "exact_match.inference_loops.0"),
         ("nll.typo=3", "nll.typo: unknown key"),
         ("sft.epochs=two", "sft.epochs"),
-        ("sft.lora.rank.x=1", "--set"),
+        ("sft.lora.rank.x=1", "--set sft.lora.rank.x=1: sft.lora.rank is not a config section"),
+        ("sft.lerning_rate=1e-4", "sft.lerning_rate: unknown key (did you mean sft.learning_rate?)"),
+        ("nll.inference_loops=8", "write a list, e.g. --set nll.inference_loops=[2,4,6,8,10,12,16]"),
         ("data.nll_test_examples=5000", "data.nll_test_examples: asked for 5000"),
     ],
 )
@@ -81,11 +84,12 @@ def test_config_file_with_unknown_key(capsys, tmp_path: Path) -> None:
 
 def test_output_dir_of_another_config_is_refused_then_forced(capsys, existing_run: Path) -> None:
     before = _files(existing_run)
-    argv = [*SMOKE, "--output-dir", str(existing_run), "--set", "nll.batch_size=3"]
-    _fails(capsys, argv, "--output-dir", "different config", "--force")
+    argv = [*SMOKE, "--output-dir", str(existing_run), "--set", "name=other"]
+    _fails(capsys, argv, "--output-dir", "another config", "--force")
     assert _files(existing_run) == before
-    # --force keeps the earlier run beside the new one; the gate then stops this one (random tiny base)
-    run_study.main([*argv, "--force", "--stages", "check"])
+    # --force keeps the earlier run beside the new one, which then runs (its checks pass)
+    assert run_study.main([*argv, "--force", "--stages", "check"]) == 0
+    assert (existing_run / "stages" / "check.json").is_file()
     aside = [p for p in existing_run.parent.iterdir() if p.name.startswith("run.replaced-")]
     assert len(aside) == 1 and _files(aside[0]) == before
 
@@ -177,7 +181,8 @@ def test_tokenizer_that_does_not_fit_the_model(capsys, tmp_path: Path) -> None:
 
 
 def test_missing_model_folder(capsys, tmp_path: Path) -> None:
-    _fails(capsys, [*SMOKE, "--output-dir", str(tmp_path / "r"), "--model", str(tmp_path / "nope")], "model.source")
+    argv = [*SMOKE, "--output-dir", str(tmp_path / "r"), "--model", str(tmp_path / "nope")]
+    _fails(capsys, argv, "model.source: ", "is neither a local folder nor a hub id")
 
 
 def test_no_hub_fails_fast_with_what_to_do(capsys, tmp_path: Path) -> None:

@@ -109,15 +109,33 @@ def test_cached_equals_recompute(model, tokenizer, loops):
     assert all(len(r.token_ids) == 6 for r in cached)
 
 
-def test_hf_generate_matches(model, tokenizer):
-    ids, mask = left_pad([tokenizer.encode(p) for p in PROMPTS], tokenizer.pad_token_id, torch.device("cpu"))
-    ours = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=5, num_loops=4, early_stop=False)
-    hf = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, num_loops=4)
-    assert hf[:, ids.shape[1] :].tolist() == [r.token_ids for r in ours]
-    schedule = [0.5, 0.25, 0.25]
-    ours = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=5, schedule=schedule, early_stop=False)
-    hf = model.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, schedule=schedule)
-    assert hf[:, ids.shape[1] :].tolist() == [r.token_ids for r in ours]
+def hf_generate(model, tokenizer, prompts, max_new_tokens, stop_strings=(), **loops) -> list[list[int]]:
+    """transformers' ``generate`` the way its users call it: the tokenizer pads the batch
+    (on the left, as ``load_tokenizer`` sets it). Each row is cut at its first EOS, which
+    is also the padding ``generate`` appends after a row has stopped."""
+    batch = tokenizer(prompts, padding=True, return_tensors="pt")
+    extra = {"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, **extra, **loops)
+    rows = out[:, batch["input_ids"].shape[1] :].tolist()
+    return [row[: row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else row for row in rows]
+
+
+@pytest.mark.parametrize("loops", [{"num_loops": 4}, {"schedule": [0.5, 0.25, 0.25]}], ids=["4", "schedule"])
+def test_hf_generate_matches_single_and_left_padded_batches(model, tokenizer, loops):
+    assert tokenizer.padding_side == "left"
+    ours = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=6, stop_strings=(), **loops)
+    assert hf_generate(model, tokenizer, PROMPTS, 6, **loops) == [r.token_ids for r in ours]
+    for prompt, result in zip(PROMPTS, ours, strict=True):
+        assert hf_generate(model, tokenizer, [prompt], 6, **loops) == [result.token_ids]
+
+
+def test_hf_generate_matches_with_stop_strings(model, tokenizer):
+    free = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=8, stop_strings=(), num_loops=3)
+    others = free[0].text + free[2].text
+    stop = next(text for token in free[1].token_ids[2:] if (text := tokenizer.decode([token])) not in others)
+    ours = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=8, stop_strings=(stop,), num_loops=3)
+    assert ours[1].finish_reason == "stop" and len(ours[1].token_ids) < 8  # the stop string really cut row 1
+    assert hf_generate(model, tokenizer, PROMPTS, 8, stop_strings=(stop,), num_loops=3) == [r.token_ids for r in ours]
 
 
 def test_stops_at_stop_string_and_eos(tokenizer):

@@ -70,6 +70,20 @@ def test_runner_is_guarded_and_keeps_torch(monkeypatch: pytest.MonkeyPatch) -> N
     assert any(r.startswith("transformers") for r in requirements)
 
 
+@pytest.mark.parametrize(
+    ("requirement", "name"),
+    [
+        ("torch==2.13.0", "torch"),
+        ("Torch[opt-einsum] >= 2.4 ; python_version >= '3.11'", "torch"),
+        ("torch @ https://example.org/torch-2.13.0-cp311-linux_x86_64.whl", "torch"),
+        ("torchvision>=0.20", "torchvision"),  # not torch: it is installed
+        ("Safe_Tensors.Extra~=0.4", "safe-tensors-extra"),
+    ],
+)
+def test_requirement_names_are_parsed_as_pep_508(monkeypatch: pytest.MonkeyPatch, requirement: str, name: str) -> None:
+    assert load_runner(monkeypatch).requirement_name(requirement) == name
+
+
 def test_attached_repository_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = load_runner(monkeypatch)
     assert runner.find_attached_copy(tmp_path / "absent") is None

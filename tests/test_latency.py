@@ -89,18 +89,3 @@ def test_run_writes_results_and_resumes(tmp_path, monkeypatch):
     assert measured == ["M2"]  # only the deleted cell is timed again
     again = read_csv(ctx.results_path("latency.csv"))
     assert again[:3] == rows[:3]  # finished cells are read back unchanged
-
-
-def test_bench_smoke(tmp_path, capsys):
-    from study import bench
-
-    out = tmp_path / "bench.json"
-    argv = ["--random", "--device", "cpu", "--out", str(out), "--loops", "2", "--new-tokens", "4"]
-    argv += ["--nll-examples", "3", "--nll-batch-size", "2", "--matmul-size", "64", "--repeats", "1"]
-    assert bench.main(argv) == 0
-    results = read_json(out)
-    for key in ("decode_cached_vs_recompute", "nll_batched_vs_single", "nll_roofline_fraction"):
-        assert results[key] > 0
-    assert results["details"]["decode"]["tokens_match"] is True
-    assert results["details"]["nll"]["max_abs_nll_sum_diff"] < 1e-3
-    assert "RANDOM" in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats
@@ -159,9 +160,43 @@ def test_paired_bootstrap_dominant_loop_always_wins():
     assert again == result
 
 
+def recompute_summary_from_rows(ctx) -> None:
+    """Every summary cell from nll.csv by hand: the headline is token-weighted (sum of NLL
+    over sum of tokens), example_mean_nll the plain mean of per-example ratios, and
+    p_best_is_train_loops the p_best of the model's training depth (0 off the grid)."""
+    rows = pd.read_csv(ctx.results_path("nll.csv"))
+    summary = pd.read_csv(ctx.results_path("nll_summary.csv"))
+    preferred = pd.read_csv(ctx.results_path("preferred_depth.csv"))
+    assert len(summary) == rows.groupby(["model", "split", "inference_loops"]).ngroups
+    for _, cell in summary.iterrows():
+        mine = rows[
+            (rows["model"] == cell["model"])
+            & (rows["split"] == cell["split"])
+            & (rows["inference_loops"] == cell["inference_loops"])
+        ]
+        assert cell["examples"] == len(mine) and cell["tokens"] == mine["answer_tokens"].sum()
+        assert cell["nll_per_token"] == pytest.approx(mine["nll_sum"].sum() / mine["answer_tokens"].sum(), rel=1e-12)
+        assert cell["example_mean_nll"] == pytest.approx((mine["nll_sum"] / mine["answer_tokens"]).mean(), rel=1e-12)
+        assert cell["final_tokens"] == mine["final_tokens"].sum()
+        final = mine["final_nll_sum"].sum() / mine["final_tokens"].sum()
+        assert cell["final_nll_per_token"] == pytest.approx(final, rel=1e-12)
+        assert cell["ci_low"] <= cell["nll_per_token"] <= cell["ci_high"]
+    train_loops = {"base": 8, "train1": 1}  # tiny_model's default depth (off the grid); the SFT entry
+    for (model, split), group in preferred.groupby(["model", "split"]):
+        assert set(group["train_loops"]) == {train_loops[model]}
+        at_train = group[group["inference_loops"] == train_loops[model]]["p_best"]
+        expected = float(at_train.iloc[0]) if len(at_train) else 0.0
+        assert set(group["p_best_is_train_loops"]) == {expected}, (model, split)
+        cells = summary[(summary["model"] == model) & (summary["split"] == split)]
+        best = cells.loc[cells["nll_per_token"].idxmin()]
+        assert set(group["best_loops"]) == {best["inference_loops"]}
+        assert group["best_nll"].to_list() == pytest.approx([best["nll_per_token"]] * len(group), rel=1e-12)
+
+
 def test_run_writes_results_and_resumes(tmp_path, monkeypatch):
-    ctx = make_context(tmp_path)
+    ctx = make_context(tmp_path, sft_loops=(1,))  # train1: its training depth is on the grid, base's is not
     nll_stage.run(ctx)
+    recompute_summary_from_rows(ctx)
     outputs = ("nll.csv", "nll_summary.csv", "preferred_depth.csv")
     first = {name: ctx.results_path(name).read_bytes() for name in outputs}
 
@@ -176,9 +211,9 @@ def test_run_writes_results_and_resumes(tmp_path, monkeypatch):
         ("base", "test", "1"),
         ("base", "test", "2"),
     ]
-    assert {r["model"] for r in preferred} == {"base", "train4"}
+    assert {r["model"] for r in preferred} == {"base", "train1"}
     assert all(int(r["answer_tokens"]) > int(r["final_tokens"]) > 0 for r in rows)
-    for model in ("base", "train4"):
+    for model in ("base", "train1"):
         matches = {r["train_test_match"] for r in preferred if r["model"] == model}
         assert len(matches) == 1
     assert sum(float(r["p_best"]) for r in preferred if (r["model"], r["split"]) == ("base", "test")) == 1.0
@@ -187,7 +222,7 @@ def test_run_writes_results_and_resumes(tmp_path, monkeypatch):
     calls = []
     real = nll_stage.score_continuations
     monkeypatch.setattr(nll_stage, "score_continuations", lambda *a, **k: calls.append(a[0].policy.id) or real(*a, **k))
-    nll_stage.cell_path(ctx, "train4", "train", "M2").unlink()
+    nll_stage.cell_path(ctx, "train1", "train", "M2").unlink()
     nll_stage.run(ctx)
     assert calls == ["M2"]
     assert {name: ctx.results_path(name).read_bytes() for name in outputs} == first

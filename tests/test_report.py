@@ -208,3 +208,108 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert (tmp_path / "cmp" / "compare.csv").is_file()
     assert report.main(["--run-dir", str(tmp_path / "nowhere")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def _curves(ax) -> list:
+    """The data lines of an axes (not one-point stars, vertical markers or error-bar caps)."""
+    return [
+        line
+        for line in ax.get_lines()
+        if len(set(line.get_xdata())) > 1 and line.get_linestyle() not in ("None", "")
+    ]
+
+
+def _legend(container) -> list[str]:
+    legend = container.get_legend() if hasattr(container, "get_legend") else container.legends[0]
+    return [text.get_text() for text in legend.get_texts()]
+
+
+def test_figure1_draws_every_curve_in_its_style_with_its_legend(fake_run: Path) -> None:
+    from matplotlib.colors import to_rgb
+
+    results = report.load_results(fake_run)
+    ax = report.plot_nll_vs_loops(results).axes[0]
+    nll = pd.read_csv(fake_run / "results" / "nll_summary.csv")
+    curves = _curves(ax)
+    assert len(curves) == 3 * 2  # models × splits
+    for model in ("base", "train8", "train4"):
+        for split in ("test", "train"):
+            rows = nll[(nll["model"] == model) & (nll["split"] == split)].sort_values("inference_loops")
+            (line,) = [
+                c
+                for c in curves
+                if list(c.get_xdata()) == list(rows["inference_loops"])
+                and list(c.get_ydata()) == pytest.approx(list(rows["nll_per_token"]))
+            ]
+            assert line.get_linestyle() == ("-" if split == "test" else "--")
+            assert to_rgb(line.get_color()) == pytest.approx(results.colors[model])
+            # the argmin star of this curve, in its colour
+            best = rows.loc[rows["nll_per_token"].idxmin()]
+            stars = [
+                s
+                for s in ax.get_lines()
+                if s.get_marker() == "*"
+                and list(s.get_xdata()) == [best["inference_loops"]]
+                and list(s.get_ydata()) == pytest.approx([best["nll_per_token"]])
+            ]
+            assert len(stars) == 1
+        # the dotted training-depth line in the model's colour
+        trained = results.model(model).train_loops
+        verticals = [
+            v
+            for v in ax.get_lines()
+            if v.get_linestyle() == ":" and to_rgb(v.get_color()) == pytest.approx(results.colors[model])
+        ]
+        assert len(verticals) == 1 and abs(verticals[0].get_xdata()[0] - trained) < 0.2
+    assert _legend(ax) == [
+        "Base (trained at 8 loops)",
+        "Train8 (trained at 8 loops)",
+        "Train4 (trained at 4 loops)",
+        "test (bootstrap 95% CI band)",
+        "train diagnostics",
+        "argmin, test",
+        "argmin, train",
+        "training loop count",
+    ]
+
+
+def test_figure3_has_one_panel_per_extraction_with_its_accuracies(fake_run: Path) -> None:
+    results = report.load_results(fake_run)
+    figure = report.plot_exact_match(results)
+    em = pd.read_csv(fake_run / "results" / "exact_match.csv")
+    assert len(figure.axes) == len(report.EXTRACTIONS) == 4
+    titles = [ax.get_title() for ax in figure.axes]
+    assert [t.split(",")[0] for t in titles] == [
+        "strict: '#### N'",
+        "flexible: last number",
+        "lm-eval strict-match",
+        "lm-eval flexible-extract",
+    ]
+    for ax, extraction in zip(figure.axes, report.EXTRACTIONS, strict=True):
+        curves = _curves(ax)
+        assert len(curves) == 3
+        for line, model in zip(curves, ("base", "train8", "train4"), strict=True):
+            rows = em[(em["model"] == model) & (em["extraction"] == extraction)].sort_values("inference_loops")
+            assert list(line.get_ydata()) == pytest.approx(list(100 * rows["accuracy"]))
+    assert _legend(figure)[:3] == [results.legend_label(m) for m in ("base", "train8", "train4")]
+
+
+def test_figures_4_and_5_draw_each_model(fake_run: Path) -> None:
+    results = report.load_results(fake_run)
+    sft = pd.read_csv(fake_run / "results" / "sft_loss.csv")
+    ax = report.plot_sft_loss(results).axes[0]
+    for model in ("train8", "train4"):
+        raw = sft[sft["model"] == model].sort_values("step")
+        drawn = [c for c in _curves(ax) if list(c.get_ydata()) == pytest.approx(list(raw["loss"]))]
+        assert len(drawn) == 1
+    assert _legend(ax)[:2] == [results.legend_label(m) for m in ("train8", "train4")]
+    ax = report.plot_latency(results).axes[0]
+    fits = pd.read_csv(fake_run / "results" / "latency_fit.csv")
+    for model in ("base", "train8", "train4"):
+        fit = fits[fits["model"] == model].iloc[0]
+        lines = [c for c in _curves(ax) if c.get_linestyle() == "--"]
+        assert any(
+            c.get_ydata()[-1] == pytest.approx(fit["intercept_s"] + fit["slope_s_per_loop"] * c.get_xdata()[-1])
+            for c in lines
+        )
+    assert [t.split(":")[0] for t in _legend(ax)[:3]] == [results.legend_label(m) for m in ("base", "train8", "train4")]

@@ -180,11 +180,9 @@ def _generate(
         # another causal LM (the looped decoder's adapter): it brings its own loop and a plain cache
         cache = DynamicCache()
         loop_kwargs = {}
-    elif use_cache:
+    elif use_cache:  # the model keeps the (t, dt) conditioning on the cache: computed once per generation
         steps = len(resolve_schedule(schedule, num_loops, model.config.train_loops))
         cache = preallocated_cache(model, steps, input_ids.shape[1] + budget - 1)
-        # the (t, dt) conditioning is the same at every decode step: compute it once
-        loop_kwargs = {"modulations": model.gpt.loop_modulations(schedule, num_loops)}
 
     def next_logits(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = model(

@@ -13,7 +13,6 @@ prefix; the LM head is tied to the token embedding and not stored.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -32,9 +31,42 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple
 
 SCHEDULE_TOLERANCE = 1e-6
+
+
+class LoopFormerKwargs(TransformersKwargs, total=False):
+    """Keywords ``forward`` takes beyond its named ones: transformers' shared set (the
+    Trainer passes ``num_items_in_batch``, ``generate`` ``return_dict``). Anything else is
+    refused, so a misspelt ``num_loop=4`` cannot silently run the default depth."""
+
+    return_dict: bool | None
+    # ``generate(..., stop_strings=..., tokenizer=tok)`` hands its tokenizer on to every
+    # forward along with the model inputs (transformers 5.x); it means nothing here
+    tokenizer: object
+
+
+ACCEPTED_KWARGS = LoopFormerKwargs.__optional_keys__ | LoopFormerKwargs.__required_keys__
+# accepted for signature compatibility, but this model has nothing to give when they are set
+UNSUPPORTED_WHEN_SET = ("output_attentions", "output_router_logits", "cu_seq_lens_q", "cu_seq_lens_k", "seq_idx")
+
+
+def check_kwargs(kwargs: dict, where: str) -> None:
+    unknown = sorted(set(kwargs) - ACCEPTED_KWARGS)
+    if unknown:
+        raise TypeError(
+            f"{where}() got unexpected keyword arguments {unknown}: LoopFormer takes its depth as "
+            "num_loops= or schedule=, and otherwise only transformers' shared keywords"
+        )
+    unsupported = [k for k in UNSUPPORTED_WHEN_SET if kwargs.get(k) not in (None, False)]
+    if unsupported or kwargs.get("is_causal") is False:
+        raise ValueError(f"{where}(): {unsupported or ['is_causal=False']} not supported by LoopFormer")
 
 
 class CheckpointError(ValueError):
@@ -141,10 +173,34 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(features[None])  # (1, n_embd): one vector shared by every sequence
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out, for ``attn_implementation="eager"``. q: (B, H, T, D), k and
+    v: (B, H, S, D), ``attention_mask``: additive (B, 1, T, S) float. Returns (B, T, H, D)."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
 class CausalSelfAttention(nn.Module):
+    is_causal = True  # read by transformers' sdpa integration
+
     def __init__(self, config: LoopFormerConfig) -> None:
         super().__init__()
+        self.config = config
         self.n_head = config.n_head
+        self.scaling = (config.n_embd // config.n_head) ** -0.5
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
@@ -158,21 +214,15 @@ class CausalSelfAttention(nn.Module):
         cache_index: int,
     ) -> torch.Tensor:
         batch, length, width = x.shape
-        q, k, v = self.c_attn(x).split(width, dim=2)
-        q, k, v = (z.view(batch, length, self.n_head, -1).transpose(1, 2) for z in (q, k, v))
+        q, k, v = self.c_attn(x).split(width, dim=2)  # fused QKV: one matmul, (B, T, d) each
+        q, k, v = (z.view(batch, length, self.n_head, -1).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
         if cache is not None:
-            k, v = cache.update(k, v, cache_index)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            # a square call with no padding is plain causal; anything else carries its mask
-            is_causal=attn_mask is None and length > 1 and k.shape[2] == length,
+            k, v = cache.update(k, v, cache_index)  # (B, H, past + T, D)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        y, _ = attention(
+            self, q, k, v, attn_mask, dropout=self.dropout if self.training else 0.0, scaling=self.scaling
         )
-        y = y.transpose(1, 2).reshape(batch, length, width)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y.reshape(batch, length, width)))
 
 
 class MLP(nn.Module):
@@ -229,6 +279,7 @@ class LoopFormerPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["LoopBlock"]
     _supports_sdpa = True
+    _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -239,19 +290,6 @@ class LoopFormerPreTrainedModel(PreTrainedModel):
         if isinstance(module, (CausalSelfAttention, MLP)):
             std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
             init.normal_(module.c_proj.weight, mean=0.0, std=std)
-
-
-def _padding_mask(
-    attention_mask: torch.Tensor, query_length: int, past_length: int
-) -> torch.Tensor:
-    """Boolean (B, 1, T, past+T) mask: causal, padded keys hidden. A query always sees
-    itself, so a padded query row is finite rather than NaN (its output is ignored)."""
-    key_length = past_length + query_length
-    query_pos = torch.arange(past_length, key_length, device=attention_mask.device)[:, None]
-    key_pos = torch.arange(key_length, device=attention_mask.device)[None, :]
-    causal = key_pos <= query_pos
-    keys = attention_mask[:, None, None, -key_length:].bool()
-    return (causal & keys) | (key_pos == query_pos)
 
 
 class LoopFormerModel(LoopFormerPreTrainedModel):
@@ -281,9 +319,12 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
     def loop_modulations(
         self, schedule: Sequence[float] | None = None, num_loops: int | None = None
     ) -> list[list[torch.Tensor]]:
-        """Every block's adaLN output at every step of the schedule: (t, dt) conditioning
-        does not depend on the tokens, so a decoder can compute it once per generation
-        and pass it to each forward as ``modulations``."""
+        """Every block's adaLN output at every step of the schedule, ``[step][block]`` of
+        (1, 1, 4*n_embd). The (t, dt) conditioning does not depend on the tokens, so a
+        cached forward computes it once per cache (``cached_modulations``). Each step
+        is its own matrix-vector product, as in the authors' code: batching the steps
+        into one matmul changes the last bits of the logits (2.9e-6 vs 1.0e-6 max-abs on
+        the conformance fixture)."""
         steps = resolve_schedule(schedule, num_loops, self.config.train_loops)
         modulations, t = [], 0.0
         for dt in steps:
@@ -292,9 +333,27 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
             t += dt
         return modulations
 
+    def cached_modulations(self, cache: Cache, steps: list[float]) -> list[list[torch.Tensor]]:
+        """Modulations for ``steps``, and a guard on the cache: its keys were computed at one
+        schedule and mean nothing at another, so reusing it at a different one is refused.
+        Without gradients the modulations are kept on the cache: a decode step then reads
+        no adaLN or timestep weights at all."""
+        filled_at = getattr(cache, "loop_schedule", None)
+        if cache.get_seq_length() > 0 and filled_at is not None and filled_at != steps:
+            raise ValueError(
+                f"this cache was filled at schedule {filled_at} and cannot be reused at {steps}: "
+                "start a new cache for another depth"
+            )
+        if filled_at != steps or torch.is_grad_enabled() or getattr(cache, "loop_modulations", None) is None:
+            modulations = self.loop_modulations(steps)
+            cache.loop_schedule = steps
+            cache.loop_modulations = None if torch.is_grad_enabled() else modulations
+            return modulations
+        return cache.loop_modulations
+
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         schedule: Sequence[float] | None = None,
@@ -302,12 +361,16 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
         past_key_values: Cache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
-        modulations: list[list[torch.Tensor]] | None = None,
-        **kwargs,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Unpack[LoopFormerKwargs],
     ) -> BaseModelOutputWithPast:
-        if modulations is None:
-            modulations = self.loop_modulations(schedule, num_loops)
-        batch, length = input_ids.shape
+        check_kwargs(kwargs, f"{type(self).__name__}.forward")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.transformer.wte(input_ids)  # (B, T, d)
+        steps = resolve_schedule(schedule, num_loops, self.config.train_loops)
+        length = inputs_embeds.shape[1]
         blocks = self.transformer.h.blocks
         if use_cache is None:
             use_cache = not self.training
@@ -316,9 +379,12 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
         cache = past_key_values if use_cache else None
         past_length = cache.get_seq_length() if cache is not None else 0
         if cache is not None:
+            modulations = self.cached_modulations(cache, steps)
             # one cache slot per (schedule step, block): loops never share keys
-            while len(cache.layers) < len(modulations) * len(blocks):
+            while len(cache.layers) < len(steps) * len(blocks):
                 cache.layers.append(DynamicLayer())
+        else:
+            modulations = self.loop_modulations(steps)
         if past_length + length > self.config.block_size:
             raise ValueError(
                 f"sequence length {past_length + length} exceeds block_size {self.config.block_size}"
@@ -329,19 +395,17 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
                 # learned absolute positions count real tokens only, so left padding is harmless
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
             else:
-                position_ids = torch.arange(past_length, past_length + length, device=input_ids.device)[None]
-        if attention_mask is not None and not bool(attention_mask.all()):
-            attn_mask = _padding_mask(attention_mask, length, past_length)
-        elif past_length > 0 and length > 1:
-            attn_mask = _padding_mask(
-                torch.ones(batch, past_length + length, dtype=torch.bool, device=input_ids.device),
-                length,
-                past_length,
-            )
-        else:
-            attn_mask = None
+                position_ids = torch.arange(past_length, past_length + length, device=inputs_embeds.device)[None]
+        x = self.transformer.drop(inputs_embeds + self.transformer.wpe(position_ids))  # (B, T, d)
+        # None when the attention kernel's own causal flag says it all (sdpa, no padding)
+        attn_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=x,
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            position_ids=position_ids,
+        )
 
-        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(position_ids))
         hidden_states: list[torch.Tensor] = [x] if output_hidden_states else []
         for step, step_modulations in enumerate(modulations):
             for i, (block, modulation) in enumerate(zip(blocks, step_modulations, strict=True)):
@@ -371,9 +435,10 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    @can_return_tuple
     def forward(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         schedule: Sequence[float] | None = None,
@@ -382,14 +447,14 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
-        modulations: list[list[torch.Tensor]] | None = None,
-        logits_to_keep: int = 0,
-        num_items_in_batch: torch.Tensor | int | None = None,
-        **kwargs,
+        logits_to_keep: int | torch.Tensor = 0,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: Unpack[LoopFormerKwargs],
     ) -> CausalLMOutputWithPast:
-        """Logits for every position (or the last ``logits_to_keep``). With ``labels``
-        (-100 = ignored) the loss is the next-token cross entropy, averaged over the
-        counted tokens or over ``num_items_in_batch`` when the trainer passes it."""
+        """Logits for every position (or those ``logits_to_keep`` selects, as in
+        transformers). With ``labels`` (-100 = ignored) the loss is transformers' causal
+        LM loss: next-token cross entropy over the counted tokens, or summed and divided
+        by ``num_items_in_batch`` when the Trainer passes it."""
         outputs = self.gpt(
             input_ids,
             attention_mask=attention_mask,
@@ -399,23 +464,13 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
-            modulations=modulations,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
         )
-        hidden = outputs.last_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = None
         if labels is not None:
-            targets = labels[:, 1:].reshape(-1).to(logits.device)
-            token_losses = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                targets,
-                ignore_index=-100,
-                reduction="sum",
-            )
-            count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
-            loss = token_losses / torch.as_tensor(count, device=logits.device).clamp(min=1)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -475,19 +530,20 @@ def check_local_checkpoint(folder: Path) -> None:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: missing (a LoopFormer checkpoint needs config.json)")
-    try:
-        model_type = json.loads(config_path.read_text()).get("model_type")
-    except (json.JSONDecodeError, AttributeError) as error:
-        raise CheckpointError(f"{config_path}: not a JSON object ({_one_line(error)})") from None
+    from study.models.validation import read_json_object, validate_model_config, validate_weights
+
+    model_type = read_json_object(config_path).get("model_type")
     if model_type != LoopFormerConfig.model_type:
         raise CheckpointError(
             f"{config_path}: model_type is {model_type!r}, expected {LoopFormerConfig.model_type!r}"
         )
+    validate_model_config(config_path)  # types and ranges, before transformers coerces or crashes
     has_safetensors = any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
     if not has_safetensors:
         pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
         found = f" (found only {pickles}: pickle files are refused)" if pickles else ""
         raise CheckpointError(f"{folder}: no model.safetensors{found}")
+    validate_weights(folder)  # truncated, empty or garbage files: named here, not deep in the loader
 
 
 AutoConfig.register(LoopFormerConfig.model_type, LoopFormerConfig)

@@ -40,10 +40,17 @@ from pydantic import ValidationError
 
 from study.config import EMBEDDED_BASE, StudyConfig
 from study.io import atomic_write_bytes, atomic_write_csv, atomic_write_text, read_json
+from study.tasks.gsm8k import EXTRACTIONS
 
 DPI = 150
 TEST, TRAIN = "test", "train"
-EXTRACTIONS = ("strict", "flexible")
+# how the report names the exact-match stage's verdicts (EXTRACTIONS: study.tasks.gsm8k.score_text)
+EXTRACTION_TITLES = {
+    "strict": "strict: '#### N', numeric",
+    "flexible": "flexible: last number, numeric",
+    "lm_eval_strict": "lm-eval strict-match",
+    "lm_eval_flexible": "lm-eval flexible-extract",
+}
 MODEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 RUN_LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
 STYLE = {
@@ -640,12 +647,13 @@ def _dodge(index: int, count: int, width: float = 0.22) -> float:
 
 @_styled
 def plot_exact_match(results: Results, axes: Sequence[Axes] | None = None) -> Figure:
-    """Figure 3: GSM8K exact-match accuracy per loop count with Wilson 95% intervals, strict
-    and flexible answer extraction side by side; stars mark each model's best depth."""
+    """Figure 3: GSM8K exact-match accuracy per loop count with Wilson 95% intervals, one
+    panel per extraction (``EXTRACTIONS``: the numeric strict and flexible verdicts on top,
+    lm-eval's string verdicts below); stars mark each model's best depth."""
     own_figure = axes is None
     if axes is None:
-        figure = Figure(figsize=(9.5, 4.8), layout="constrained")
-        axes = figure.subplots(1, 2, sharey=True)
+        figure = Figure(figsize=(9.5, 8.4), layout="constrained")
+        axes = list(figure.subplots(2, 2, sharex=True, sharey=True).ravel())
     else:
         figure = axes[0].get_figure(root=True)
     note = _missing_note(results, "exact_match.csv")
@@ -673,10 +681,12 @@ def plot_exact_match(results: Results, axes: Sequence[Axes] | None = None) -> Fi
         _loop_ticks(ax, em["inference_loops"])
         counts = rows_all["n"].dropna().unique()
         n_text = f", n = {int(counts[0])}" if len(counts) == 1 else ""
-        ax.set_title(f"{extraction} answer extraction{n_text}")
-        ax.set_xlabel(results.depth_label)
+        ax.set_title(f"{EXTRACTION_TITLES.get(extraction, extraction)}{n_text}")
+        if ax in axes[-2:] or len(axes) != 4:  # a 2x2 grid shares x: label the bottom row
+            ax.set_xlabel(results.depth_label)
         ax.set_ylim(bottom=0)
-    axes[0].set_ylabel("exact-match accuracy (%, Wilson 95% CI)")
+    for ax in axes[:: 2 if len(axes) == 4 else len(axes)]:
+        ax.set_ylabel("exact-match accuracy (%, Wilson 95% CI)")
     handles = [
         Line2D([], [], color=results.colors[n], marker=results.marker(n), lw=1.5, label=results.legend_label(n))
         for n in models
@@ -855,8 +865,9 @@ FIGURES: tuple[FigureSpec, ...] = (
         "Exact match vs inference loops",
         plot_exact_match,
         ("exact_match.csv",),
-        "GSM8K test exact match with Wilson 95% intervals, strict and flexible answer extraction; stars mark "
-        "each model's best depth. Source: `results/exact_match.csv`.",
+        "GSM8K test exact match with Wilson 95% intervals under the four extractions (top: the number after "
+        "'#### ' and the last number, judged numerically; bottom: lm-eval's gsm8k strict-match and "
+        "flexible-extract verdicts); stars mark each model's best depth. Source: `results/exact_match.csv`.",
     ),
     FigureSpec(
         "sft_loss",
@@ -1202,7 +1213,18 @@ def _exact_match_section(results: Results, figures: dict[str, Path | None], rel:
                 )
             rows.append([results.model(name).label, extraction, *cells])
     lines.append(markdown_table(["Model", "Extraction", *(f"{g} loops" for g in grid)], rows))
-    lines += ["", "Accuracy with Wilson 95% intervals (correct/n). Source: `results/exact_match.csv`.", ""]
+    lines += [
+        "",
+        "Accuracy with Wilson 95% intervals (correct/n). Source: `results/exact_match.csv`. Extractions: "
+        "`strict` takes the first number after `#### ` and `flexible` the last number in the generation "
+        "(lm-eval's gsm8k regexes), both compared with the gold answer as exact decimals (`18.00` counts as 18); "
+        "`lm_eval_strict` and `lm_eval_flexible` are what lm-eval's `gsm8k` task reports (`strict-match`, "
+        "`flexible-extract`): the same regexes but a string comparison after removing `,`, `$` and a trailing "
+        "`.`, so `18.00` is wrong there. Every generation is first cut at lm-eval's stop sequences "
+        "(`Question:`, `</s>`, `<|im_end|>`, the EOS string). Compare the `lm_eval_*` rows with published "
+        "lm-eval numbers.",
+        "",
+    ]
     return lines + _figure_block(results, "exact_match", figures, rel)
 
 

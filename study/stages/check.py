@@ -14,16 +14,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from study.io import atomic_write_json
+from study.io import atomic_write_json, read_json
 from study.models.backbones import bind
 from study.pipeline import RunContext, StudyError
 from study.stages.nll import score_continuations
 from study.tasks.gsm8k import encode_example
 
-LIKELY_CAUSES = (
-    "likely causes: weights not loaded (check the checkpoint's keys), a tokenizer that is not the model's "
-    "(vocabulary size, EOS id), or broken loop conditioning"
-)
+LIKELY_CAUSES = "likely: weights not loaded, a tokenizer not the model's, or broken loop conditioning"
 
 
 @dataclass
@@ -120,8 +117,26 @@ def run(ctx: RunContext) -> None:
         {"passed": not failed, "skipped": ctx.skip_checks, "checks": [asdict(c) for c in checks]},
     )
     if failed and not ctx.skip_checks:
-        reasons = "; ".join(c.message for c in failed)
-        raise StudyError(
-            f"sanity checks failed: {reasons}. {LIKELY_CAUSES}. Nothing was trained. "
-            "Rerun with --skip-checks to go on anyway (the report will say so)."
-        )
+        raise gate_error([c.message for c in failed])
+
+
+def gate_error(messages: list[str]) -> StudyError:
+    # one line under 300 characters: the first failure in full, the rest are in results/checks.json
+    more = f" (+{len(messages) - 1} more in results/checks.json)" if len(messages) > 1 else ""
+    return StudyError(
+        f"sanity checks failed: {messages[0]}{more}; {LIKELY_CAUSES}. Nothing was trained; --skip-checks goes on anyway"
+    )
+
+
+def recorded_failures(ctx: RunContext) -> list[str] | None:
+    """The messages of the failed checks recorded in ``checks.json`` ([] when all
+    passed), or None when the file is missing or unreadable (the stage must run again)."""
+    try:
+        recorded = read_json(ctx.results_path("checks.json"))
+        failed = [str(c["message"]) for c in recorded["checks"] if not c["passed"]]
+        passed = recorded["passed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if passed is not True and not failed:
+        return None
+    return failed

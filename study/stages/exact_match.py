@@ -1,16 +1,19 @@
 """Exact-match stage: greedy GSM8K answers at a few inference depths.
 
 Each model × loop count decodes every ``em`` example greedily (``greedy_generate``,
-batched, stopping at EOS or "Question:") and extracts the answer two ways, as
-lm-eval's GSM8K task does:
+batched, stopping at EOS or "Question:"), cuts the text at lm-eval's stop sequences
+and judges it four ways (``score_text``, ``EXTRACTIONS``). The answer is found with
+lm-eval's GSM8K regexes:
 
-- strict: the number after ``#### `` (the format the SFT data teaches);
+- strict: the first number after ``#### `` (the format the SFT data teaches);
 - flexible: the last number anywhere in the text.
 
-Both are normalised (``,`` and ``$`` removed, a trailing ``.`` dropped) and compared
-with the gold answer as numbers; text that does not parse is wrong. Accuracy gets a
-Wilson 95% interval. Cells (one JSONL per model × depth policy, through the one
-sweep-cell loop of ``study.stages.sweep``) make the stage resumable.
+``strict``/``flexible`` compare it with the gold answer as exact decimals after
+dropping ``,``, ``$`` and a trailing ``.`` ("18.00" is right for 18);
+``lm_eval_strict``/``lm_eval_flexible`` are what lm-eval's ``gsm8k`` task reports (a
+string comparison: "18.00" is wrong), so the project's numbers can be set beside the
+literature's. Accuracy gets a Wilson 95% interval. Cells (one JSONL per model × depth
+policy, through the one sweep-cell loop of ``study.stages.sweep``) make the stage resumable.
 """
 
 from __future__ import annotations
@@ -23,38 +26,38 @@ from scipy import stats
 
 from study.io import atomic_write_csv, atomic_write_jsonl
 from study.models.backbones import PolicyRunner
-from study.pipeline import RunContext
+from study.pipeline import RunContext, StudyError
 from study.stages.sweep import Cell, Loaded, Sweep
-from study.tasks.gsm8k import Example, extract_flexible, extract_strict, is_correct
+from study.tasks.gsm8k import EXTRACTIONS, Example, score_text  # score_text: public here too
 
-EXTRACTIONS = ("strict", "flexible")
 EM_COLUMNS = ("model", "policy", "inference_loops", "extraction", "correct", "n", "accuracy", "ci_low", "ci_high")
 GENERATION_FIELDS = (
-    "model", "inference_loops", "example_id", "question", "text", "strict_answer", "flexible_answer", "gold",
-    "strict_correct", "flexible_correct",
+    "model", "inference_loops", "example_id", "question", "text", "gold",
+    *(f"{extraction}_answer" for extraction in EXTRACTIONS),
+    *(f"{extraction}_correct" for extraction in EXTRACTIONS),
 )  # fmt: skip
 RECORD_FIELDS = ("policy", *GENERATION_FIELDS)  # a generations.jsonl record: the scored generation and its policy
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    if n < 1 or not 0 <= correct <= n:
+        raise StudyError(f"exact_match: {correct} correct of {n} is not a proportion; the interval is refused")
     ci = stats.binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
 
 
-def score_generation(model: str, loops: int, example: Example, text: str) -> dict:
-    strict, flexible = extract_strict(text), extract_flexible(text)
-    gold = example.final_answer
+def score_generation(model: str, loops: int, example: Example, text: str, eos: str | None = None) -> dict:
+    """One generations.jsonl record: the text, and each extraction's answer and verdict."""
+    verdicts = score_text(text, example.answer, eos)
     return {
         "model": model,
         "inference_loops": loops,
         "example_id": example.id,
         "question": example.question,
         "text": text,
-        "strict_answer": strict,
-        "flexible_answer": flexible,
-        "gold": gold,
-        "strict_correct": is_correct(strict, gold),
-        "flexible_correct": is_correct(flexible, gold),
+        "gold": example.final_answer,
+        **{f"{extraction}_answer": verdicts[f"{extraction}_answer"] for extraction in EXTRACTIONS},
+        **{f"{extraction}_correct": verdicts[extraction] for extraction in EXTRACTIONS},
     }
 
 
@@ -147,9 +150,9 @@ def run(ctx: RunContext) -> None:
     def compute(cell: Cell, loaded: Loaded, progress) -> list[dict]:
         runner = loaded.runner(cell.policy)
         texts = generate_texts(runner, loaded.tokenizer, examples, config.batch_size, config.max_new_tokens, progress)
-        name, loops = cell.model.name, cell.policy.inference_loops
+        name, loops, eos = cell.model.name, cell.policy.inference_loops, loaded.tokenizer.eos_token
         return [
-            {"policy": cell.policy.id, **score_generation(name, loops, e, t)}
+            {"policy": cell.policy.id, **score_generation(name, loops, e, t, eos)}
             for e, t in zip(examples, texts, strict=True)
         ]
 

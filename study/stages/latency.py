@@ -190,6 +190,8 @@ def measure_cell(
 
 def latency_row(model: str, cell: dict) -> dict:
     seconds = np.asarray(cell["seconds"], dtype=float)
+    if not (len(seconds) and np.isfinite(seconds).all() and np.isfinite(cell["prefill_seconds"]).all()):
+        raise StudyError(f"latency: {model} at {cell['inference_loops']} loops has no finite timings to summarise")
     median = float(np.median(seconds))
     return {
         "model": model,
@@ -212,6 +214,8 @@ def fit_row(model: str, loops: list[int], medians: list[float]) -> dict:
     if len(set(loops)) < 2:
         nan = float("nan")
         return {"model": model, "slope_s_per_loop": nan, "intercept_s": nan, "r_squared": nan}
+    if not np.isfinite(np.asarray(medians, dtype=float)).all():
+        raise StudyError(f"latency: {model}: NaN or infinite median timings; the fit is refused")
     fit = stats.linregress(np.asarray(loops, dtype=float), np.asarray(medians, dtype=float))
     return {
         "model": model,

@@ -1,9 +1,14 @@
 """NLL stage: teacher-forced NLL of the gold GSM8K solution at every inference depth.
 
-Scoring follows lm-eval's ``loglikelihood``: prompt and continuation are tokenised
-separately and joined (``encode_example``); each continuation token is scored by
-the logits at the position before it. Two targets per example: the whole solution
-(tokens from ``answer_start``) and the final answer alone (from ``final_start``).
+Scoring follows lm-eval's ``loglikelihood``: each continuation token is scored by the
+logits at the position before it. lm-eval 0.4 encodes prompt + continuation as one
+string and splits the ids at the prompt's token count; ``encode_example`` encodes the
+prompt, the solution and the final answer separately and joins them. On GSM8K both
+give the same ids, because every piece after the prompt starts with a space (``" {answer}"``,
+``"#### 18"`` split before ``" 18"``) and byte-level BPE never merges across that
+boundary: checked on all 8,792 bundled records with GPT-2's tokenizer and the mini
+model's (``tests/test_data.py`` keeps a sample of it). Two targets per example: the
+whole solution (tokens from ``answer_start``) and the final answer alone (from ``final_start``).
 
 For each model × split (``test``, ``train``) × depth policy of ``nll.inference_loops``
 (``M8`` for LoopFormer, ``euler-w12-15-K3`` for a looped decoder), one cell file
@@ -42,7 +47,7 @@ from study.io import atomic_write_csv, read_csv
 from study.looping.policies import DepthPolicy, StepSchedule, UniformLoops
 from study.looping.schedules import enumerate_schedules, uniform_schedule
 from study.models.backbones import PolicyRunner, bind
-from study.pipeline import RunContext
+from study.pipeline import RunContext, StudyError
 from study.stages.sweep import Cell, Loaded, Sweep
 from study.tasks.gsm8k import EncodedExample, encode_example
 
@@ -167,6 +172,18 @@ def score_continuations(
 # ---- statistics (plain arrays in, plain floats out) --------------------------------------
 
 
+def require_finite(what: str, *arrays: np.ndarray) -> None:
+    """Statistics of NaN or infinite NLL are not numbers to report: a diverged model, or
+    overflowing weights, must stop the run rather than win an argmin."""
+    bad = sum(int(np.size(a) - np.isfinite(a).sum()) for a in arrays)
+    if bad:
+        total = sum(int(np.size(a)) for a in arrays)
+        raise StudyError(
+            f"{what}: {bad} of {total} input values are NaN or infinite (a model that trained to NaN, or "
+            "overflowing weights); the statistic is refused. Check results/nll.csv and the SFT loss"
+        )
+
+
 def ratio_of_sums(nll: np.ndarray, tokens: np.ndarray, axis: int = -1) -> np.ndarray:
     """Token-weighted NLL: sum of NLL over sum of tokens (vectorised along ``axis``)."""
     return np.sum(nll, axis=axis) / np.sum(tokens, axis=axis)
@@ -177,6 +194,7 @@ def ratio_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of sum(nll)/sum(tokens), resampling examples (pairs)."""
     nll, tokens = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    require_finite("nll: bootstrap CI", nll, tokens)
     if len(nll) < 2:
         return float("nan"), float("nan")  # one example: no spread to resample
     result = stats.bootstrap(
@@ -208,6 +226,7 @@ def paired_depth_bootstrap(
     same at every depth). scipy's paired bootstrap draws one set of example indices per
     resample and scores every loop count on it, so gaps and wins are paired across depths."""
     nll, tokens = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    require_finite("nll: preferred depth", nll, tokens)
     loops = len(nll)
     point = ratio_of_sums(nll, tokens)
     best = int(np.argmin(point))

@@ -24,10 +24,15 @@ per GPU on Kaggle's T4 x2), outside the sweep's process group.
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import os
 import shutil
 import subprocess
 import sys
+import time
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,14 +40,10 @@ import torch.nn.functional as F
 
 from study import distributed
 from study.config import StudyConfig
-from study.io import atomic_write_csv, atomic_write_json, read_csv
-from study.pipeline import (
-    RunContext,
-    StudyError,
-    context_from_run_dir,
-    make_deterministic,
-    seed_everything,
-)
+from study.io import atomic_write_csv, atomic_write_json, read_csv, read_json
+from study.models.loopformer import CheckpointError
+from study.models.validation import validate_safetensors
+from study.pipeline import RunContext, StudyError, context_from_run_dir
 
 LOSS_COLUMNS = ("model", "train_loops", "step", "epoch", "loss", "learning_rate")
 LOOP_POLICY_FILE = "loop_policy.json"  # beside a looped decoder's SFT weights: the policy it trained at
@@ -84,20 +85,59 @@ def loss_cell(ctx: RunContext, name: str) -> Path:
     return ctx.cells_dir("sft") / f"{name}.csv"
 
 
-def last_complete_checkpoint(folder: Path) -> Path | None:
-    """The newest ``checkpoint-N`` whose trainer state was written (the Trainer writes it
-    last, so a checkpoint killed half-way has none and is discarded)."""
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a trainer checkpoint cannot be resumed from, or None when it can. The Trainer
+    writes ``trainer_state.json`` last, so a checkpoint killed half-way lacks it; a kill
+    during that very write leaves it empty or torn."""
+    state = path / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (written last: the save was cut short)"
+    try:
+        if not isinstance(read_json(state), dict):
+            return "trainer_state.json is not a JSON object"
+    except (OSError, ValueError):
+        return "trainer_state.json is empty or torn"
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            validate_safetensors(weights)
+        except CheckpointError:
+            return f"{weights.name} is truncated or corrupt"
+    for pickled in ("optimizer.pt", "scheduler.pt"):
+        if (path / pickled).is_file() and not zipfile.is_zipfile(path / pickled):
+            return f"{pickled} is truncated or corrupt"
+    return None
+
+
+def last_complete_checkpoint(folder: Path, log: Callable[[str], None] | None = None) -> Path | None:
+    """The newest ``checkpoint-N`` that can be resumed from. Newer ones that cannot are
+    removed (a rerun would otherwise crash on them forever), each reported to ``log``."""
     if not folder.is_dir():
         return None
-    complete = []
-    for path in folder.glob("checkpoint-*"):
-        if not path.name.split("-")[-1].isdigit():
-            continue
-        if (path / "trainer_state.json").is_file():
-            complete.append(path)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    numbered = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for path in sorted(numbered, key=lambda p: -int(p.name.split("-")[-1])):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        if log is not None:
+            log(f"{path.name} is incomplete ({problem}): discarded")
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+# a write that failed for want of room: torch's zip writer reports it as a C++ enforce
+# failure (RuntimeError), safetensors as its own error, Python as OSError
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+DISK_MESSAGES = ("file write failed", "No space left", "Disk quota", "StorageFull", "unexpected pos", "Read-only")
+
+
+def disk_write_failure(error: BaseException) -> str | None:
+    """A short reason when ``error`` is a failed write to disk, else None."""
+    if isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+        return error.strerror or str(error)
+    text = " ".join(str(error).split())
+    if not isinstance(error, OSError) and any(m in text for m in DISK_MESSAGES):
+        return next(m for m in DISK_MESSAGES if m in text)
+    return None
 
 
 def sft_dataset(ctx: RunContext):
@@ -134,9 +174,73 @@ def training_arguments(config: StudyConfig, output_dir: Path, device: torch.devi
         report_to=[],
         dataloader_num_workers=0,
         use_cpu=device.type == "cpu",
-        disable_tqdm=True,
+        disable_tqdm=False,  # the Trainer's step bar, shown by SFTProgress
         dataset_num_proc=None,
     )
+
+
+def _log_text(logs: dict) -> str:
+    """A logged step as a short readable text: loss, learning rate, epoch."""
+    parts = []
+    if "loss" in logs:
+        parts.append(f"loss {float(logs['loss']):.4f}")
+    if "learning_rate" in logs:
+        parts.append(f"lr {float(logs['learning_rate']):.2e}")
+    if "epoch" in logs:
+        parts.append(f"epoch {float(logs['epoch']):.2f}")
+    return ", ".join(parts)
+
+
+def sft_progress(name: str, interactive: bool | None = None):
+    """The Trainer's own step bar (its ``ProgressCallback``), named after the model and
+    showing the latest loss as its postfix instead of printing a dict per logged step.
+    Off a terminal (a CI log), where a redrawn bar piles up, it prints one plain line at
+    the first step, every tenth of the run and at the end."""
+    from tqdm.auto import tqdm
+    from transformers.trainer_callback import ProgressCallback
+
+    class SFTProgress(ProgressCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.interactive = sys.stderr.isatty() if interactive is None else interactive
+            self.every, self.started = 1, 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.current_step, self.started = state.global_step, time.perf_counter()
+            self.every = max(1, state.max_steps // 10)
+            if state.is_world_process_zero and self.interactive:
+                self.training_bar = tqdm(
+                    total=state.max_steps, initial=state.global_step, desc=f"  sft {name}", unit="step",
+                    dynamic_ncols=True,
+                )  # fmt: skip
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.training_bar is not None:
+                self.training_bar.update(state.global_step - self.current_step)
+            self.current_step = state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            if "train_runtime" in logs:  # the Trainer's closing summary
+                text = f"  sft {name}: {state.global_step} steps in {time.perf_counter() - self.started:.1f} s"
+                if "train_loss" in logs:
+                    text += f", mean loss {float(logs['train_loss']):.4f}"
+                (self.training_bar.write if self.training_bar is not None else print)(text)
+                return
+            if self.training_bar is not None:
+                self.training_bar.set_postfix_str(_log_text(logs))
+            elif not self.interactive:
+                step = state.global_step
+                if step <= 1 or step % self.every == 0 or step == state.max_steps:
+                    print(f"  sft {name}: step {step}/{state.max_steps}, {_log_text(logs)}", flush=True)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.training_bar is not None:
+                self.training_bar.close()
+                self.training_bar = None
+
+    return SFTProgress()
 
 
 def _stop_on_ctrl_c(ctx: RunContext):
@@ -154,18 +258,40 @@ def _stop_on_ctrl_c(ctx: RunContext):
     return StopOnCtrlC()
 
 
-def train_one(ctx: RunContext, train_loops: int) -> None:
-    """Fine-tune one model (resuming if a checkpoint exists) and save it to models/<name>."""
+def _stop_on_non_finite_loss(name: str, learning_rate: float):
+    """A callback that stops training with a one-line error as soon as a logged loss is
+    NaN or infinite (every step is logged): a diverged model must never reach the sweeps."""
+    from transformers import TrainerCallback
+
+    class StopOnNonFiniteLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                raise StudyError(
+                    f"sft: {name}: the training loss became {loss} at step {state.global_step}: training diverged "
+                    f"(sft.learning_rate {learning_rate}); lower it and rerun. No final model was saved"
+                )
+            return control
+
+    return StopOnNonFiniteLoss()
+
+
+def _all_finite(model) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def build_trainer(ctx: RunContext, train_loops: int):
+    """The SFTTrainer of one model: the base at ``train_loops`` loops, the config's
+    training arguments, the SFT subset, and the Ctrl-C and progress callbacks."""
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTTrainer
 
     spec = ctx.sft_spec(train_loops)
-    final_dir = ctx.model_dir(spec.name)
-    if (final_dir / "config.json").is_file() and loss_cell(ctx, spec.name).is_file():
-        return
     sft = ctx.config.sft
-    seed_everything(ctx.config.seed)  # before the model is built, so any fresh init is seeded
-    if sft.deterministic:
-        make_deterministic(ctx.device)
+    # python, numpy and torch seeded before the model is built, so any fresh init (LoRA's
+    # adapters) is seeded; deterministic kernels are the Trainer's (full_determinism)
+    set_seed(ctx.config.seed)
     tokenizer = ctx.load_tokenizer()
     model = ctx.load_model(ctx.base_spec).train()
     policy = ctx.loop_family.policy(train_loops)  # the depth every training forward runs
@@ -185,34 +311,65 @@ def train_one(ctx: RunContext, train_loops: int) -> None:
             target_modules=list(sft.lora.target_modules),
             task_type="CAUSAL_LM",
         )
-    output_dir = trainer_dir(ctx, spec.name)
     trainer = trainer_class(
         model=model,
-        args=training_arguments(ctx.config, output_dir, ctx.device),
+        args=training_arguments(ctx.config, trainer_dir(ctx, spec.name), ctx.device),
         train_dataset=sft_dataset(ctx),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[_stop_on_ctrl_c(ctx)],
+        callbacks=[_stop_on_ctrl_c(ctx), _stop_on_non_finite_loss(spec.name, sft.learning_rate)],
     )
-    checkpoint = last_complete_checkpoint(output_dir)
+    for default in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(default)
+    trainer.add_callback(sft_progress(spec.name))
+    return trainer
+
+
+def train_one(ctx: RunContext, train_loops: int) -> None:
+    """Fine-tune one model (resuming if a checkpoint exists) and save it to models/<name>."""
+    spec = ctx.sft_spec(train_loops)
+    final_dir = ctx.model_dir(spec.name)
+    if (final_dir / "config.json").is_file() and loss_cell(ctx, spec.name).is_file():
+        return
+    sft = ctx.config.sft
+    trainer = build_trainer(ctx, train_loops)
+    tokenizer = trainer.processing_class
+    output_dir = trainer_dir(ctx, spec.name)
+    checkpoint = last_complete_checkpoint(output_dir, log=lambda line: print(f"  {spec.name}: {line}", flush=True))
     if checkpoint is not None:
         print(f"  {spec.name}: resuming from {checkpoint.name}", flush=True)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    ctx.check_stop()  # stopped early by Ctrl-C: the checkpoint is saved, the model is not final
-    if not trainer.is_world_process_zero():
-        return
-
-    trained = trainer.model
-    if peft_config is not None:
-        trained = trained.merge_and_unload()  # sweeps load a plain checkpoint
-    if not ctx.looped_decoder:
-        trained.config.train_loops = train_loops
     staging = final_dir.with_name(f".{spec.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    trained.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    # what it trained at (the sweeps run their own policies on it; the wrapper is not in the weights)
-    atomic_write_json(staging / LOOP_POLICY_FILE, {"train_loops": train_loops, **policy.describe()})
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        ctx.check_stop()  # stopped early by Ctrl-C: the checkpoint is saved, the model is not final
+        if not trainer.is_world_process_zero():
+            return
+
+        trained = trainer.model
+        if sft.lora is not None:
+            trained = trained.merge_and_unload()  # sweeps load a plain checkpoint
+        if not _all_finite(trained):  # the last update overflowed after the last logged loss
+            raise StudyError(
+                f"sft: {spec.name}: the trained weights hold NaN or infinite values: training diverged "
+                f"(sft.learning_rate {sft.learning_rate}); lower it and rerun. No final model was saved"
+            )
+        if not ctx.looped_decoder:
+            trained.config.train_loops = train_loops
+        shutil.rmtree(staging, ignore_errors=True)
+        trained.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        # what it trained at (the sweeps run their own policies on it; the wrapper is not in the weights)
+        policy = ctx.loop_family.policy(train_loops)
+        atomic_write_json(staging / LOOP_POLICY_FILE, {"train_loops": train_loops, **policy.describe()})
+    except Exception as error:
+        reason = disk_write_failure(error)
+        if reason is None:
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StudyError(
+            f"{output_dir}: writing {spec.name}'s checkpoint failed ({reason}): free disk space and rerun, "
+            "training resumes from the last complete checkpoint"
+        ) from None
     shutil.rmtree(final_dir, ignore_errors=True)
     staging.rename(final_dir)
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +33,14 @@ FINAL_ANSWER = re.compile(r"####\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)\s*$")
 # lm-eval's GSM8K answer extraction: strict takes the number after '#### ', flexible the last number
 STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+# lm-eval's `gsm8k` task (lm-evaluation-harness 0.4, gsm8k.yaml): generation is cut at these strings
+# and at the tokenizer's EOS string; an answer its regex filter cannot find becomes "[invalid]"; its
+# exact_match deletes these patterns from prediction and reference (the full gold answer, so the
+# third one strips the worked solution), lower-cases both and compares the strings
+LM_EVAL_STOP_SEQUENCES = ("Question:", "</s>", "<|im_end|>")
+LM_EVAL_INVALID = "[invalid]"
+LM_EVAL_IGNORED = tuple(re.compile(pattern) for pattern in (",", r"\$", r"(?s).*#### ", r"\.$"))
+EXTRACTIONS = ("strict", "flexible", "lm_eval_strict", "lm_eval_flexible")
 # independent random streams, one per subset: ids never depend on another subset's size
 SUBSET_STREAMS = {"sft": 1, "nll_test": 2, "nll_train": 3, "em": 4}
 
@@ -116,14 +125,22 @@ def read_jsonl(path: Path, split: str) -> tuple[list[Example], str]:
     if not path.is_file():
         raise DataError(f"{path}: GSM8K {split} file not found")
     records: list[tuple[str, object]] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}:{number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1})"
+                ) from None
             if not line.strip():
                 continue
             try:
                 records.append((f"{path}:{number}", json.loads(line)))
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    if not records:
+        raise DataError(f"{path}: empty (no GSM8K records)")
     return _validated(split, records)
 
 
@@ -188,8 +205,9 @@ def make_subsets(
 
 @dataclass(frozen=True)
 class EncodedExample:
-    """Token ids of prompt + gold continuation, scored the way lm-eval scores a
-    continuation: context and continuation tokenised separately, then joined."""
+    """Token ids of prompt + gold continuation. The three pieces are encoded separately and
+    joined; on GSM8K that equals lm-eval 0.4's encoding of the whole string split at the
+    prompt's length (each later piece starts with a space, which BPE never merges across)."""
 
     example_id: int
     input_ids: list[int]
@@ -234,16 +252,88 @@ def extract_flexible(text: str) -> str | None:
     return normalize(wide or narrow)
 
 
-def parse_number(answer: str | None) -> float | None:
+def parse_number(answer: str | None) -> Decimal | None:
+    """The answer as an exact decimal (floats would merge integers above 2**53); None when
+    it is not a finite number."""
     if answer is None:
         return None
     try:
-        return float(answer)
-    except ValueError:
+        value = Decimal(answer)
+    except InvalidOperation:
         return None
+    return value if value.is_finite() else None
 
 
 def is_correct(answer: str | None, gold: str) -> bool:
     """Numeric equality after parsing ("18.00" == "18"); anything unparseable is wrong."""
     value, target = parse_number(answer), parse_number(normalize(gold))
     return value is not None and target is not None and value == target
+
+
+# ---- lm-eval's verdicts --------------------------------------------------------------------
+
+
+def lm_eval_cut(text: str, eos: str | None = None) -> str:
+    """``text`` as lm-eval's generation returns it: cut before each stop sequence in turn
+    (``Question:``, ``</s>``, ``<|im_end|>``, then the EOS string)."""
+    stops = list(LM_EVAL_STOP_SEQUENCES)
+    if eos is not None and eos not in stops:
+        stops.append(eos)
+    for stop in stops:
+        if stop:
+            text = text.split(stop, 1)[0]
+    return text
+
+
+def lm_eval_extract(text: str, pattern: re.Pattern[str], group_select: int) -> str:
+    """lm-eval's ``regex`` filter: the ``group_select``-th match (a match of several groups
+    gives its first non-empty one), stripped; ``[invalid]`` when nothing matches."""
+    matches = pattern.findall(text)
+    if not matches:
+        return LM_EVAL_INVALID
+    match = matches[group_select]
+    if isinstance(match, tuple):
+        match = next((group for group in match if group), LM_EVAL_INVALID)
+    return match.strip()
+
+
+def _lm_eval_normalized(text: str) -> str:
+    for pattern in LM_EVAL_IGNORED:
+        text = pattern.sub("", text)
+    return text.lower()
+
+
+def lm_eval_exact_match(prediction: str, reference: str) -> bool:
+    """lm-eval's ``exact_match`` with the gsm8k task's options (ignore_case, the ignored
+    patterns above, punctuation kept): a string comparison, so "18.00" is not "18"."""
+    return _lm_eval_normalized(prediction) == _lm_eval_normalized(reference)
+
+
+def score_text(text: str, gold: str, eos: str | None = None) -> dict[str, str | bool | None]:
+    """Verdicts of one generation under the four extractions of ``EXTRACTIONS``.
+
+    ``gold`` is the dataset's full answer (solution + ``#### N``; a bare number works too).
+    All four read ``text`` cut as lm-eval cuts it (its stop sequences and ``eos``):
+
+    - ``strict`` / ``flexible``: lm-eval's regexes, judged numerically as exact decimals
+      ("18.00" == "18", "$1,000" == "1000");
+    - ``lm_eval_strict`` / ``lm_eval_flexible``: what lm-eval's ``gsm8k`` task reports
+      (its regex filters and string ``exact_match``).
+
+    Returns each verdict (bool) and each extracted answer (``<name>_answer``: the
+    normalised number or None for the numeric ones, lm-eval's filtered string otherwise)."""
+    text = lm_eval_cut(text, eos)
+    number = gold.rsplit("####", 1)[-1]  # the final answer, as the metric's "(?s).*#### " leaves it
+    strict, flexible = extract_strict(text), extract_flexible(text)
+    lm_strict = lm_eval_extract(text, STRICT, 0)
+    lm_flexible = lm_eval_extract(text, FLEXIBLE, -1)
+    return {
+        "strict": is_correct(strict, number),
+        "flexible": is_correct(flexible, number),
+        "lm_eval_strict": lm_eval_exact_match(lm_strict, gold),
+        "lm_eval_flexible": lm_eval_exact_match(lm_flexible, gold),
+        "strict_answer": strict,
+        "flexible_answer": flexible,
+        "lm_eval_strict_answer": lm_strict,
+        "lm_eval_flexible_answer": lm_flexible,
+    }
