@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from study.config import EMBEDDED_BASE, OFFLINE_SMOLLM2, StudyConfig
-from study.fingerprint import model_fingerprint, tokenizer_fingerprint
+from study.fingerprint import file_digest, model_fingerprint, tokenizer_fingerprint
 from study.io import atomic_write_json, read_json
 from study.looping.policies import DepthPolicy, policies_for
-from study.models.backbones import BackboneError, load_looped_base, materialize_offline_smollm2
+from study.models.backbones import BackboneError, load_looped_base, materialize_offline_smollm2, smollm2_gguf_path
 from study.models.loopformer import CheckpointError, LoopFormerForCausalLM
 from study.tasks.gsm8k import Dataset, Example, Subsets, load_gsm8k, make_subsets
 from study.tokenizer import GPT2_DIR, has_tokenizer, load_tokenizer
@@ -315,7 +315,16 @@ CELL_NEUTRAL: dict[str, tuple[str, ...]] = {
 
 def model_inputs(ctx: RunContext, spec: ModelSpec) -> dict[str, object]:
     """Content fingerprints of a model folder (weights, config, tokenizer files) and of
-    the tokenizer the study loads for it."""
+    the tokenizer the study loads for it. The offline SmolLM2 base is its GGUF file (the
+    run dequantizes its weights and tokenizer from it, so they exist only once a run has
+    started): the file's sha256 names both."""
+    if spec.name == BASE and ctx.config.model.source == OFFLINE_SMOLLM2:
+        try:
+            gguf = smollm2_gguf_path()
+        except BackboneError as error:
+            raise StudyError(str(error)) from None
+        offline = {"gguf": gguf.name, "sha256": file_digest(gguf)}
+        return {"model": offline, "tokenizer": offline}
     commit = ctx.resolved_commit if spec.name == BASE else None
     source = ctx.tokenizer_source(spec)
     tokenizer = tokenizer_fingerprint(GPT2_DIR if source is None else source, spec.revision)
@@ -385,6 +394,9 @@ def model_output_key(ctx: RunContext, stage: str, spec: ModelSpec) -> dict[str, 
         "data": ctx.config.data.model_dump(mode="json"),
         "data_sha256": {split: ctx.dataset.sha256[split] for split in STAGE_SPLITS[stage]},
         "settings": {k: v for k, v in settings.items() if k not in CELL_NEUTRAL[stage]},
+        # a looped decoder's window, strategy ...: the depth an SFT model trained at, the policies of the cells
+        "backbone": ctx.config.model.backbone,
+        "looping": None if ctx.config.looping is None else ctx.config.looping.model_dump(mode="json"),
         "device": str(ctx.device) if stage == "latency" else None,  # timings belong to their device
         **model_inputs(ctx, source),
     }

@@ -67,9 +67,17 @@ def check_run_dir_path(run_dir: Path, named_by: str) -> None:
 def validate_before_writing(ctx: RunContext) -> None:
     """The base checkpoint (config fields, safetensors headers), its tokenizer, the LoRA
     targets: what would otherwise fail mid-run with a traceback."""
+    from study.config import OFFLINE_SMOLLM2
     from study.models.loopformer import check_local_checkpoint
 
     spec = ctx.base_spec  # reads and validates a local config.json
+    if ctx.looped_decoder:
+        # a pretrained decoder (Llama family): load_looped_base names what it cannot load. The
+        # offline SmolLM2 is dequantized into the run directory, which is not written yet:
+        # its GGUF file was found by the preflight, and its tokenizer comes from that file
+        if ctx.config.model.source != OFFLINE_SMOLLM2:
+            ctx.load_tokenizer(spec)
+        return
     if Path(spec.source).is_dir():
         check_local_checkpoint(Path(spec.source))
     ctx.load_tokenizer(spec)

@@ -40,6 +40,7 @@ RESULT_FILES = (
     "exact_match.csv",
     "latency.csv",
     "latency_fit.csv",
+    "schedules.csv",  # optional (a schedules section): a fake run never writes it
 )
 
 

@@ -24,7 +24,6 @@ folder, with its provenance, so later loads take a second instead of a minute).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import io
 import json
@@ -211,11 +210,9 @@ def smollm2_gguf_path() -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from study.fingerprint import file_digest
+
+    return file_digest(path)  # cached per (path, size, mtime): the stage keys hash the same file
 
 
 def materialize_offline_smollm2(target: Path) -> dict[str, Any]:
@@ -224,11 +221,17 @@ def materialize_offline_smollm2(target: Path) -> dict[str, Any]:
     Returns the provenance. Loading the GGUF takes about a minute on 2 cores; the
     folder loads in about a second."""
     provenance_path = target / PROVENANCE_FILE
+    gguf = smollm2_gguf_path()
     if provenance_path.is_file() and (target / "config.json").is_file():
-        return json.loads(provenance_path.read_text())
+        try:
+            provenance = json.loads(provenance_path.read_text())
+        except ValueError:
+            provenance = None  # torn: made again below
+        # made from this very file (the digest is cached per process: hashed once per run)
+        if isinstance(provenance, dict) and provenance.get("sha256") == file_sha256(gguf):
+            return provenance
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf_path()
     # the per-tensor dequantization bar is useful on a terminal and floods a log file
     quiet = contextlib.nullcontext() if sys.stderr.isatty() else contextlib.redirect_stderr(io.StringIO())
     with quiet:
