@@ -63,7 +63,7 @@ def test_config_change_in_one_section_redoes_only_its_stages(run: Run) -> None:
     for stage in ("check", "sft", "exact_match", "latency"):
         assert f"[{stage}] done already" in result.stdout, stage
     assert "[nll] running (changed: config)" in result.stdout
-    assert "nll base-test-L2:" not in result.stdout  # the per-example cells were reused, only the bootstrap redone
+    assert "nll base-test-M2:" not in result.stdout  # the per-example cells were reused, only the bootstrap redone
     assert {p.name: p.read_bytes() for p in (run.dir / "results" / "cells" / "nll").glob("*.csv")} == cells
 
 
@@ -74,8 +74,8 @@ def test_overwritten_sft_weights_redo_only_that_models_cells(run: Run) -> None:
     result = run.study("--stages", "nll")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[check] done already" in result.stdout  # the gate ran first, found done for these inputs
-    assert "nll train4-test-L2:" in result.stdout and "nll base-test-L2:" not in result.stdout
-    assert "nll train8-test-L2:" not in result.stdout
+    assert "nll train4-test-M2:" in result.stdout and "nll base-test-M2:" not in result.stdout
+    assert "nll train8-test-M2:" not in result.stdout
     assert {p.name: p.read_bytes() for p in cells.glob("base-*.csv")} == base_cells
     recorded = run.manifest()["stages"]["nll"]["inputs"]["train4"]["model"]["model.safetensors"]
     assert recorded == json.loads((cells / "train4.inputs.json").read_text())["model"]["model.safetensors"]
