@@ -119,7 +119,10 @@ def quiet_libraries() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # switches the hub's bars off too...
-    huggingface_hub.utils.enable_progress_bars()  # ...which downloads should show
+    # ...which downloads should show, unless the user switched them off (HF_HUB_DISABLE_PROGRESS_BARS=1:
+    # the hub then warns on stderr instead, and an error would no longer be one line)
+    if importlib.import_module("huggingface_hub.utils.tqdm").HF_HUB_DISABLE_PROGRESS_BARS is not True:
+        huggingface_hub.utils.enable_progress_bars()
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 
 import huggingface_hub.utils
 import pytest
@@ -29,3 +30,14 @@ def test_download_bars_on_model_load_bars_off(monkeypatch: pytest.MonkeyPatch) -
         assert os.environ["TQDM_MININTERVAL"] == "30"
     finally:
         huggingface_hub.utils.disable_progress_bars()
+
+
+def test_the_users_switch_keeps_download_bars_off_without_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    # HF_HUB_DISABLE_PROGRESS_BARS=1 (conftest sets it for the session): respected, and no
+    # "cannot enable progress bars" warning breaks the one-line error output
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")
+    monkeypatch.setattr(hub_tqdm, "HF_HUB_DISABLE_PROGRESS_BARS", True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_study.quiet_libraries()
+    assert huggingface_hub.utils.are_progress_bars_disabled()
