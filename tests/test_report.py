@@ -198,7 +198,7 @@ def test_compare_writes_table_and_overlay(tmp_path: Path) -> None:
 
 
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    skip = ("latency.csv", "latency_fit.csv", "exact_match.csv", "sft_loss.csv")  # one figure: fast
+    skip = ("latency.csv", "latency_fit.csv", "exact_match.csv", "sft_loss.csv", "schedules.csv")  # one figure: fast
     run_dir = make_fake_run(tmp_path / "run", skip=skip)
     exported = tmp_path / "exported"
     assert report.main(["--run-dir", str(run_dir), "--export-figures", str(exported)]) == 0
@@ -208,3 +208,12 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert (tmp_path / "cmp" / "compare.csv").is_file()
     assert report.main(["--run-dir", str(tmp_path / "nowhere")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_schedules_section_and_figure(tmp_path: Path) -> None:
+    run_dir = make_fake_run(tmp_path / "schedules")
+    text = report.regenerate(run_dir).read_text()
+    assert "## Schedules at a fixed loop budget" in text and "| Base | 35 |" in text
+    assert "(rank " in text and (run_dir / "figures" / "schedules.png").is_file()
+    missing = make_fake_run(tmp_path / "no-schedules", skip=("schedules.csv",))
+    assert "`results/schedules.csv` is missing" in report.regenerate(missing).read_text()
