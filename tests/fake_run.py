@@ -40,7 +40,7 @@ RESULT_FILES = (
     "exact_match.csv",
     "latency.csv",
     "latency_fit.csv",
-    "schedules.csv",  # optional (a schedules section): a fake run never writes it
+    "schedules.csv",
 )
 
 
@@ -62,6 +62,7 @@ def fake_config(name: str = "fake", seed: int = 2026, embedded: bool = True) -> 
             "seed": seed,
             "device": "cpu",
             "model": model,
+            "schedules": {"loops": 4, "granularity": 8},
             "sft": {"train_loops": [8, 4]},
             "nll": {"inference_loops": [2, 4, 6, 8, 10, 12, 16]},
             "exact_match": {"inference_loops": [2, 8, 16]},
@@ -266,6 +267,30 @@ def make_fake_run(
         )
     write("latency.csv", latency_rows, LATENCY_COLUMNS)
     write("latency_fit.csv", fit_rows, FIT_COLUMNS)
+
+    # ---- schedules: the 35 four-step schedules in eighths, coarse-early best ----------
+    schedule_rows = []
+    for model in models:
+        parts = [
+            (a, b, c, 8 - a - b - c)
+            for a in range(1, 6) for b in range(1, 6) for c in range(1, 6) if 8 - a - b - c >= 1
+        ]  # fmt: skip
+        values = [2.4 + 0.02 * (parts[i][3] - parts[i][0]) + rng.normal(0, 0.005) for i in range(len(parts))]
+        ranks = {i: r + 1 for r, i in enumerate(sorted(range(len(values)), key=values.__getitem__))}
+        for i, (steps, value) in enumerate(zip(parts, values, strict=True)):
+            sizes = [s / 8 for s in steps]
+            schedule_rows.append(
+                {
+                    "model": model, "split": "test", "policy": "sched-" + "-".join(f"{s:g}" for s in sizes),
+                    "steps": " ".join(f"{s:g}" for s in sizes), "uniform": steps == (2, 2, 2, 2),
+                    "nll_per_token": value, "ci_low": value - 0.05, "ci_high": value + 0.05, "rank": ranks[i],
+                }
+            )  # fmt: skip
+    write(
+        "schedules.csv",
+        schedule_rows,
+        ["model", "split", "policy", "steps", "uniform", "nll_per_token", "ci_low", "ci_high", "rank"],
+    )
     return run_dir
 
 

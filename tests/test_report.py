@@ -198,7 +198,7 @@ def test_compare_writes_table_and_overlay(tmp_path: Path) -> None:
 
 
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    skip = ("latency.csv", "latency_fit.csv", "exact_match.csv", "sft_loss.csv")  # one figure: fast
+    skip = ("latency.csv", "latency_fit.csv", "exact_match.csv", "sft_loss.csv", "schedules.csv")  # one figure: fast
     run_dir = make_fake_run(tmp_path / "run", skip=skip)
     exported = tmp_path / "exported"
     assert report.main(["--run-dir", str(run_dir), "--export-figures", str(exported)]) == 0
@@ -313,3 +313,12 @@ def test_figures_4_and_5_draw_each_model(fake_run: Path) -> None:
             for c in lines
         )
     assert [t.split(":")[0] for t in _legend(ax)[:3]] == [results.legend_label(m) for m in ("base", "train8", "train4")]
+
+
+def test_schedules_section_and_figure(tmp_path: Path) -> None:
+    run_dir = make_fake_run(tmp_path / "schedules")
+    text = report.regenerate(run_dir).read_text()
+    assert "## Schedules at a fixed loop budget" in text and "| Base | 35 |" in text
+    assert "(rank " in text and (run_dir / "figures" / "schedules.png").is_file()
+    missing = make_fake_run(tmp_path / "no-schedules", skip=("schedules.csv",))
+    assert "`results/schedules.csv` is missing" in report.regenerate(missing).read_text()

@@ -427,6 +427,7 @@ def run(ctx: RunContext) -> None:
         if not (ctx.model_dir(f"train{loops}") / "config.json").is_file()
     ]
     if distributed.num_processes() > 1:  # accelerate launch: each process trains its share of the models
+        distributed.settle(None)  # every process has listed the same pending models before any is written
         for loops in distributed.split(pending):
             ctx.check_stop()
             _train_in_child(ctx, loops)

@@ -1,0 +1,7 @@
+"""``python -m study.report --run-dir RUN_DIR``: redraw a run's report and figures."""
+
+import sys
+
+from study.report import main
+
+sys.exit(main())
