@@ -24,6 +24,7 @@ STAGE_MODULES = {
     "check": "study.stages.check",
     "sft": "study.stages.sft",
     "nll": "study.stages.nll",
+    "adaptive": "study.stages.adaptive",
     "exact_match": "study.stages.exact_match",
     "latency": "study.stages.latency",
     "report": "study.stages.report",
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     ctx = RunContext(config=config, run_dir=run_dir, device=device, skip_checks=args.skip_checks)
     _ = ctx.subsets  # bad data or impossible subset sizes fail here, before anything is written
     wanted = STAGES if "all" in args.stages else [s for s in STAGES if s in args.stages]
-    needs_models = [s for s in wanted if s in ("nll", "exact_match", "latency")]
+    needs_models = [s for s in wanted if s in ("nll", "adaptive", "exact_match", "latency")]
     if needs_models and "sft" not in wanted and not stage_done(run_dir, config, "sft"):
         raise StudyError(f"--stages {' '.join(needs_models)}: the sft stage has not run for this config; add sft")
 

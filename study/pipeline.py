@@ -275,6 +275,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "check": ("seed", "model", "data", "checks", "looping"),
     "sft": ("seed", "model", "data", "sft", "looping"),
     "nll": ("seed", "model", "data", "sft", "nll", "looping", "schedules"),
+    "adaptive": ("seed", "model", "data", "sft", "nll", "looping", "adaptive"),
     "exact_match": ("seed", "model", "data", "sft", "exact_match", "looping"),
     "latency": ("seed", "model", "sft", "latency", "looping"),
     "report": (),
