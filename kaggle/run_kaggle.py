@@ -56,6 +56,24 @@ def print_gpus() -> None:
         print(f"torch {torch.__version__} sees no CUDA device: the study will run on CPU (slow)", flush=True)
 
 
+def study_command(gpus: int) -> list[str]:
+    """``run_study.py`` with STUDY_ARGS; with several GPUs under ``accelerate launch``, one
+    process per GPU (the SFT models and the sweep cells are split between them)."""
+    if gpus < 2:
+        return [sys.executable, "run_study.py", *STUDY_ARGS]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus)]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [*launch, "run_study.py", *STUDY_ARGS]
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def find_attached_copy(input_dir: Path = INPUT, depth: int = 3) -> Path | None:
     """A copy of the repository attached as a Kaggle dataset: the first folder (at most
     ``depth`` levels under ``input_dir``) holding both run_study.py and pyproject.toml."""
@@ -135,7 +153,7 @@ def main() -> int:
     print_gpus()
     project = fetch_project()
     install(project)
-    result = run([sys.executable, "run_study.py", *STUDY_ARGS], cwd=project, check=False)
+    result = run(study_command(gpu_count()), cwd=project, check=False)
     report = find_report()
     if report is not None:
         print(f"report: {report}", flush=True)

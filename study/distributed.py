@@ -1,6 +1,7 @@
 """Processes of one run: one (``python run_study.py``) or several (``accelerate launch``).
 
-Under ``accelerate launch --num_processes N run_study.py ...`` every process runs the
+Under ``accelerate launch --multi_gpu --num_processes N run_study.py ...`` (GPUs, or
+CPU processes on a machine without one) every process runs the
 pipeline: the main process alone writes the manifest, runs the check and report
 stages and aggregates results; the sweep stages split their unfinished cells between
 the processes (``PartialState.split_between_processes``), each process writing its
@@ -40,10 +41,13 @@ def launched() -> bool:
 
 @cache
 def state():
-    """accelerate's ``PartialState`` (initialises the process group once, when launched)."""
+    """accelerate's ``PartialState`` (initialises the process group once, when launched).
+    Without a GPU the processes talk over gloo on the CPU (``accelerate launch --multi_gpu``
+    starts them through torchrun either way; ``--cpu`` alone starts a single process)."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def num_processes() -> int:

@@ -72,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pilot: {len(examples)} train questions outside the SFT subset (ids {[e.id for e in examples][:8]}...)")
     rows = []
     settings = [(w, s, k) for w in windows for s in args.strategies for k in args.loops]
+    plain_done = False
     for window, strategy, loops in progress(settings, desc="pilot settings"):
-        if loops == 1 and strategy != args.strategies[0]:
-            continue  # K = 1 is one plain pass of the window whatever the strategy
+        if loops == 1 and plain_done:
+            continue  # K = 1 is the plain model whatever the window and strategy: scored once
+        plain_done = plain_done or loops == 1
         family = WindowFamily(window=window, strategy=strategy, cache_strategy=config.looping.cache_strategy,
                               decode_mode=config.looping.decode_mode)  # fmt: skip
         policy = family.policy(loops)

@@ -21,6 +21,7 @@ DETERMINISTIC_RESULTS = (
     "preferred_depth.csv",
     "exact_match.csv",
     "generations.jsonl",
+    "schedules.csv",
 )
 
 

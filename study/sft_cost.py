@@ -1,0 +1,72 @@
+"""What one SFT step of a looped decoder costs: seconds and peak memory at a training K.
+
+One step = forward through ``loop_decoder(model, spec)`` at K, the completion-only loss
+the SFT stage computes (``study.stages.sft.looped_sft_trainer``), backward through
+every pass, and one AdamW update, on single GSM8K train examples (batch 1, as the
+configs train). Each K runs in its own process so the peak resident memory it reports
+is its own::
+
+    python -m study.sft_cost --version smol --loops 2 --steps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from study.config import load_config
+from study.models.looped_decoder import loop_decoder
+from study.pipeline import RunContext, configure_torch, resolve_device, seed_everything
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Seconds and peak memory of one looped-decoder SFT step.")
+    parser.add_argument("--version", default="smol")
+    parser.add_argument("--loops", type=int, required=True, help="the training K")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps (after one untimed warm-up step)")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/pilot-smol"), help="where the base is prepared")
+    args = parser.parse_args(argv)
+    config = load_config(args.version)
+    configure_torch(config)
+    ctx = RunContext(config=config, run_dir=args.run_dir, device=resolve_device(config.device))
+    seed_everything(config.seed)
+    tokenizer, model = ctx.load_tokenizer(), ctx.load_model(ctx.base_spec).train()
+    spec = ctx.loop_family.policy(args.loops).spec
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.sft.learning_rate)
+    examples = ctx.examples("sft")[: args.steps + 1]
+    seconds, lengths = [], []
+    for index, example in enumerate(examples):
+        prompt = tokenizer.encode(example.prompt, add_special_tokens=False)
+        completion = [*tokenizer.encode(example.completion, add_special_tokens=False), tokenizer.eos_token_id]
+        ids = torch.tensor([(prompt + completion)[: config.sft.max_length]])
+        labels = torch.tensor([([-100] * len(prompt) + completion)[: config.sft.max_length]])
+        start = time.perf_counter()
+        hidden = loop_decoder(model, spec).base_forward(ids).last_hidden_state  # [1, T, H]
+        scored = labels[:, 1:] != -100
+        loss = F.cross_entropy(model.lm_head(hidden[:, :-1][scored]), labels[:, 1:][scored])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if index > 0:  # the first step allocates the optimizer state: not timed
+            seconds.append(time.perf_counter() - start)
+            lengths.append(ids.shape[1])
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    result = {
+        "version": args.version, "loops": args.loops, "policy": ctx.loop_family.policy(args.loops).id,
+        "threads": torch.get_num_threads(), "steps": len(seconds), "median_s": statistics.median(seconds),
+        "seconds": [round(s, 3) for s in seconds], "tokens": lengths, "peak_rss_mib": round(peak_mib),
+    }  # fmt: skip
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

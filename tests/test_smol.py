@@ -1,0 +1,37 @@
+"""The smol study (training-free looped SmolLM2) end to end on its smoke config, offline.
+Slow (minutes on 2 CPU cores): marked, and run in CI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from .study_runner import run_study
+
+pytestmark = pytest.mark.slow
+
+
+def test_smol_smoke_runs_offline_end_to_end(tmp_path: Path) -> None:
+    run_dir = tmp_path / "smol"
+    result = run_study("--version", "smol-smoke", "--seed", "2026", "--output-dir", str(run_dir), timeout=3600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    provenance = manifest["model"]["provenance"]
+    assert provenance["quantization"].startswith("Q4_1-quantized") and len(provenance["sha256"]) == 64
+    assert manifest["model"]["backbone"] == "looped_decoder" and manifest["model"]["train_loops"] == 1
+    report = (run_dir / "report.md").read_text()
+    assert "Q4_1-quantized-then-dequantized" in report and "Table 1" in report
+    assert "| Train2 | 2 |" in report and "| Train4 | 4 |" in report  # trained at K = 2 and 4
+    nll = (run_dir / "results" / "nll.csv").read_text().splitlines()
+    assert nll[0].startswith("model,split,policy,inference_loops,executed_loops")
+    assert len(nll) == 1 + 3 * 2 * 3 * 3  # models x splits x K x examples
+    assert "euler-w12-15-K4-decode-full" in nll[-1]
+    for model, loops in (("train2", 2), ("train4", 4)):
+        folder = run_dir / "models" / model
+        assert json.loads((folder / "loop_policy.json").read_text())["train_loops"] == loops
+        with safe_open(folder / "model.safetensors", "pt") as tensors:
+            assert all(key.startswith(("model.", "lm_head.")) for key in tensors.keys())  # noqa: SIM118
+    assert len(list((run_dir / "figures").glob("*.png"))) >= 5
