@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -62,7 +63,7 @@ def test_ladder_stops_where_successive_rungs_agree_and_pays_every_rung(loopforme
         logits = {
             m: loopformer(ids, num_loops=m).logits[torch.arange(3), prompts - 1] for m in ladder
         }  # [B, V] at the last prompt position
-        kls = {b: kl_rows(logits[b], logits[a]) for a, b in zip(ladder, ladder[1:], strict=False)}
+        kls = {b: kl_rows(logits[b], logits[a]) for a, b in pairwise(ladder)}
         tau = float(torch.stack(list(kls.values())).median())  # some rows stop early, some climb on
         expected_cost, expected_rung = [], []
         for r in range(3):
