@@ -24,6 +24,7 @@ STAGE_MODULES = {
     "check": "study.stages.check",
     "sft": "study.stages.sft",
     "nll": "study.stages.nll",
+    "adaptive": "study.stages.adaptive",
     "exact_match": "study.stages.exact_match",
     "latency": "study.stages.latency",
     "report": "study.stages.report",
@@ -220,7 +221,7 @@ def prepare_run_dir(run_dir: Path, config, force: bool):
 
 
 # stages that read the base model (directly, or through the models trained from it)
-USES_BASE = ("sft", "nll", "exact_match", "latency")
+USES_BASE = ("sft", "nll", "adaptive", "exact_match", "latency")
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -256,7 +257,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     gate_added = not args.skip_checks and "check" not in wanted and any(s in USES_BASE for s in wanted)
     if gate_added:  # the gate guards every stage that uses the base; only --skip-checks passes it by
         wanted.insert(0, "check")
-    needs_models = [s for s in wanted if s in ("nll", "exact_match", "latency")]
+    needs_models = [s for s in wanted if s in ("nll", "adaptive", "exact_match", "latency")]
     if needs_models and "sft" not in wanted and not stage_done(ctx, "sft"):
         raise StudyError(
             f"--stages {' '.join(needs_models)}: the sft stage has not run for this config and these inputs; add sft"

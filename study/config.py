@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -130,6 +131,28 @@ class SchedulesConfig(Section):
         return self
 
 
+class AdaptiveConfig(Section):
+    """Halting policies (depth chosen per input) scored on the NLL test slice against the
+    fixed-depth sweep and the per-example oracle (``adaptive.csv``). LoopFormer climbs
+    ``ladder``; a looped decoder halts its window by each of ``rules`` with at most
+    ``k_max`` loops. One policy per tau of ``taus`` (0: never stop early)."""
+
+    taus: Annotated[list[Annotated[float, Field(ge=0.0, allow_inf_nan=False)]], Field(min_length=1)]
+    ladder: Annotated[list[PositiveInt], Field(min_length=2)] | None = Field(None, description="LoopFormer: M rungs")
+    k_max: PositiveInt | None = Field(None, description="looped decoder: most loops a row may run")
+    rules: Annotated[list[Literal["residual", "kl"]], Field(min_length=1)] = Field(
+        default_factory=lambda: ["residual", "kl"], description="looped decoder: halting signals"
+    )
+
+    @model_validator(mode="after")
+    def _increasing(self) -> AdaptiveConfig:
+        if self.ladder is not None and any(b <= a for a, b in pairwise(self.ladder)):
+            raise ValueError(f"ladder rungs must increase, got {self.ladder}")
+        if len(set(self.taus)) != len(self.taus):
+            raise ValueError(f"taus has repeated entries: {self.taus}")
+        return self
+
+
 class ChecksConfig(Section):
     examples: PositiveInt = 16
     max_nll_fraction_of_uniform: float = Field(0.8, gt=0.0, le=1.0)
@@ -152,6 +175,7 @@ class StudyConfig(Section):
     checks: ChecksConfig = Field(default_factory=ChecksConfig)
     looping: LoopingConfig | None = Field(None, description="looped_decoder only: window, strategy, ...")
     schedules: SchedulesConfig | None = Field(None, description="LoopFormer only: all schedules of M steps")
+    adaptive: AdaptiveConfig | None = Field(None, description="halting policies against the best fixed depth")
 
     @model_validator(mode="after")
     def _backbone_sections(self) -> StudyConfig:
@@ -164,6 +188,11 @@ class StudyConfig(Section):
             raise ValueError("the schedules section is for model.backbone loopformer only")
         if looped and self.looping.window[0] > self.looping.window[1]:
             raise ValueError(f"looping.window {self.looping.window}: expected [a, b] with a <= b")
+        adaptive = self.adaptive
+        if adaptive is not None and looped and (adaptive.k_max is None or adaptive.ladder is not None):
+            raise ValueError("adaptive: a looped decoder halts its window: give k_max (and rules), not ladder")
+        if adaptive is not None and not looped and (adaptive.ladder is None or adaptive.k_max is not None):
+            raise ValueError("adaptive: LoopFormer climbs a ladder of M: give ladder, not k_max")
         if looped and self.sft.lora is not None:
             raise ValueError("sft.lora is for LoopFormer only (the looped decoder trains every weight)")
         if looped:  # every loop count of every grid must make a valid LoopSpec (strategy, hyperparameters)

@@ -277,6 +277,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "check": ("seed", "model", "data", "checks", "looping"),
     "sft": ("seed", "model", "data", "sft", "looping"),
     "nll": ("seed", "model", "data", "sft", "nll", "looping", "schedules"),
+    "adaptive": ("seed", "model", "data", "sft", "nll", "looping", "adaptive"),
     "exact_match": ("seed", "model", "data", "sft", "exact_match", "looping"),
     "latency": ("seed", "model", "sft", "latency", "looping"),
     "report": (),
@@ -298,6 +299,7 @@ STAGE_SPLITS: dict[str, tuple[str, ...]] = {
     "check": ("train", "test"),
     "sft": ("train",),
     "nll": ("train", "test"),
+    "adaptive": ("train", "test"),  # nll.csv of both splits; its halting cells score the test slice
     "exact_match": ("test",),
     "latency": ("test",),
     "report": (),
@@ -308,6 +310,7 @@ BASE_ONLY_STAGES = ("check", "sft")
 CELL_NEUTRAL: dict[str, tuple[str, ...]] = {
     "sft": ("train_loops", "save_steps"),
     "nll": ("inference_loops", "bootstrap_resamples", "confidence"),
+    "adaptive": ("taus",),  # each tau is its own cell (the policy id names it)
     "exact_match": ("inference_loops",),
     "latency": ("inference_loops",),
 }
@@ -387,7 +390,7 @@ def model_output_key(ctx: RunContext, stage: str, spec: ModelSpec) -> dict[str, 
     """What one model's outputs of a stage (its sweep cells; for sft its checkpoints and
     final weights) were computed from. The model an SFT run *reads* is the base."""
     source = ctx.base_spec if stage == "sft" else spec
-    settings = ctx.config.model_dump(mode="json")[stage]
+    settings = ctx.config.model_dump(mode="json")[stage] or {}  # an optional section may be absent
     return {
         "stage": stage,
         "seed": ctx.config.seed,

@@ -30,6 +30,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -216,3 +217,92 @@ def parse_loopformer_policy(text: str) -> UniformLoops | StepSchedule:
     except ValueError as error:
         raise ValueError(f"policy {text!r}: {error}") from None
     raise ValueError(f"policy {text!r}: expected M<loops> (e.g. M8) or sched-<steps> (e.g. sched-0.5-0.25-0.25)")
+
+
+# ---- halting policies: depth chosen per input (study.models.adaptive runs them) -----------
+
+HALTING_RULES = ("residual", "kl")
+
+
+def _check_tau(tau: float) -> None:
+    if isinstance(tau, bool) or not isinstance(tau, int | float) or not math.isfinite(tau) or tau < 0:
+        raise ValueError(f"halting threshold tau must be a finite number >= 0, got {tau!r}")
+
+
+@dataclass(frozen=True)
+class HaltingWindow(DepthPolicy):
+    """A looped decoder that stops iterating its window per row, at most ``spec.loops``
+    (K_max) times. The signal is measured on the row's prompt only (never on the tokens
+    it is scored on): ``residual`` stops once ||x_k - x_{k-1}|| / ||x_{k-1}|| < tau over
+    the prompt positions; ``kl`` once KL(p_k || p_{k-1}) < tau, with p the LM head's
+    reading (final norm + head) of the window state at the last prompt position.
+    tau = 0 never stops early: the policy is then ``LoopedWindow(spec)`` exactly."""
+
+    spec: LoopSpec  # without halt_tau: the halting rule here replaces the spec's own
+    rule: str
+    tau: float
+    backbone: ClassVar[str] = LOOPED_DECODER
+
+    def __post_init__(self) -> None:
+        from study.looping.strategies import STRATEGIES
+
+        if self.rule not in HALTING_RULES:
+            raise ValueError(f"halting rule must be one of {', '.join(HALTING_RULES)}, got {self.rule!r}")
+        _check_tau(self.tau)
+        if self.spec.halt_tau is not None:
+            raise ValueError("HaltingWindow takes a spec without halt_tau (the policy's rule halts)")
+        if not STRATEGIES[self.spec.strategy].halts or self.spec.mode != "block":
+            raise ValueError(f"strategy {self.spec.strategy} in {self.spec.mode} mode cannot halt per row")
+
+    @property
+    def id(self) -> str:
+        return f"{self.spec.id}-{self.rule}{self.tau:g}"
+
+    @property
+    def inference_loops(self) -> int:
+        return self.spec.loops
+
+    @property
+    def halting(self) -> Any | None:
+        return (self.rule, self.tau)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "loop_spec": self.spec.to_settings(), "rule": self.rule, "tau": self.tau}
+
+
+@dataclass(frozen=True)
+class RungLadder(DepthPolicy):
+    """LoopFormer with M chosen per input from a ladder (e.g. 2, 4, 8, 16): run the
+    first rung, then each next one while KL(p_M || p_previous) >= tau on the
+    distribution of the first answer token (the last prompt position), and score the
+    answer at the rung it stopped on. Every rung run counts as cost: stopping at 8
+    costs 2 + 4 + 8 loops. tau = 0 climbs to the top rung: ``UniformLoops(ladder[-1])``'s
+    NLL at the cost of the whole ladder."""
+
+    ladder: tuple[int, ...]
+    tau: float
+    backbone: ClassVar[str] = LOOPFORMER
+
+    def __post_init__(self) -> None:
+        ladder = tuple(self.ladder)
+        object.__setattr__(self, "ladder", ladder)
+        if len(ladder) < 2 or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ladder):
+            raise ValueError(f"a ladder needs at least two positive loop counts, got {list(ladder)}")
+        if any(b <= a for a, b in pairwise(ladder)):
+            raise ValueError(f"ladder rungs must increase, got {list(ladder)}")
+        _check_tau(self.tau)
+
+    @property
+    def id(self) -> str:
+        return "ladder-" + "-".join(str(m) for m in self.ladder) + f"-kl{self.tau:g}"
+
+    @property
+    def inference_loops(self) -> int:
+        return sum(self.ladder)  # the most it may cost
+
+    @property
+    def halting(self) -> Any | None:
+        return ("kl", self.tau)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "ladder": list(self.ladder), "rule": "kl", "tau": self.tau}

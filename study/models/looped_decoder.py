@@ -61,6 +61,9 @@ class LoopedDecoder(nn.Module):
             raise ValueError("cache_strategy 'none' needs a layer outside the window to hold the cache")
         self.kv_layer = 0 if self.window_keeps_kv else outside[0]
         self._decode_calls = 0  # decode calls since the last prefill (for decode_mode first_n)
+        # builds the halting rule of each loop from the row mask; a per-input halting policy
+        # (study.models.adaptive) replaces it with its own rule
+        self.make_halting = lambda token_mask: Halting(spec.halt_tau, spec.halt_scope, token_mask)
 
     @property
     def config(self):
@@ -167,7 +170,7 @@ class LoopedDecoder(nn.Module):
         def run(g: Pass, x: Tensor, **extra: Pass) -> tuple[Tensor, Tensor]:
             if not strategy.halts:
                 return strategy.rule(g, x, spec.loops, **hp, **extra), every_loop
-            halt = Halting(spec.halt_tau, spec.halt_scope, token_mask)
+            halt = self.make_halting(token_mask)
             return strategy.rule(g, x, spec.loops, **hp, halt=halt), halt.executed.float()
 
         if strategy.over_layers:

@@ -1352,6 +1352,9 @@ def render_report(results: Results, figures: dict[str, Path | None], figures_rel
     lines += _latency_section(results, figures, figures_rel)
     lines += _sft_section(results, figures, figures_rel)
     lines += _schedules_section(results, figures, figures_rel)
+    from study.report.adaptive import adaptive_section  # the adaptive stage's section
+
+    lines += adaptive_section(results.run_dir, figures_rel)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -1359,6 +1362,9 @@ def write_report(results: Results, figures_dir: Path | None = None) -> Path:
     """Write every drawable figure (PNG + PDF) and ``report.md`` into the run directory."""
     figures_dir = Path(figures_dir) if figures_dir is not None else results.run_dir / "figures"
     figures = write_figures(results, figures_dir)
+    from study.report.adaptive import write_adaptive_figures
+
+    write_adaptive_figures(results.run_dir, figures_dir)
     relative = Path(os.path.relpath(figures_dir, results.run_dir)).as_posix()
     path = results.run_dir / "report.md"
     atomic_write_text(path, render_report(results, figures, relative))

@@ -144,7 +144,8 @@ def score_continuations(
         input_ids = torch.zeros((len(rows), width), dtype=torch.long)
         for r, example in enumerate(rows):
             input_ids[r, : len(example.input_ids) - 1] = torch.tensor(example.input_ids[:-1])
-        hidden, executed = runner.hidden(input_ids.to(device))  # [B, T, H], [B]
+        prompt_lengths = torch.tensor([e.answer_start for e in rows])  # a halting policy decides from these
+        hidden, executed = runner.hidden(input_ids.to(device), prompt_lengths)  # [B, T, H], [B]
         # token t (t >= answer_start) is predicted by the hidden state at t - 1
         counts = [len(e.input_ids) - e.answer_start for e in rows]
         row_index = torch.cat([torch.full((count,), r) for r, count in enumerate(counts)])

@@ -1,0 +1,125 @@
+"""The per-example depth oracle: the best NLL any per-input depth rule could reach.
+
+Given every example's summed NLL at every fixed depth (the fixed-depth sweep), an
+oracle picks one depth per example. Unconstrained it takes each example's best
+depth; under a compute budget (mean executed loops per example at most B) it solves
+the multiple-choice knapsack exactly by dynamic programming over the total loop
+count, so its NLL at a budget is never above any fixed depth that fits the budget
+(a fixed depth is one of the choices it weighs). Loop counts are integers, so the
+table has ``examples * max(loops) + 1`` entries: 300 examples at 16 loops is 4,801.
+
+The headline NLL is token-weighted (sum of NLL over sum of tokens), as in the NLL
+stage; an example's token count does not depend on depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class OracleChoice:
+    """One oracle selection: each example's depth index, and what it costs and scores."""
+
+    depth_index: np.ndarray  # (examples,) index into the depth axis
+    mean_loops: float  # executed loops averaged over examples
+    nll_per_token: float
+
+
+def _finite(nll: np.ndarray, tokens: np.ndarray, loops: np.ndarray) -> None:
+    if nll.ndim != 2 or nll.shape != (len(tokens), len(loops)):
+        raise ValueError(f"nll must be (examples, depths) = ({len(tokens)}, {len(loops)}); got {nll.shape}")
+    if not np.all(np.isfinite(nll)):
+        raise ValueError("oracle: the per-example NLL holds NaN or inf; refusing to pick depths from it")
+    if np.any(tokens <= 0) or np.any(loops <= 0):
+        raise ValueError("oracle: token counts and loop counts must be positive")
+
+
+def _choice(nll: np.ndarray, tokens: np.ndarray, loops: np.ndarray, depth_index: np.ndarray) -> OracleChoice:
+    rows = np.arange(len(depth_index))
+    return OracleChoice(
+        depth_index=depth_index,
+        mean_loops=float(loops[depth_index].mean()),
+        nll_per_token=float(nll[rows, depth_index].sum() / tokens.sum()),
+    )
+
+
+def best_per_example(nll: np.ndarray, tokens: np.ndarray, loops: np.ndarray) -> OracleChoice:
+    """Each example's lowest-NLL depth (the cheapest one on ties)."""
+    nll, tokens, loops = np.asarray(nll, float), np.asarray(tokens, float), np.asarray(loops, int)
+    _finite(nll, tokens, loops)
+    # sort depths by cost so argmin's first-index rule breaks ties towards fewer loops
+    order = np.argsort(loops, kind="stable")
+    return _choice(nll, tokens, loops, order[np.argmin(nll[:, order], axis=1)])
+
+
+def oracle_frontier(nll: np.ndarray, tokens: np.ndarray, loops: np.ndarray) -> list[OracleChoice]:
+    """The exact budgeted oracle at every total-loop budget where it improves: a
+    staircase from the all-cheapest assignment to the unconstrained best, each point
+    the lowest total NLL reachable with at most that many loops in total."""
+    nll, tokens, loops = np.asarray(nll, float), np.asarray(tokens, float), np.asarray(loops, int)
+    _finite(nll, tokens, loops)
+    examples, depths = nll.shape
+    capacity = examples * int(loops.max()) + 1
+    best = np.zeros(capacity)  # best[c]: lowest summed NLL of the examples so far using exactly c loops
+    best[1:] = np.inf
+    picks = np.zeros((examples, capacity), dtype=np.int16)  # the depth example i took to reach c
+    for i in range(examples):
+        candidates = np.full((depths, capacity), np.inf)
+        for d in range(depths):
+            candidates[d, loops[d] :] = best[: capacity - loops[d]] + nll[i, d]
+        picks[i] = np.argmin(candidates, axis=0)
+        best = candidates[picks[i], np.arange(capacity)]
+
+    frontier, lowest = [], np.inf
+    for total in range(capacity):
+        if np.isfinite(best[total]) and (not frontier or best[total] < lowest - 1e-12 * abs(lowest)):
+            lowest = best[total]
+            frontier.append(_choice(nll, tokens, loops, _trace(picks, loops, total)))
+    return frontier
+
+
+def _trace(picks: np.ndarray, loops: np.ndarray, total: int) -> np.ndarray:
+    chosen = np.empty(len(picks), dtype=int)
+    for i in range(len(picks) - 1, -1, -1):
+        chosen[i] = picks[i, total]
+        total -= int(loops[chosen[i]])
+    return chosen
+
+
+def oracle_at_budget(frontier: list[OracleChoice], mean_loops: float) -> OracleChoice:
+    """The frontier's best point whose mean loops fit ``mean_loops`` (the cheapest point
+    when none does)."""
+    fitting = [p for p in frontier if p.mean_loops <= mean_loops + 1e-9]
+    return fitting[-1] if fitting else frontier[0]
+
+
+def paired_gap_ci(
+    nll_a: np.ndarray, nll_b: np.ndarray, tokens: np.ndarray, resamples: int, confidence: float, seed: int
+) -> tuple[float, float, float]:
+    """NLL per token of A minus B on the same examples, with a paired percentile
+    bootstrap CI (examples resampled together)."""
+    nll_a, nll_b, tokens = (np.asarray(v, float) for v in (nll_a, nll_b, tokens))
+    if not (np.all(np.isfinite(nll_a)) and np.all(np.isfinite(nll_b))):
+        raise ValueError("paired gap: NLL holds NaN or inf")
+
+    def gap(a: np.ndarray, b: np.ndarray, t: np.ndarray, axis: int = -1) -> np.ndarray:
+        return (np.sum(a, axis=axis) - np.sum(b, axis=axis)) / np.sum(t, axis=axis)
+
+    point = float(gap(nll_a, nll_b, tokens))
+    if len(tokens) < 2 or np.all(nll_a == nll_b):
+        return point, point, point  # nothing to resample, or no difference at all
+    result = stats.bootstrap(
+        (nll_a, nll_b, tokens),
+        gap,
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return point, float(result.confidence_interval.low), float(result.confidence_interval.high)

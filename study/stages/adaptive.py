@@ -1,0 +1,204 @@
+"""Adaptive stage: fixed or per-input depth? Halting policies against the best fixed
+depth and the per-example oracle, on the fixed-depth sweep's examples.
+
+Inputs: ``results/nll.csv`` (the NLL stage: every example's summed NLL at every fixed
+depth of ``nll.inference_loops``, both splits) and the ``adaptive`` config section.
+Each halting policy (``adaptive.taus`` x the ladder for LoopFormer, x ``adaptive.rules``
+for a looped decoder) is one NLL cell per model on the test slice, scored by the NLL
+stage's scorer through the one sweep-cell loop (``results/cells/adaptive/``: resumes,
+is fingerprinted by its examples and policy id). Outputs:
+
+- ``adaptive.csv``: per (model, split) every fixed depth (kind ``fixed``), ``best_fixed``,
+  ``oracle`` (each example at its own best depth) and, on the test split, every halting
+  policy: mean executed loops, NLL per token with its bootstrap CI, the paired gap to
+  the best fixed depth and to the best fixed depth that fits the same mean loops
+  (equal compute), each with a paired-bootstrap CI, and the oracle's NLL at that budget;
+- ``oracle_frontier.csv``: the exact budgeted oracle (``study.looping.oracle``) per
+  (model, split): the lowest NLL any per-example depth choice reaches at each mean-loops
+  budget;
+- ``adaptive_depths.csv``: per example, the depth each selector chose (oracle: its best
+  fixed depth; a halting policy: the depth it stopped at) and the loops it cost;
+- ``figures/adaptive_frontier.png`` and ``figures/adaptive_depths.png``.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import accumulate
+
+import numpy as np
+
+from study.io import atomic_write_csv, read_csv
+from study.looping.oracle import best_per_example, oracle_at_budget, oracle_frontier, paired_gap_ci
+from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, RungLadder
+from study.pipeline import RunContext, StudyError
+from study.stages.nll import SPLITS, NLLStore, ratio_ci, score_cell
+from study.stages.sweep import Cell, Loaded, Sweep
+
+ADAPTIVE_COLUMNS = (
+    "model", "split", "policy", "kind", "detail", "tau", "mean_loops", "nll_per_token", "ci_low", "ci_high",
+    "gap_to_best_fixed", "gap_ci_low", "gap_ci_high", "equal_compute_fixed", "gap_to_equal_compute",
+    "equal_ci_low", "equal_ci_high", "oracle_nll_at_budget",
+)  # fmt: skip
+FRONTIER_COLUMNS = ("model", "split", "mean_loops", "nll_per_token")
+DEPTH_COLUMNS = ("model", "split", "policy", "example_id", "chosen_depth", "executed_loops")
+HALTING_SPLIT = "test"
+
+
+def halting_policies(ctx: RunContext) -> list[DepthPolicy]:
+    """The config's halting policies, one per (rule, tau)."""
+    section = ctx.config.adaptive
+    if section is None:
+        return []
+    if not ctx.looped_decoder:
+        return [RungLadder(tuple(section.ladder), tau) for tau in section.taus]
+    window: LoopedWindow = ctx.loop_family.policy(section.k_max)
+    return [HaltingWindow(window.spec, rule, tau) for rule in section.rules for tau in section.taus]
+
+
+def chosen_depth(policy: DepthPolicy, executed: float) -> float:
+    """The depth a halting policy stopped at, from the loops it cost: for a ladder the rung
+    whose prefix sum is the cost, for a looped window the loops themselves."""
+    if isinstance(policy, RungLadder):
+        sums = list(accumulate(policy.ladder))
+        return float(policy.ladder[sums.index(round(executed))])
+    return float(executed)
+
+
+def fixed_depth_table(ctx: RunContext, name: str, split: str, example_ids: list[int]):
+    """(policy ids, loops [D], summed NLL [N, D], tokens [N]) of one model and split from nll.csv."""
+    path = ctx.results_path("nll.csv")
+    if not path.is_file():
+        raise StudyError(f"adaptive: {path} is missing; run the nll stage first")
+    rows = [r for r in read_csv(path) if r["model"] == name and r["split"] == split]
+    policies = sorted({r["policy"] for r in rows}, key=lambda p: int(next(r for r in rows if r["policy"] == p)[
+        "inference_loops"]))  # fmt: skip
+    by = {(r["policy"], int(r["example_id"])): r for r in rows}
+    try:
+        nll = np.array([[float(by[p, i]["nll_sum"]) for p in policies] for i in example_ids])
+        tokens = np.array([int(by[policies[0], i]["answer_tokens"]) for i in example_ids])
+        loops = np.array([int(by[p, example_ids[0]]["inference_loops"]) for p in policies])
+    except (KeyError, IndexError):
+        problem = f"lacks {name}/{split} examples of this config; rerun the nll stage"
+        raise StudyError(f"adaptive: {path} {problem}") from None
+    if not np.all(np.isfinite(nll)):
+        raise StudyError(f"adaptive: {path} holds non-finite NLL for {name}/{split}; refusing to pick depths")
+    return policies, loops, nll, tokens
+
+
+def run(ctx: RunContext) -> None:
+    config = ctx.config.nll
+    examples = {split: ctx.examples(subset) for split, subset in SPLITS.items()}
+    example_ids = {split: [e.id for e in subset] for split, subset in examples.items()}
+    specs = ctx.model_specs()
+    for spec in specs:  # fail before any cell is computed when the sweep is missing or stale
+        for split in SPLITS:
+            fixed_depth_table(ctx, spec.name, split, example_ids[split])
+    policies = halting_policies(ctx)
+    cells = [Cell(spec, policy, HALTING_SPLIT) for spec in specs for policy in policies]
+
+    def compute(cell: Cell, loaded: Loaded, progress) -> list[dict]:
+        return score_cell(cell, loaded, examples[cell.split], config.batch_size, progress)
+
+    def describe(cell: Cell, rows: list[dict]) -> str:
+        nll = sum(r["nll_sum"] for r in rows) / sum(r["answer_tokens"] for r in rows)
+        return f"{nll:.4f} nats/token at {np.mean([r['executed_loops'] for r in rows]):.2f} loops"
+
+    values = Sweep(ctx, "adaptive", NLLStore(example_ids), compute, describe).run(cells)
+    if values is None:  # another process aggregates
+        return
+    halting = {(c.model.name, c.policy.id): (c.policy, rows) for c, rows in values.items()}
+    rows, frontier_rows, depth_rows = [], [], []
+    for spec in specs:
+        for split in SPLITS:
+            ids = example_ids[split]
+            found = [halting[spec.name, p.id] for p in policies] if split == HALTING_SPLIT else []
+            summary = summarize(ctx, spec.name, split, ids, found)
+            rows += summary.rows
+            frontier_rows += summary.frontier
+            depth_rows += summary.depths
+    atomic_write_csv(ctx.results_path("adaptive.csv"), rows, ADAPTIVE_COLUMNS)
+    atomic_write_csv(ctx.results_path("oracle_frontier.csv"), frontier_rows, FRONTIER_COLUMNS)
+    atomic_write_csv(ctx.results_path("adaptive_depths.csv"), depth_rows, DEPTH_COLUMNS)
+    from study.report.adaptive import write_adaptive_figures
+
+    write_adaptive_figures(ctx.run_dir, ctx.figures_dir)
+
+
+class Summary:
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.frontier: list[dict] = []
+        self.depths: list[dict] = []
+
+
+def summarize(
+    ctx: RunContext, name: str, split: str, ids: list[int], halting: list[tuple[DepthPolicy, list[dict]]]
+) -> Summary:
+    """One (model, split)'s rows of the three results files."""
+    resamples, confidence, seed = ctx.config.nll.bootstrap_resamples, ctx.config.nll.confidence, ctx.config.seed
+    policies, loops, nll, tokens = fixed_depth_table(ctx, name, split, ids)
+    fixed_nll = nll.sum(0) / tokens.sum()
+    best = int(np.argmin(fixed_nll))
+    frontier = oracle_frontier(nll, tokens, loops)
+    out = Summary()
+    out.frontier = [{"model": name, "split": split, "mean_loops": p.mean_loops, "nll_per_token": p.nll_per_token}
+                    for p in frontier]  # fmt: skip
+
+    def row(policy: str, kind: str, detail: str, tau: float | None, mean_loops: float, per_example: np.ndarray):
+        ci = ratio_ci(per_example, tokens, resamples, confidence, seed)
+        gap = paired_gap_ci(per_example, nll[:, best], tokens, resamples, confidence, seed)
+        fitting = [d for d in range(len(loops)) if loops[d] <= mean_loops + 1e-9]
+        equal = min(fitting, key=lambda d: fixed_nll[d]) if fitting else None
+        equal_gap = (
+            paired_gap_ci(per_example, nll[:, equal], tokens, resamples, confidence, seed)
+            if equal is not None else ("", "", "")
+        )  # fmt: skip
+        out.rows.append(
+            {
+                "model": name, "split": split, "policy": policy, "kind": kind, "detail": detail,
+                "tau": "" if tau is None else tau, "mean_loops": mean_loops,
+                "nll_per_token": float(per_example.sum() / tokens.sum()), "ci_low": ci[0], "ci_high": ci[1],
+                "gap_to_best_fixed": gap[0], "gap_ci_low": gap[1], "gap_ci_high": gap[2],
+                "equal_compute_fixed": "" if equal is None else policies[equal],
+                "gap_to_equal_compute": equal_gap[0], "equal_ci_low": equal_gap[1], "equal_ci_high": equal_gap[2],
+                "oracle_nll_at_budget": oracle_at_budget(frontier, mean_loops).nll_per_token,
+            }
+        )  # fmt: skip
+
+    for d, policy in enumerate(policies):
+        row(policy, "fixed", policy, None, float(loops[d]), nll[:, d])
+    row("best_fixed", "best_fixed", policies[best], None, float(loops[best]), nll[:, best])
+    oracle = best_per_example(nll, tokens, loops)
+    rows_index = np.arange(len(ids))
+    row("oracle", "oracle", "each example at its best fixed depth", None, oracle.mean_loops,
+        nll[rows_index, oracle.depth_index])  # fmt: skip
+    for i, example_id in enumerate(ids):
+        depth = int(loops[oracle.depth_index[i]])
+        out.depths.append({"model": name, "split": split, "policy": "oracle", "example_id": example_id,
+                           "chosen_depth": depth, "executed_loops": depth})  # fmt: skip
+    for policy, cell_rows in halting:
+        if [r["example_id"] for r in cell_rows] != ids:
+            raise StudyError(f"adaptive: cell {name}/{policy.id} is for other examples; delete it and rerun")
+        per_example = np.array([r["nll_sum"] for r in cell_rows])
+        executed = np.array([r["executed_loops"] for r in cell_rows])
+        if not (np.all(np.isfinite(per_example)) and np.all(np.isfinite(executed))):
+            raise StudyError(f"adaptive: cell {name}/{policy.id} holds non-finite values; refusing to summarize")
+        rule, tau = policy.halting
+        row(policy.id, "halting", rule, float(tau), float(executed.mean()), per_example)
+        for example_id, cost in zip(ids, executed, strict=True):
+            out.depths.append(
+                {
+                    "model": name,
+                    "split": split,
+                    "policy": policy.id,
+                    "example_id": example_id,
+                    "chosen_depth": chosen_depth(policy, float(cost)),
+                    "executed_loops": float(cost),
+                }
+            )
+    for r in out.rows:  # NaN is an error, never a number in the results
+        for key in ("mean_loops", "nll_per_token", "gap_to_best_fixed"):
+            if not math.isfinite(r[key]):
+                raise StudyError(f"adaptive: {name}/{split}/{r['policy']}: {key} is not finite")
+    return out

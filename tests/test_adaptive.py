@@ -1,0 +1,206 @@
+"""Per-input depth: halting policies, their cost accounting, the adaptive stage and its figure."""
+
+from __future__ import annotations
+
+import math
+from itertools import pairwise
+
+import numpy as np
+import pytest
+import torch
+
+from study.config import AdaptiveConfig, ConfigError, load_config
+from study.io import read_csv
+from study.looping.policies import HaltingWindow, LoopedWindow, RungLadder, UniformLoops
+from study.looping.spec import LoopSpec
+from study.models.adaptive import kl_rows
+from study.models.backbones import bind
+from study.pipeline import StudyError
+from study.stages import adaptive, nll
+from study.stages.adaptive import ADAPTIVE_COLUMNS
+from tests.helpers_looped import tiny_llama
+from tests.helpers_sweep import make_context, one_thread, tiny_model
+
+SPEC = LoopSpec(window=(2, 3), loops=6, strategy="euler")
+
+
+def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 1000, (3, 20), generator=generator), torch.tensor([10, 14, 7])
+
+
+@pytest.fixture(scope="module")
+def loopformer():
+    return tiny_model(seed=3)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_llama(0)
+
+
+@torch.inference_mode()
+def test_tau_zero_reproduces_the_fixed_cap_on_both_backbones(loopformer, llama):
+    ids, prompts = batch()
+    with one_thread():
+        hidden, cost = bind(loopformer, RungLadder((2, 4, 8), 0.0)).hidden(ids, prompts)
+        fixed, _ = bind(loopformer, UniformLoops(8)).hidden(ids)
+        assert torch.equal(hidden, fixed)
+        assert cost.tolist() == [14.0] * 3  # every rung was run and paid for
+        window, _ = bind(llama, LoopedWindow(SPEC)).hidden(ids)
+        for rule in ("residual", "kl"):
+            hidden, executed = bind(llama, HaltingWindow(SPEC, rule, 0.0)).hidden(ids, prompts)
+            assert torch.equal(hidden, window), rule
+            assert executed.tolist() == [6.0] * 3
+
+
+@torch.inference_mode()
+def test_ladder_stops_where_successive_rungs_agree_and_pays_every_rung(loopformer):
+    """The rule and the cost, recomputed by hand from the fixed-M logits of each row alone."""
+    ids, prompts = batch(1)
+    ladder = (1, 2, 4, 8)
+    with one_thread():
+        logits = {
+            m: loopformer(ids, num_loops=m).logits[torch.arange(3), prompts - 1] for m in ladder
+        }  # [B, V] at the last prompt position
+        kls = {b: kl_rows(logits[b], logits[a]) for a, b in pairwise(ladder)}
+        tau = float(torch.stack(list(kls.values())).median())  # some rows stop early, some climb on
+        expected_cost, expected_rung = [], []
+        for r in range(3):
+            stop = next((b for b in ladder[1:] if kls[b][r] < tau), ladder[-1])
+            expected_rung.append(stop)
+            expected_cost.append(float(sum(m for m in ladder if m <= stop)))
+        runner = bind(loopformer, RungLadder(ladder, tau))
+        hidden, cost = runner.hidden(ids, prompts)
+    assert cost.tolist() == expected_cost
+    assert len(set(expected_rung)) > 1  # the test separates rows that stop from rows that go on
+    for r, rung in enumerate(expected_rung):  # each row is scored at its own rung
+        torch.testing.assert_close(hidden[r], loopformer.gpt(ids[r : r + 1], num_loops=rung).last_hidden_state[0])
+
+
+@torch.inference_mode()
+def test_window_halting_is_per_row_and_stops_early(llama):
+    ids, prompts = batch(2)
+    with one_thread():
+        for rule, tau in (("residual", 0.16), ("kl", 3e-4)):
+            runner = bind(llama, HaltingWindow(SPEC, rule, tau))
+            hidden, executed = runner.hidden(ids, prompts)
+            assert executed.min() < SPEC.loops and len(set(executed.tolist())) > 1, rule  # rows stop apart
+            # alone, without padding: the same depth and the same states on its real tokens
+            for r in range(3):
+                width = int(prompts[r]) + 3
+                alone, count = runner.hidden(ids[r : r + 1, :width], prompts[r : r + 1])
+                assert count.item() == executed[r].item(), (rule, r)
+                torch.testing.assert_close(alone[0], hidden[r, :width], rtol=1e-4, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_window_halting_decides_from_the_prompt_only(llama):
+    """Replacing the tokens after the prompt (by a longer run of one repeated token)
+    changes nothing about a row's depth."""
+    ids, prompts = batch(3)
+    other = torch.zeros((3, 40), dtype=torch.long)
+    for r in range(3):
+        other[r, : prompts[r]] = ids[r, : prompts[r]]
+    with one_thread():
+        for rule, taus in (("residual", (0.14, 0.16, 0.18)), ("kl", (1e-4, 3e-4))):
+            for tau in taus:
+                runner = bind(llama, HaltingWindow(SPEC, rule, tau))
+                assert torch.equal(runner.hidden(ids, prompts)[1], runner.hidden(other, prompts)[1]), (rule, tau)
+
+
+def test_halting_policies_refuse_bad_thresholds():
+    for tau in (float("nan"), float("inf"), -0.1):
+        with pytest.raises(ValueError, match="tau"):
+            RungLadder((2, 4), tau)
+        with pytest.raises(ValueError, match="tau"):
+            HaltingWindow(SPEC, "kl", tau)
+    with pytest.raises(ValueError, match="increase"):
+        RungLadder((4, 2), 0.1)
+    with pytest.raises(ConfigError, match="adaptive"):
+        load_config("smoke", ["adaptive.taus=[.nan]"])
+    with pytest.raises(ConfigError, match="give ladder"):
+        load_config("smoke", ["adaptive.k_max=4"])
+    with pytest.raises(ConfigError, match="give k_max"):
+        load_config("smol-smoke", ["adaptive.ladder=[2,4]"])
+    assert RungLadder((2, 4, 8), 0.01).id == "ladder-2-4-8-kl0.01"
+
+
+@pytest.fixture(scope="module")
+def stage_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("adaptive")
+    ctx = make_context(tmp_path, nll_loops=(1, 2, 4), sft_loops=(2,))
+    ctx.config = ctx.config.model_copy(update={"adaptive": AdaptiveConfig(ladder=[1, 2, 4], taus=[0.0, 0.05])})
+    with one_thread():
+        nll.run(ctx)
+        adaptive.run(ctx)
+    return ctx
+
+
+def test_stage_writes_oracle_best_fixed_and_halting_rows(stage_run):
+    rows = read_csv(stage_run.results_path("adaptive.csv"))
+    assert tuple(rows[0]) == ADAPTIVE_COLUMNS
+    for model in ("base", "train2"):
+        for split in ("test", "train"):
+            kinds = {r["kind"] for r in rows if r["model"] == model and r["split"] == split}
+            assert {"fixed", "best_fixed", "oracle"} <= kinds
+        halting = [r for r in rows if r["model"] == model and r["kind"] == "halting"]
+        assert [r["policy"] for r in halting] == ["ladder-1-2-4-kl0", "ladder-1-2-4-kl0.05"]
+        fixed4 = next(r for r in rows if (r["model"], r["split"], r["policy"]) == (model, "test", "M4"))
+        assert float(halting[0]["nll_per_token"]) == float(fixed4["nll_per_token"])  # tau 0 = the top rung
+        assert float(halting[0]["mean_loops"]) == 7.0  # paid 1 + 2 + 4
+    for r in rows:
+        for key in ("mean_loops", "nll_per_token", "gap_to_best_fixed", "oracle_nll_at_budget"):
+            assert math.isfinite(float(r[key]))
+
+
+def test_stage_oracle_is_never_above_the_best_fixed_depth(stage_run):
+    rows = read_csv(stage_run.results_path("adaptive.csv"))
+    for model, split in {(r["model"], r["split"]) for r in rows}:
+        of = {r["kind"]: r for r in rows if r["model"] == model and r["split"] == split and r["kind"] != "fixed"}
+        assert float(of["oracle"]["nll_per_token"]) <= float(of["best_fixed"]["nll_per_token"]) + 1e-12
+        assert float(of["oracle"]["gap_to_best_fixed"]) <= 1e-12
+        fixed = [r for r in rows if r["model"] == model and r["split"] == split and r["kind"] == "fixed"]
+        assert float(of["best_fixed"]["nll_per_token"]) == min(float(r["nll_per_token"]) for r in fixed)
+    frontier = read_csv(stage_run.results_path("oracle_frontier.csv"))
+    assert frontier and all(np.diff([float(r["nll_per_token"]) for r in frontier if r["model"] == "base"
+                                     and r["split"] == "test"]) < 0)  # fmt: skip
+
+
+def test_stage_figure_has_fixed_oracle_and_halting_lines(stage_run):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from study.report.adaptive import plot_adaptive_depths, plot_adaptive_frontier
+
+    results = stage_run.results_dir
+    frame, frontier = pd.read_csv(results / "adaptive.csv"), pd.read_csv(results / "oracle_frontier.csv")
+    figure = plot_adaptive_frontier(frame, frontier)
+    assert len(figure.axes) == 2
+    for ax in figure.axes:
+        labels = [text.get_text() for text in ax.get_legend().get_texts()]
+        assert labels == ["fixed depth", "oracle", "halting: kl (tau sweep)"]
+        assert len(ax.get_lines()[2].get_xdata()) == 2  # one point per tau
+    plt.close(figure)
+    figure = plot_adaptive_depths(frame, pd.read_csv(results / "adaptive_depths.csv"))
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert labels[0] == "oracle" and labels[1].startswith("ladder-")
+    plt.close(figure)
+    assert (stage_run.figures_dir / "adaptive_frontier.png").is_file()
+
+
+def test_stage_refuses_non_finite_sweep(stage_run, tmp_path):
+    path = stage_run.results_path("nll.csv")
+    original = path.read_bytes()
+    before = stage_run.results_path("adaptive.csv").read_bytes()
+    try:
+        text = original.decode().splitlines()
+        header = text[0].split(",")
+        cells = text[1].split(",")
+        cells[header.index("nll_sum")] = "nan"
+        path.write_text("\n".join([text[0], ",".join(cells), *text[2:]]) + "\n")
+        with pytest.raises(StudyError, match="non-finite"):
+            adaptive.run(stage_run)
+        assert stage_run.results_path("adaptive.csv").read_bytes() == before  # nothing changed
+    finally:
+        path.write_bytes(original)
