@@ -133,7 +133,9 @@ def load_gsm8k(source: Literal["bundled", "hub"] = "bundled", directory: Path | 
         parts = {}
         for split in SPLITS:
             rows = load_dataset(*HUB_DATASET, split=split)
-            parts[split] = _validated(split, [(f"{HUB_DATASET[0]}[{split}][{i}]", dict(r)) for i, r in enumerate(rows)])
+            parts[split] = _validated(
+                split, [(f"{HUB_DATASET[0]}[{split}][{i}]", dict(r)) for i, r in enumerate(rows)]
+            )
     else:
         folder = directory or BUNDLED_DIR
         parts = {split: read_jsonl(folder / f"{split}.jsonl", split) for split in SPLITS}

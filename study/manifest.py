@@ -37,10 +37,7 @@ def git_commit() -> str | None:
     if result.returncode != 0:
         return None
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True,
         check=False,
     ).stdout.strip()
     return result.stdout.strip() + ("-dirty" if dirty else "")

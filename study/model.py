@@ -95,7 +95,9 @@ class LoopFormerConfig(PretrainedConfig):
         )
 
 
-def resolve_schedule(schedule: Sequence[float] | None, num_loops: int | None, default_loops: int) -> list[float]:
+def resolve_schedule(
+    schedule: Sequence[float] | None, num_loops: int | None, default_loops: int
+) -> list[float]:
     """The step sizes a forward pass runs: ``schedule`` if given, else ``num_loops``
     uniform steps, else ``default_loops`` uniform steps."""
     if schedule is not None and num_loops is not None:
@@ -124,12 +126,16 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, n_embd: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(self.frequency_dim, n_embd), nn.SiLU(), nn.Linear(n_embd, n_embd))
+        self.mlp = nn.Sequential(
+            nn.Linear(self.frequency_dim, n_embd), nn.SiLU(), nn.Linear(n_embd, n_embd)
+        )
 
     def forward(self, s: float) -> torch.Tensor:
         weight = self.mlp[0].weight
         half = self.frequency_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=weight.device, dtype=torch.float32) / half)
+        freqs = torch.exp(
+            -math.log(10000.0) * torch.arange(half, device=weight.device, dtype=torch.float32) / half
+        )
         angles = float(s) * freqs
         features = torch.cat([torch.cos(angles), torch.sin(angles)]).to(weight.dtype)
         return self.mlp(features[None])  # (1, n_embd): one vector shared by every sequence
@@ -189,7 +195,9 @@ class LoopBlock(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.norm_2 = nn.RMSNorm(config.n_embd, elementwise_affine=False)
         self.mlp = MLP(config)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.n_embd, 4 * config.n_embd, bias=True))
+        self.adaLN_modulation = nn.Sequential(
+            nn.SiLU(), nn.Linear(config.n_embd, 4 * config.n_embd, bias=True)
+        )
 
     def forward(
         self,
@@ -233,7 +241,9 @@ class LoopFormerPreTrainedModel(PreTrainedModel):
             init.normal_(module.c_proj.weight, mean=0.0, std=std)
 
 
-def _padding_mask(attention_mask: torch.Tensor, query_length: int, past_length: int) -> torch.Tensor:
+def _padding_mask(
+    attention_mask: torch.Tensor, query_length: int, past_length: int
+) -> torch.Tensor:
     """Boolean (B, 1, T, past+T) mask: causal, padded keys hidden. A query always sees
     itself, so a padded query row is finite rather than NaN (its output is ignored)."""
     key_length = past_length + query_length
@@ -310,7 +320,9 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
             while len(cache.layers) < len(modulations) * len(blocks):
                 cache.layers.append(DynamicLayer())
         if past_length + length > self.config.block_size:
-            raise ValueError(f"sequence length {past_length + length} exceeds block_size {self.config.block_size}")
+            raise ValueError(
+                f"sequence length {past_length + length} exceeds block_size {self.config.block_size}"
+            )
 
         if position_ids is None:
             if attention_mask is not None:
@@ -447,7 +459,8 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
             problems.append(f"load errors {[_one_line(m) for m in info['error_msgs']]}")
         if problems:
             raise CheckpointError(
-                f"{pretrained_model_name_or_path}: not a LoopFormer checkpoint of this config: " + "; ".join(problems)
+                f"{pretrained_model_name_or_path}: not a LoopFormer checkpoint of this config: "
+                + "; ".join(problems)
             )
         return (model, info) if want_info else model
 
@@ -467,7 +480,9 @@ def check_local_checkpoint(folder: Path) -> None:
     except (json.JSONDecodeError, AttributeError) as error:
         raise CheckpointError(f"{config_path}: not a JSON object ({_one_line(error)})") from None
     if model_type != LoopFormerConfig.model_type:
-        raise CheckpointError(f"{config_path}: model_type is {model_type!r}, expected {LoopFormerConfig.model_type!r}")
+        raise CheckpointError(
+            f"{config_path}: model_type is {model_type!r}, expected {LoopFormerConfig.model_type!r}"
+        )
     has_safetensors = any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
     if not has_safetensors:
         pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))

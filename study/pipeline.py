@@ -183,7 +183,9 @@ class RunContext:
 
     def load_model(self, spec: ModelSpec) -> LoopFormerForCausalLM:
         try:
-            model = LoopFormerForCausalLM.from_pretrained(spec.source, revision=spec.revision, dtype=torch.float32)
+            model = LoopFormerForCausalLM.from_pretrained(
+                spec.source, revision=spec.revision, dtype=torch.float32
+            )
         except CheckpointError as error:
             raise StudyError(str(error)) from None
         except OSError as error:

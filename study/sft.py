@@ -200,7 +200,9 @@ def _parallel_on_gpus(ctx: RunContext, pending: list[int]) -> None:
 
 def run(ctx: RunContext) -> None:
     pending = [
-        loops for loops in ctx.config.sft.train_loops if not (ctx.model_dir(f"train{loops}") / "config.json").is_file()
+        loops
+        for loops in ctx.config.sft.train_loops
+        if not (ctx.model_dir(f"train{loops}") / "config.json").is_file()
     ]
     if ctx.device.type == "cuda" and torch.cuda.device_count() > 1 and len(pending) > 1:
         _parallel_on_gpus(ctx, pending)
