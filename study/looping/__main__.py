@@ -63,7 +63,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 @torch.inference_mode()
-def score(looped, examples: list[EncodedExample], batch_size: int, progress: tqdm) -> tuple[np.ndarray, ...]:
+def score(
+    looped, examples: list[EncodedExample], batch_size: int, progress: tqdm | None = None
+) -> tuple[np.ndarray, ...]:
     """Per example: summed NLL of the gold solution, its token count, and executed loops.
 
     Rows are right-padded and the padding masked, so per-row halting never sees it."""
@@ -86,7 +88,8 @@ def score(looped, examples: list[EncodedExample], batch_size: int, progress: tqd
         token_nll = F.cross_entropy(logits.float(), targets, reduction="none").double()
         for i, part, executed in zip(batch, token_nll.split(counts), out.executed_loops.tolist(), strict=True):
             nll[i], tokens[i], loops[i] = float(part.sum()), len(part), executed
-        progress.update(len(rows))
+        if progress is not None:
+            progress.update(len(rows))
     return nll, tokens, loops
 
 
