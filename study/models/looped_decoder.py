@@ -111,7 +111,8 @@ class LoopedDecoder(nn.Module):
     ) -> LoopedModelOutput:
         """Final-norm hidden states [B, T, H]: ``forward`` without the LM head.
 
-        ``attention_mask`` [B, past + T] marks real tokens (1) and padding (0).
+        ``attention_mask`` [B, past + T] marks real tokens (1) and right padding (0);
+        positions count from the first column, as in the plain model's forward.
         ``use_cache`` defaults to whether ``past_key_values`` was given; with it and no
         cache, a new ``DynamicCache`` is returned in the output."""
         inner = self.model.model
