@@ -1,0 +1,291 @@
+"""Training-free looping of a pretrained Llama/Qwen3-family decoder, as an inference wrapper.
+
+``loop_decoder(model, spec)`` returns a module that runs ``model``'s own layers in a
+different order: layers 0..a-1 once, the window a..b looped by ``spec.strategy``, then
+layers b+1..N-1, the final norm and the LM head. Nothing in ``model`` is modified, so
+the model keeps computing its own logits bit-identically beside the wrapper.
+
+The forward mirrors ``LlamaModel.forward`` of transformers 5.x (embeddings, rotary
+embeddings, ``create_causal_mask``, decoder-layer calls), so with K=1 and ``naive``
+the wrapper's logits equal the model's bit for bit. KV semantics follow the reference
+wrapper (see ``LoopSpec``); loop-body passes that must see the cached past append
+their KV to the layer's ``DynamicCache`` layer and crop it off again at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from study.looping.spec import LoopSpec
+from study.looping.strategies import STRATEGIES, Halting, Pass
+
+
+@dataclass
+class LoopedModelOutput(BaseModelOutputWithPast):
+    executed_loops: Tensor | None = None  # [B] float: loops each row ran (see LoopSpec)
+
+
+@dataclass
+class LoopedCausalLMOutput(CausalLMOutputWithPast):
+    executed_loops: Tensor | None = None  # [B] float
+
+
+class LoopedDecoder(nn.Module):
+    """A causal LM whose layer window is looped; built by ``loop_decoder``."""
+
+    def __init__(self, model: nn.Module, spec: LoopSpec) -> None:
+        super().__init__()
+        config = model.config
+        n_layers = config.num_hidden_layers
+        a, b = spec.window
+        if b >= n_layers:
+            raise ValueError(f"window {spec.window} is outside the model's {n_layers} layers (0..{n_layers - 1})")
+        if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
+            raise ValueError("models with sliding-window layers are not supported (every layer must be full attention)")
+        self.model = model
+        self.spec = spec
+        self.strategy = STRATEGIES[spec.strategy]
+        self.window = range(a, b + 1)
+        # Does the window keep KV? Not under cache_strategy "none", unless the strategy's
+        # natural pass writes it itself (layer_anchored_frozen ignores cache_strategy).
+        self.window_keeps_kv = spec.cache_strategy != "none" or self.strategy.writes_cache
+        # The cache layer whose length is the number of past tokens: one that always keeps KV.
+        outside = [i for i in range(n_layers) if i not in self.window]
+        if not self.window_keeps_kv and not outside:
+            raise ValueError("cache_strategy 'none' needs a layer outside the window to hold the cache")
+        self.kv_layer = 0 if self.window_keeps_kv else outside[0]
+        self._decode_calls = 0  # decode calls since the last prefill (for decode_mode first_n)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        past_key_values: DynamicCache | None = None,
+        use_cache: bool | None = None,
+    ) -> LoopedCausalLMOutput:
+        """Logits [B, T, V] of ``input_ids`` [B, T] (and the cache when one is used)."""
+        out = self.base_forward(input_ids, attention_mask, past_key_values, use_cache)
+        return LoopedCausalLMOutput(
+            logits=self.model.lm_head(out.last_hidden_state),
+            past_key_values=out.past_key_values,
+            executed_loops=out.executed_loops,
+        )
+
+    @torch.inference_mode()
+    def generate(self, input_ids: Tensor, max_new_tokens: int, eos_token_id: int | None = None) -> Tensor:
+        """Greedy decoding with the KV cache: ``input_ids`` [B, T] (rows of equal length,
+        no padding) -> [B, T + new]. A row that emits ``eos_token_id`` is padded with it
+        from then on; decoding stops early once every row has. Decode calls loop as
+        ``spec.decode_mode`` says."""
+        cache = DynamicCache(config=self.config)
+        logits = self(input_ids, past_key_values=cache).logits  # [B, T, V]
+        tokens = input_ids
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for step in range(max_new_tokens):
+            token = logits[:, -1].argmax(-1)  # [B]
+            if eos_token_id is not None:
+                token = token.masked_fill(finished, eos_token_id)
+                finished |= token == eos_token_id
+            tokens = torch.cat([tokens, token[:, None]], dim=1)
+            if step == max_new_tokens - 1 or bool(finished.all()):
+                break
+            logits = self(token[:, None], past_key_values=cache).logits
+        return tokens
+
+    def base_forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        past_key_values: DynamicCache | None = None,
+        use_cache: bool | None = None,
+    ) -> LoopedModelOutput:
+        """Final-norm hidden states [B, T, H]: ``forward`` without the LM head.
+
+        ``attention_mask`` [B, past + T] marks real tokens (1) and right padding (0);
+        positions count from the first column, as in the plain model's forward.
+        ``use_cache`` defaults to whether ``past_key_values`` was given; with it and no
+        cache, a new ``DynamicCache`` is returned in the output."""
+        inner = self.model.model
+        if use_cache is None:
+            use_cache = past_key_values is not None
+        cache = past_key_values
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        embeds = inner.embed_tokens(input_ids)  # [B, T, H]
+        batch, length = input_ids.shape
+        past = cache.get_seq_length(self.kv_layer) if cache is not None else 0
+        position_ids = torch.arange(past, past + length, device=input_ids.device).unsqueeze(0)  # [1, T]
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            position_ids=position_ids,
+            layer_idx=self.kv_layer,
+        )
+        window_kv = cache is not None and self.window_keeps_kv
+        window_mask = mask
+        if past > 0 and not window_kv:  # a window without KV attends within the new tokens only
+            window_mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=embeds,
+                attention_mask=None if attention_mask is None else attention_mask[:, -length:],
+                past_key_values=None,
+                position_ids=position_ids,
+            )
+        calls = _LayerCalls(
+            layers=inner.layers,
+            cache=cache,
+            mask=mask,
+            window_mask=window_mask,
+            window_kv=window_kv,
+            position_ids=position_ids,
+            position_embeddings=inner.rotary_emb(embeds, position_ids=position_ids),
+            past=past,
+            length=length,
+        )
+
+        x = embeds
+        for i in range(self.window.start):
+            x = calls.layer(i, x)
+        if past == 0:
+            self._decode_calls = 0  # a prefill: decode_mode first_n counts decode calls from here
+        else:
+            self._decode_calls += 1
+        if past > 0 and not self._loops_decode_call():
+            for i in self.window:  # bypass: the window runs once, as in the plain model
+                x = calls.layer(i, x, in_window=True)
+            executed = torch.ones(batch, device=x.device)
+        else:
+            token_mask = None if attention_mask is None else attention_mask[:, -length:]  # [B, T]
+            x, executed = self._loop(x, calls, token_mask)
+        for i in range(self.window.stop, self.config.num_hidden_layers):
+            x = calls.layer(i, x)
+        return LoopedModelOutput(
+            last_hidden_state=inner.norm(x),
+            past_key_values=cache if use_cache else None,
+            executed_loops=executed,
+        )
+
+    def _loops_decode_call(self) -> bool:
+        mode = self.spec.decode_mode
+        return mode == "full" or (mode == "first_n" and self._decode_calls <= self.spec.decode_first_n)
+
+    def _loop(self, x0: Tensor, calls: _LayerCalls, token_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The looped window on x0 [B, T, H] -> (its output [B, T, H], executed loops [B])."""
+        spec, strategy, hp = self.spec, self.strategy, self.spec.hyperparameters
+        every_loop = torch.full((x0.shape[0],), float(spec.loops), device=x0.device)
+
+        def run(g: Pass, x: Tensor, **extra: Pass) -> tuple[Tensor, Tensor]:
+            if not strategy.halts:
+                return strategy.rule(g, x, spec.loops, **hp, **extra), every_loop
+            halt = Halting(spec.halt_tau, spec.halt_scope, token_mask)
+            return strategy.rule(g, x, spec.loops, **hp, halt=halt), halt.executed.float()
+
+        if strategy.over_layers:
+            x, executed = strategy.rule([calls.body(i) for i in self.window], x0, spec.loops), every_loop
+        elif spec.mode == "block":
+            passes = [calls.body(i) for i in self.window]
+
+            def g(x: Tensor) -> Tensor:  # one pass of the whole window
+                for p in passes:
+                    x = p(x)
+                return x
+
+            x, executed = run(g, x0)
+        else:  # layer mode: each window layer loops on its own, then hands over to the next
+            x, counts = x0, []
+            for i in self.window:
+                extra = {"natural": calls.natural(i)} if strategy.writes_cache else {}
+                x, count = run(calls.body(i), x, **extra)
+                counts.append(count)
+            calls.restore_natural_kv()
+            executed = torch.stack(counts).mean(0)
+        if calls.window_kv and not strategy.writes_cache:
+            # One more pass writes the window's KV, from its input or from the loop's output.
+            h = x0 if spec.cache_strategy == "first" else x
+            for i in self.window:
+                h = calls.layer(i, h)
+        return x, executed
+
+
+@dataclass
+class _LayerCalls:
+    """Decoder-layer calls of one forward, with what they share and the window's KV rules."""
+
+    layers: nn.ModuleList
+    cache: DynamicCache | None
+    mask: Tensor | None  # causal (+ padding) mask over past + T keys; None lets SDPA use is_causal
+    window_mask: Tensor | None  # mask for window passes that read no KV
+    window_kv: bool  # the window's layers keep KV in ``cache``
+    position_ids: Tensor  # [1, T]
+    position_embeddings: tuple[Tensor, Tensor]  # rotary (cos, sin), [1, T, head_dim] each
+    past: int  # tokens already in the cache
+    length: int  # T, the new tokens
+    stashed: list[tuple[int, Tensor, Tensor]] = field(default_factory=list)  # (layer, keys, values)
+
+    def layer(self, i: int, x: Tensor, in_window: bool = False, write_kv: bool | None = None) -> Tensor:
+        """Layer i on x [B, T, H]; by default it writes KV where its layer keeps KV."""
+        keeps_kv = self.cache is not None and (self.window_kv or not in_window)
+        write_kv = keeps_kv if write_kv is None else write_kv
+        return self.layers[i](
+            x,
+            attention_mask=self.window_mask if in_window and not write_kv else self.mask,
+            position_ids=self.position_ids,
+            past_key_values=self.cache if write_kv else None,
+            use_cache=write_kv,
+            position_embeddings=self.position_embeddings,
+        )
+
+    def body(self, i: int) -> Pass:
+        """Loop-body pass of window layer i: it attends to the cached past (if any) and to
+        its own tokens, and leaves no KV behind. Without a past nothing needs the cache."""
+        if not (self.window_kv and self.past > 0):
+            return lambda x: self.layer(i, x, in_window=True, write_kv=False)
+
+        def attend_past(x: Tensor) -> Tensor:
+            y = self.layer(i, x, in_window=True, write_kv=True)
+            self.cache.layers[i].crop(-self.length)  # drop this pass's own entries again
+            return y
+
+        return attend_past
+
+    def natural(self, i: int) -> Pass:
+        """The natural pass of window layer i (layer_anchored_frozen), which writes the
+        layer's KV. During decode the entries are set aside so the body passes that follow
+        see only the past and their own tokens; ``restore_natural_kv`` puts them back."""
+        if not self.window_kv:
+            return self.body(i)
+
+        def write(x: Tensor) -> Tensor:
+            y = self.layer(i, x, in_window=True, write_kv=True)
+            if self.past > 0:
+                layer_cache = self.cache.layers[i]
+                keys = layer_cache.keys[..., -self.length :, :]  # [B, kv_heads, T, head_dim]
+                values = layer_cache.values[..., -self.length :, :]
+                self.stashed.append((i, keys, values))
+                layer_cache.crop(-self.length)
+            return y
+
+        return write
+
+    def restore_natural_kv(self) -> None:
+        for i, keys, values in self.stashed:
+            self.cache.layers[i].update(keys, values)
+        self.stashed.clear()
+
+
+def loop_decoder(model: nn.Module, spec: LoopSpec) -> LoopedDecoder:
+    """Wrap a Llama/Qwen3-family ``AutoModelForCausalLM`` (``model.model.layers``,
+    ``.rotary_emb``, ``.norm``, ``model.lm_head``) so that ``spec.window`` is looped."""
+    return LoopedDecoder(model, spec)
