@@ -6,12 +6,11 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from study.looping.strategies import STRATEGIES
+from study.looping.strategies import STRATEGIES, HaltScope
 
 Mode = Literal["block", "layer"]
 CacheStrategy = Literal["first", "last", "none"]
 DecodeMode = Literal["bypass", "full", "first_n"]
-HaltScope = Literal["row", "batch"]
 
 # Short names of hyperparameters in ``LoopSpec.id``.
 ID_NAMES = {

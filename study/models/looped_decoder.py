@@ -84,6 +84,27 @@ class LoopedDecoder(nn.Module):
             executed_loops=out.executed_loops,
         )
 
+    @torch.inference_mode()
+    def generate(self, input_ids: Tensor, max_new_tokens: int, eos_token_id: int | None = None) -> Tensor:
+        """Greedy decoding with the KV cache: ``input_ids`` [B, T] (rows of equal length,
+        no padding) -> [B, T + new]. A row that emits ``eos_token_id`` is padded with it
+        from then on; decoding stops early once every row has. Decode calls loop as
+        ``spec.decode_mode`` says."""
+        cache = DynamicCache(config=self.config)
+        logits = self(input_ids, past_key_values=cache).logits  # [B, T, V]
+        tokens = input_ids
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for step in range(max_new_tokens):
+            token = logits[:, -1].argmax(-1)  # [B]
+            if eos_token_id is not None:
+                token = token.masked_fill(finished, eos_token_id)
+                finished |= token == eos_token_id
+            tokens = torch.cat([tokens, token[:, None]], dim=1)
+            if step == max_new_tokens - 1 or bool(finished.all()):
+                break
+            logits = self(token[:, None], past_key_values=cache).logits
+        return tokens
+
     def base_forward(
         self,
         input_ids: Tensor,
@@ -93,7 +114,8 @@ class LoopedDecoder(nn.Module):
     ) -> LoopedModelOutput:
         """Final-norm hidden states [B, T, H]: ``forward`` without the LM head.
 
-        ``attention_mask`` [B, past + T] marks real tokens (1) and padding (0).
+        ``attention_mask`` [B, past + T] marks real tokens (1) and right padding (0);
+        positions count from the first column, as in the plain model's forward.
         ``use_cache`` defaults to whether ``past_key_values`` was given; with it and no
         cache, a new ``DynamicCache`` is returned in the output."""
         inner = self.model.model
