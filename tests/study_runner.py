@@ -22,6 +22,9 @@ DETERMINISTIC_RESULTS = (
     "exact_match.csv",
     "generations.jsonl",
     "schedules.csv",
+    "adaptive.csv",
+    "oracle_frontier.csv",
+    "adaptive_depths.csv",
 )
 
 
