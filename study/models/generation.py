@@ -185,9 +185,7 @@ def _generate(
         cache = preallocated_cache(model, steps, input_ids.shape[1] + budget - 1)
 
     def next_logits(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = model(
-            ids, attention_mask=mask, past_key_values=cache, use_cache=use_cache, logits_to_keep=1, **loop_kwargs
-        )
+        out = model(ids, attention_mask=mask, cache=cache, use_cache=use_cache, logits_to_keep=1, **loop_kwargs)
         return out.logits[:, -1]
 
     outputs: list[list[int]] = [[] for _ in prompts]

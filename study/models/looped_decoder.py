@@ -24,6 +24,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from study.looping.spec import LoopSpec
 from study.looping.strategies import STRATEGIES, Halting, Pass
+from study.models.hf_compat import cache_kwargs, output_cache, take_cache
 
 
 @dataclass
@@ -73,15 +74,17 @@ class LoopedDecoder(nn.Module):
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
-        past_key_values: DynamicCache | None = None,
+        cache: DynamicCache | None = None,
         use_cache: bool | None = None,
+        past_key_values: DynamicCache | None = None,
     ) -> LoopedCausalLMOutput:
-        """Logits [B, T, V] of ``input_ids`` [B, T] (and the cache when one is used)."""
-        out = self.base_forward(input_ids, attention_mask, past_key_values, use_cache)
+        """Logits [B, T, V] of ``input_ids`` [B, T] (and the cache when one is used). The
+        cache is ``cache=``, or ``past_key_values=`` as transformers before 5.24 named it."""
+        out = self.base_forward(input_ids, attention_mask, take_cache(cache, past_key_values, "forward"), use_cache)
         return LoopedCausalLMOutput(
             logits=self.model.lm_head(out.last_hidden_state),
-            past_key_values=out.past_key_values,
             executed_loops=out.executed_loops,
+            **cache_kwargs(output_cache(out)),
         )
 
     @torch.inference_mode()
@@ -91,7 +94,7 @@ class LoopedDecoder(nn.Module):
         from then on; decoding stops early once every row has. Decode calls loop as
         ``spec.decode_mode`` says."""
         cache = DynamicCache(config=self.config)
-        logits = self(input_ids, past_key_values=cache).logits  # [B, T, V]
+        logits = self(input_ids, cache=cache).logits  # [B, T, V]
         tokens = input_ids
         finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for step in range(max_new_tokens):
@@ -102,26 +105,25 @@ class LoopedDecoder(nn.Module):
             tokens = torch.cat([tokens, token[:, None]], dim=1)
             if step == max_new_tokens - 1 or bool(finished.all()):
                 break
-            logits = self(token[:, None], past_key_values=cache).logits
+            logits = self(token[:, None], cache=cache).logits
         return tokens
 
     def base_forward(
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
-        past_key_values: DynamicCache | None = None,
+        cache: DynamicCache | None = None,
         use_cache: bool | None = None,
     ) -> LoopedModelOutput:
         """Final-norm hidden states [B, T, H]: ``forward`` without the LM head.
 
         ``attention_mask`` [B, past + T] marks real tokens (1) and right padding (0);
         positions count from the first column, as in the plain model's forward.
-        ``use_cache`` defaults to whether ``past_key_values`` was given; with it and no
-        cache, a new ``DynamicCache`` is returned in the output."""
+        ``use_cache`` defaults to whether ``cache`` was given; with it and no cache, a
+        new ``DynamicCache`` is returned in the output."""
         inner = self.model.model
         if use_cache is None:
-            use_cache = past_key_values is not None
-        cache = past_key_values
+            use_cache = cache is not None
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         embeds = inner.embed_tokens(input_ids)  # [B, T, H]
@@ -132,9 +134,9 @@ class LoopedDecoder(nn.Module):
             config=self.config,
             inputs_embeds=embeds,
             attention_mask=attention_mask,
-            past_key_values=cache,
             position_ids=position_ids,
             layer_idx=self.kv_layer,
+            **cache_kwargs(cache),
         )
         window_kv = cache is not None and self.window_keeps_kv
         window_mask = mask
@@ -143,8 +145,8 @@ class LoopedDecoder(nn.Module):
                 config=self.config,
                 inputs_embeds=embeds,
                 attention_mask=None if attention_mask is None else attention_mask[:, -length:],
-                past_key_values=None,
                 position_ids=position_ids,
+                **cache_kwargs(None),
             )
         calls = _LayerCalls(
             layers=inner.layers,
@@ -176,8 +178,8 @@ class LoopedDecoder(nn.Module):
             x = calls.layer(i, x)
         return LoopedModelOutput(
             last_hidden_state=inner.norm(x),
-            past_key_values=cache if use_cache else None,
             executed_loops=executed,
+            **cache_kwargs(cache if use_cache else None),
         )
 
     def _loops_decode_call(self) -> bool:
@@ -245,8 +247,8 @@ class _LayerCalls:
             x,
             attention_mask=self.window_mask if in_window and not write_kv else self.mask,
             position_ids=self.position_ids,
-            past_key_values=self.cache if write_kv else None,
             use_cache=write_kv,
+            **cache_kwargs(self.cache if write_kv else None),
             position_embeddings=self.position_embeddings,
         )
 

@@ -38,6 +38,8 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
+from study.models.hf_compat import cache_kwargs, output_cache, take_cache
+
 SCHEDULE_TOLERANCE = 1e-6
 
 
@@ -127,9 +129,7 @@ class LoopFormerConfig(PretrainedConfig):
         )
 
 
-def resolve_schedule(
-    schedule: Sequence[float] | None, num_loops: int | None, default_loops: int
-) -> list[float]:
+def resolve_schedule(schedule: Sequence[float] | None, num_loops: int | None, default_loops: int) -> list[float]:
     """The step sizes a forward pass runs: ``schedule`` if given, else ``num_loops``
     uniform steps, else ``default_loops`` uniform steps."""
     if schedule is not None and num_loops is not None:
@@ -158,16 +158,12 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, n_embd: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(self.frequency_dim, n_embd), nn.SiLU(), nn.Linear(n_embd, n_embd)
-        )
+        self.mlp = nn.Sequential(nn.Linear(self.frequency_dim, n_embd), nn.SiLU(), nn.Linear(n_embd, n_embd))
 
     def forward(self, s: float) -> torch.Tensor:
         weight = self.mlp[0].weight
         half = self.frequency_dim // 2
-        freqs = torch.exp(
-            -math.log(10000.0) * torch.arange(half, device=weight.device, dtype=torch.float32) / half
-        )
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=weight.device, dtype=torch.float32) / half)
         angles = float(s) * freqs
         features = torch.cat([torch.cos(angles), torch.sin(angles)]).to(weight.dtype)
         return self.mlp(features[None])  # (1, n_embd): one vector shared by every sequence
@@ -219,9 +215,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, cache_index)  # (B, H, past + T, D)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        y, _ = attention(
-            self, q, k, v, attn_mask, dropout=self.dropout if self.training else 0.0, scaling=self.scaling
-        )
+        y, _ = attention(self, q, k, v, attn_mask, dropout=self.dropout if self.training else 0.0, scaling=self.scaling)
         return self.resid_dropout(self.c_proj(y.reshape(batch, length, width)))
 
 
@@ -245,9 +239,7 @@ class LoopBlock(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.norm_2 = nn.RMSNorm(config.n_embd, elementwise_affine=False)
         self.mlp = MLP(config)
-        self.adaLN_modulation = nn.Sequential(
-            nn.SiLU(), nn.Linear(config.n_embd, 4 * config.n_embd, bias=True)
-        )
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.n_embd, 4 * config.n_embd, bias=True))
 
     def forward(
         self,
@@ -358,13 +350,17 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         schedule: Sequence[float] | None = None,
         num_loops: int | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[LoopFormerKwargs],
     ) -> BaseModelOutputWithPast:
+        """Hidden states after ``schedule`` (or ``num_loops`` uniform steps). The KV cache is
+        taken as ``cache=`` (transformers >= 5.24) or ``past_key_values=`` (before)."""
         check_kwargs(kwargs, f"{type(self).__name__}.forward")
+        cache = take_cache(cache, past_key_values, f"{type(self).__name__}.forward")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -374,9 +370,10 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
         blocks = self.transformer.h.blocks
         if use_cache is None:
             use_cache = not self.training
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
-        cache = past_key_values if use_cache else None
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        if not use_cache:
+            cache = None
         past_length = cache.get_seq_length() if cache is not None else 0
         if cache is not None:
             modulations = self.cached_modulations(cache, steps)
@@ -386,9 +383,7 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
         else:
             modulations = self.loop_modulations(steps)
         if past_length + length > self.config.block_size:
-            raise ValueError(
-                f"sequence length {past_length + length} exceeds block_size {self.config.block_size}"
-            )
+            raise ValueError(f"sequence length {past_length + length} exceeds block_size {self.config.block_size}")
 
         if position_ids is None:
             if attention_mask is not None:
@@ -402,8 +397,8 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
             config=self.config,
             inputs_embeds=x,
             attention_mask=attention_mask,
-            past_key_values=cache,
             position_ids=position_ids,
+            **cache_kwargs(cache),
         )
 
         hidden_states: list[torch.Tensor] = [x] if output_hidden_states else []
@@ -415,8 +410,8 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
         x = self.transformer.norm_f(x)
         return BaseModelOutputWithPast(
             last_hidden_state=x,
-            past_key_values=cache,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            **cache_kwargs(cache),
         )
 
 
@@ -443,25 +438,28 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         schedule: Sequence[float] | None = None,
         num_loops: int | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         inputs_embeds: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Unpack[LoopFormerKwargs],
     ) -> CausalLMOutputWithPast:
         """Logits for every position (or those ``logits_to_keep`` selects, as in
         transformers). With ``labels`` (-100 = ignored) the loss is transformers' causal
         LM loss: next-token cross entropy over the counted tokens, or summed and divided
-        by ``num_items_in_batch`` when the Trainer passes it."""
+        by ``num_items_in_batch`` when the Trainer passes it. The KV cache is ``cache=``
+        (transformers >= 5.24, as ``generate`` passes it) or ``past_key_values=`` (before)."""
+        cache = take_cache(cache, past_key_values, f"{type(self).__name__}.forward")
         outputs = self.gpt(
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             schedule=schedule,
             num_loops=num_loops,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             inputs_embeds=inputs_embeds,
@@ -474,8 +472,8 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **cache_kwargs(output_cache(outputs)),
         )
 
     @classmethod
@@ -514,8 +512,7 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
             problems.append(f"load errors {[_one_line(m) for m in info['error_msgs']]}")
         if problems:
             raise CheckpointError(
-                f"{pretrained_model_name_or_path}: not a LoopFormer checkpoint of this config: "
-                + "; ".join(problems)
+                f"{pretrained_model_name_or_path}: not a LoopFormer checkpoint of this config: " + "; ".join(problems)
             )
         return (model, info) if want_info else model
 
@@ -534,9 +531,7 @@ def check_local_checkpoint(folder: Path) -> None:
 
     model_type = read_json_object(config_path).get("model_type")
     if model_type != LoopFormerConfig.model_type:
-        raise CheckpointError(
-            f"{config_path}: model_type is {model_type!r}, expected {LoopFormerConfig.model_type!r}"
-        )
+        raise CheckpointError(f"{config_path}: model_type is {model_type!r}, expected {LoopFormerConfig.model_type!r}")
     validate_model_config(config_path)  # types and ranges, before transformers coerces or crashes
     has_safetensors = any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
     if not has_safetensors:
