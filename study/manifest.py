@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import platform
+import re
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -21,6 +23,8 @@ PACKAGES = (
     "huggingface_hub", "numpy", "scipy", "pandas", "matplotlib", "seaborn", "pydantic",
 )  # fmt: skip
 REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCK_FILE = REPO_ROOT / "requirements.lock"
+LOCKED_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", re.MULTILINE)
 
 
 def now() -> str:
@@ -66,6 +70,23 @@ def hardware(device: torch.device) -> dict[str, Any]:
     }
 
 
+def lock_record(lock: Path = LOCK_FILE) -> dict[str, Any]:
+    """The lock file the environment was meant to come from: its sha256, and every locked
+    package whose installed version differs from its pin (empty when `make venv` built it)."""
+    if not lock.is_file():
+        return {"file": str(lock), "sha256": None, "note": "no lock file (installed from pyproject's ranges)"}
+    text = lock.read_bytes()
+    differs = {}
+    for name, pinned in LOCKED_PIN.findall(text.decode()):
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = "not installed"
+        if installed != pinned:
+            differs[name] = {"locked": pinned, "installed": installed}
+    return {"file": lock.name, "sha256": hashlib.sha256(text).hexdigest(), "differs_from_installed": differs}
+
+
 class ManifestError(ValueError):
     """A run directory's manifest.json that is not a manifest (user error, one line)."""
 
@@ -108,6 +129,7 @@ class Manifest:
                 "seed": config.seed,
                 "git_commit": git_commit(),
                 "versions": versions(),
+                "lock": lock_record(),
                 "hardware": hardware(device),
                 # once skipped, a run stays marked: its numbers were not all gated
                 "checks_skipped": bool(self.data.get("checks_skipped")) or skip_checks,
@@ -115,6 +137,11 @@ class Manifest:
         )
         self.data.setdefault("stages", {})
         self.save()
+        differs = self.data["lock"].get("differs_from_installed")
+        if differs:  # not an error (pip users install from ranges), but never silent
+            shown = ", ".join(f"{k} {v['installed']} (locked {v['locked']})" for k, v in sorted(differs.items())[:4])
+            more = f" and {len(differs) - 4} more" if len(differs) > 4 else ""
+            print(f"note: installed packages differ from {LOCK_FILE.name}: {shown}{more}", file=sys.stderr)
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,14 +29,35 @@ DETERMINISTIC_RESULTS = (
 )
 
 
-def study_command(*args: str) -> list[str]:
-    return [sys.executable, str(REPO_ROOT / "run_study.py"), *args]
+# Python flags that print every deprecation warning, each with the file it is attributed to
+SHOW_DEPRECATIONS = ("-W", "always::DeprecationWarning", "-W", "always::FutureWarning")
+PROJECT_WARNING = re.compile(
+    rf"^(?P<file>{re.escape(str(REPO_ROOT))}/(?:study/\S+|run_study)\.py):\d+: (?:Deprecation|Future)Warning: .*$",
+    re.MULTILINE,
+)
 
 
-def run_study(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def study_command(*args: str, python_flags: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, *python_flags, str(REPO_ROOT / "run_study.py"), *args]
+
+
+def run_study(*args: str, timeout: float = 900, show_deprecations: bool = False) -> subprocess.CompletedProcess:
+    """``run_study.py ARGS`` in a subprocess; with ``show_deprecations`` every deprecation
+    warning is printed, so ``project_deprecations`` can find those raised from our files."""
+    flags = SHOW_DEPRECATIONS if show_deprecations else ()
     return subprocess.run(
-        study_command(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        study_command(*args, python_flags=flags),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
+
+
+def project_deprecations(output: str) -> list[str]:
+    """The Deprecation/FutureWarning lines of ``output`` attributed to the project's own files."""
+    return [match.group(0) for match in PROJECT_WARNING.finditer(output)]
 
 
 def run_until(args: list[str], trigger: Callable[[], bool], sig: int = signal.SIGKILL, timeout: float = 900):

@@ -61,11 +61,11 @@ def test_cached_incremental_logits_match_full_forward(model, loops, preallocated
     with torch.inference_mode():
         full = model(ids, attention_mask=mask, use_cache=False, **loops).logits
         cache = preallocated_cache(model, steps, capacity=20) if preallocated else DynamicCache()
-        prefill = model(ids[:, :8], attention_mask=mask[:, :8], past_key_values=cache, use_cache=True, **loops)
+        prefill = model(ids[:, :8], attention_mask=mask[:, :8], cache=cache, use_cache=True, **loops)
         steps = [prefill.logits]
         for t in range(8, 20):
             out = model(
-                ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache, use_cache=True, **loops
+                ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=cache, use_cache=True, **loops
             )
             steps.append(out.logits)
     incremental = torch.cat(steps, dim=1)
@@ -167,3 +167,22 @@ def test_block_size_caps_generation(tokenizer):
     prompt = PROMPTS[0]
     (result,) = greedy_generate(small, tokenizer, [prompt], max_new_tokens=100, stop_strings=())
     assert len(tokenizer.encode(prompt)) + len(result.token_ids) - 1 <= 40
+
+
+def test_generate_as_its_users_call_it(model, tokenizer):
+    """``model.generate(**tok(prompt), num_loops=4)``: on transformers >= 5.24 generate hands
+    the cache over as ``cache=``, before as ``past_key_values=``; both must decode greedily."""
+    ours = greedy_generate(model, tokenizer, PROMPTS[:1], max_new_tokens=6, stop_strings=(), num_loops=4)
+    encoded = tokenizer(PROMPTS[0], return_tensors="pt")
+    out = model.generate(**encoded, max_new_tokens=6, do_sample=False, num_loops=4)
+    assert out[0, encoded["input_ids"].shape[1] :].tolist() == ours[0].token_ids
+
+
+def test_text_generation_pipeline_gives_greedy_generate_tokens(model, tokenizer):
+    from transformers import pipeline
+
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    ours = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=6, stop_strings=(), num_loops=4)
+    for prompt, result in zip(PROMPTS, ours, strict=True):
+        out = generator(prompt, max_new_tokens=6, do_sample=False, return_full_text=False, num_loops=4)
+        assert out[0]["generated_text"] == tokenizer.decode(result.token_ids)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -61,13 +60,25 @@ def test_study_args_parse_with_run_study(monkeypatch: pytest.MonkeyPatch) -> Non
     assert runner.study_command(1)[1:] == ["run_study.py", *runner.STUDY_ARGS]
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib is new in Python 3.11 (Kaggle has it)")
-def test_runner_is_guarded_and_keeps_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runner_installs_the_lock_and_keeps_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     runner = load_runner(monkeypatch)
     assert 'if __name__ == "__main__":' in (KAGGLE / "run_kaggle.py").read_text()
-    requirements = runner.requirements_without_torch(ROOT / "pyproject.toml")
-    assert requirements and not any(r.lower().startswith("torch") for r in requirements)
-    assert any(r.startswith("transformers") for r in requirements)
+    commands: list[list[str]] = []
+    monkeypatch.setattr(runner, "run", lambda command, **_: commands.append(command))
+    runner.install(ROOT)
+    lock_install, project_install = commands
+    # every package at the lock's version and hash, and no resolution that could replace torch
+    assert lock_install[-3:] == ["--require-hashes", "-r", str(ROOT / "requirements.lock")]
+    assert "--no-deps" in lock_install and "--no-deps" in project_install and project_install[-2:] == ["-e", str(ROOT)]
+
+
+def test_runner_refuses_a_lock_that_pins_torch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    runner = load_runner(monkeypatch)
+    assert runner.lock_without_torch(ROOT / "requirements.lock") == ROOT / "requirements.lock"
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("numpy==2.4.6 \\\n    --hash=sha256:00\ntorch==2.13.0 \\\n    --hash=sha256:11\n")
+    with pytest.raises(SystemExit, match="pins torch"):
+        runner.lock_without_torch(lock)
 
 
 @pytest.mark.parametrize(
@@ -78,6 +89,9 @@ def test_runner_is_guarded_and_keeps_torch(monkeypatch: pytest.MonkeyPatch) -> N
         ("torch @ https://example.org/torch-2.13.0-cp311-linux_x86_64.whl", "torch"),
         ("torchvision>=0.20", "torchvision"),  # not torch: it is installed
         ("Safe_Tensors.Extra~=0.4", "safe-tensors-extra"),
+        ("torch==2.13.0 \\", "torch"),  # a lock line, continued by its hashes
+        ("    --hash=sha256:00", ""),
+        ("# via datasets", ""),
     ],
 )
 def test_requirement_names_are_parsed_as_pep_508(monkeypatch: pytest.MonkeyPatch, requirement: str, name: str) -> None:

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 import study.looping
 from study.looping import STRATEGIES, Halting, LoopSpec, loop_decoder
 from study.looping import strategies as S
+from study.models.hf_compat import cache_kwargs
 from study.models.looped_decoder import LoopedDecoder
 
 from .conftest import shared_dir
@@ -50,8 +51,8 @@ def run_setting(looped: LoopedDecoder, decode: bool) -> torch.Tensor:
     if not decode:
         return looped(IDS).logits
     cache = DynamicCache(config=looped.config)
-    looped(IDS[:, :PREFILL], past_key_values=cache)
-    return torch.cat([looped(IDS[:, t : t + 1], past_key_values=cache).logits for t in range(PREFILL, 8)], dim=1)
+    looped(IDS[:, :PREFILL], cache=cache)
+    return torch.cat([looped(IDS[:, t : t + 1], cache=cache).logits for t in range(PREFILL, 8)], dim=1)
 
 
 def count_layer_calls(model) -> tuple[list[int], list]:
@@ -109,8 +110,8 @@ def test_one_naive_loop_is_the_plain_model_bit_for_bit(attn: str) -> None:
         assert torch.equal(loop_decoder(model, LoopSpec((1, 4), 1))(IDS).logits, model(IDS, use_cache=False).logits)
         plain_cache, looped_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
         for chunk in (IDS[:, :PREFILL], IDS[:, PREFILL : PREFILL + 1], IDS[:, PREFILL + 1 :]):
-            expected = model(chunk, past_key_values=plain_cache, use_cache=True).logits
-            assert torch.equal(looped(chunk, past_key_values=looped_cache).logits, expected)
+            expected = model(chunk, use_cache=True, **cache_kwargs(plain_cache)).logits
+            assert torch.equal(looped(chunk, cache=looped_cache).logits, expected)
 
 
 def test_wrapping_leaves_the_model_untouched(model) -> None:
@@ -119,8 +120,8 @@ def test_wrapping_leaves_the_model_untouched(model) -> None:
         before = model(IDS, use_cache=False).logits
         looped = loop_decoder(model, LoopSpec((1, 4), 3, "anderson", mode="layer", decode_mode="full"))
         cache = DynamicCache(config=model.config)
-        looped(IDS[:, :PREFILL], past_key_values=cache)
-        looped(IDS[:, PREFILL : PREFILL + 1], past_key_values=cache)
+        looped(IDS[:, :PREFILL], cache=cache)
+        looped(IDS[:, PREFILL : PREFILL + 1], cache=cache)
         after = model(IDS, use_cache=False).logits
     assert torch.equal(before, after)
     assert all(torch.equal(state[name], tensor) for name, tensor in model.state_dict().items())
@@ -160,11 +161,11 @@ def test_generate_equals_step_by_step_decoding(model, spec: LoopSpec) -> None:
     assert generated.shape == (2, PREFILL + 6)
     tokens, cache = prompt, DynamicCache(config=model.config)
     with torch.no_grad():
-        logits = looped(prompt, past_key_values=cache).logits
+        logits = looped(prompt, cache=cache).logits
         for _ in range(6):
             token = logits[:, -1].argmax(-1, keepdim=True)
             tokens = torch.cat([tokens, token], dim=1)
-            logits = looped(token, past_key_values=cache).logits
+            logits = looped(token, cache=cache).logits
     assert torch.equal(generated, tokens)
 
 
@@ -190,9 +191,9 @@ def test_decode_first_n_loops_only_the_first_n_decode_calls(model) -> None:
     with torch.no_grad():
         for wrapper, out in ((looped, logits), (full, full_logits)):
             cache = DynamicCache(config=model.config)
-            wrapper(IDS[:, :4], past_key_values=cache)
+            wrapper(IDS[:, :4], cache=cache)
             for t in range(4, 8):
-                step = wrapper(IDS[:, t : t + 1], past_key_values=cache)
+                step = wrapper(IDS[:, t : t + 1], cache=cache)
                 out.append(step.logits)
                 if wrapper is looped:
                     executed.append(step.executed_loops[0].item())
@@ -206,9 +207,9 @@ def test_cache_holds_one_entry_per_token(model, cache_strategy: str) -> None:
     looped = loop_decoder(model, LoopSpec((2, 3), 3, "euler", cache_strategy=cache_strategy, decode_mode="full"))
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        looped(IDS[:, :PREFILL], past_key_values=cache)
+        looped(IDS[:, :PREFILL], cache=cache)
         for t in range(PREFILL, 8):
-            looped(IDS[:, t : t + 1], past_key_values=cache)
+            looped(IDS[:, t : t + 1], cache=cache)
     window_length = 0 if cache_strategy == "none" else 8
     lengths = [cache.layers[i].get_seq_length() for i in range(6)]
     assert lengths == [8, 8, window_length, window_length, 8, 8]

@@ -93,12 +93,12 @@ def test_cache_refuses_another_schedule(conformance_dir: Path) -> None:
     ids = torch.tensor([[3, 1, 4, 1, 5]])
     with torch.no_grad():
         cache = DynamicCache()
-        model(ids, num_loops=4, past_key_values=cache, use_cache=True)
-        model(ids[:, :1], num_loops=4, past_key_values=cache, use_cache=True)  # same depth: fine
+        model(ids, num_loops=4, cache=cache, use_cache=True)
+        model(ids[:, :1], num_loops=4, cache=cache, use_cache=True)  # same depth: fine
         with pytest.raises(ValueError, match="filled at schedule"):
-            model(ids[:, :1], num_loops=2, past_key_values=cache, use_cache=True)
+            model(ids[:, :1], num_loops=2, cache=cache, use_cache=True)
         with pytest.raises(ValueError, match="filled at schedule"):
-            model(ids[:, :1], schedule=[0.5, 0.125, 0.125, 0.25], past_key_values=cache, use_cache=True)
+            model(ids[:, :1], schedule=[0.5, 0.125, 0.125, 0.25], cache=cache, use_cache=True)
 
 
 def test_cached_decoding_reuses_the_loop_conditioning(conformance_dir: Path) -> None:
@@ -111,9 +111,9 @@ def test_cached_decoding_reuses_the_loop_conditioning(conformance_dir: Path) -> 
     ids = torch.tensor([[3, 1, 4, 1, 5]])
     with torch.no_grad():
         cache = DynamicCache()
-        model(ids, num_loops=4, past_key_values=cache, use_cache=True)
-        model(ids[:, :1], num_loops=4, past_key_values=cache, use_cache=True)
-        model(ids[:, :1], num_loops=4, past_key_values=cache, use_cache=True)
+        model(ids, num_loops=4, cache=cache, use_cache=True)
+        model(ids[:, :1], num_loops=4, cache=cache, use_cache=True)
+        model(ids[:, :1], num_loops=4, cache=cache, use_cache=True)
     assert len(calls) == 4  # once per step of the first forward only
 
 

@@ -14,6 +14,7 @@ from .study_runner import (
     DETERMINISTIC_RESULTS,
     any_file,
     copy_run,
+    project_deprecations,
     run_study,
     run_until,
     snapshot,
@@ -34,8 +35,10 @@ LATER = {"nll": ("nll", "exact_match", "latency", "report"), "exact_match": ("ex
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    result = run_study(*SMOKE, "--output-dir", str(run_dir))
+    result = run_study(*SMOKE, "--output-dir", str(run_dir), show_deprecations=True)
     assert result.returncode == 0, result.stdout + result.stderr
+    # transformers renames arguments between releases: our own calls must use the current names
+    assert project_deprecations(result.stderr) == []
     return run_dir
 
 

@@ -9,15 +9,18 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from .study_runner import run_study
+from .study_runner import project_deprecations, run_study
 
 pytestmark = pytest.mark.slow
 
 
 def test_smol_smoke_runs_offline_end_to_end(tmp_path: Path) -> None:
     run_dir = tmp_path / "smol"
-    result = run_study("--version", "smol-smoke", "--seed", "2026", "--output-dir", str(run_dir), timeout=3600)
+    result = run_study(
+        "--version", "smol-smoke", "--seed", "2026", "--output-dir", str(run_dir), timeout=3600, show_deprecations=True
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert project_deprecations(result.stderr) == []  # every call into transformers uses the current names
     manifest = json.loads((run_dir / "manifest.json").read_text())
     provenance = manifest["model"]["provenance"]
     assert provenance["quantization"].startswith("Q4_1-quantized") and len(provenance["sha256"]) == 64
