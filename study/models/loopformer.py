@@ -38,6 +38,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
+from study.errors import CheckpointError as CheckpointError  # re-exported: raised here
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
 
 SCHEDULE_TOLERANCE = 1e-6
@@ -69,10 +70,6 @@ def check_kwargs(kwargs: dict, where: str) -> None:
     unsupported = [k for k in UNSUPPORTED_WHEN_SET if kwargs.get(k) not in (None, False)]
     if unsupported or kwargs.get("is_causal") is False:
         raise ValueError(f"{where}(): {unsupported or ['is_causal=False']} not supported by LoopFormer")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not match the LoopFormer layout (user error, not a bug)."""
 
 
 class LoopFormerConfig(PretrainedConfig):

@@ -33,6 +33,7 @@ from study.looping.oracle import best_per_example, oracle_at_budget, oracle_fron
 from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, RungLadder
 from study.pipeline import RunContext, StudyError
 from study.stages.nll import SPLITS, NLLStore, ratio_ci, score_cell
+from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
 
 ADAPTIVE_COLUMNS = (
@@ -202,3 +203,14 @@ def summarize(
             if not math.isfinite(r[key]):
                 raise StudyError(f"adaptive: {name}/{split}/{r['policy']}: {key} is not finite")
     return out
+
+
+STAGE = Stage(
+    name="adaptive",
+    run=run,
+    sections=("seed", "model", "data", "sft", "nll", "looping", "adaptive"),
+    splits=("train", "test"),  # nll.csv of both splits; its halting cells score the test slice
+    needs_sft=True,
+    outputs=("results/adaptive.csv", "results/oracle_frontier.csv", "results/adaptive_depths.csv"),
+    cell_neutral=("taus",),  # each tau is its own cell (the policy id names it)
+)

@@ -48,6 +48,7 @@ from study.looping.policies import DepthPolicy, StepSchedule, UniformLoops
 from study.looping.schedules import enumerate_schedules, uniform_schedule
 from study.models.backbones import PolicyRunner, bind
 from study.pipeline import RunContext, StudyError
+from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
 from study.tasks.gsm8k import EncodedExample, encode_example
 
@@ -480,3 +481,14 @@ def write_schedules(
                 }
             )
     atomic_write_csv(ctx.results_path("schedules.csv"), rows, SCHEDULE_COLUMNS)
+
+
+STAGE = Stage(
+    name="nll",
+    run=run,
+    sections=("seed", "model", "data", "sft", "nll", "looping", "schedules"),
+    splits=("train", "test"),
+    needs_sft=True,
+    outputs=("results/nll.csv", "results/nll_summary.csv", "results/preferred_depth.csv", "results/schedules.csv"),
+    cell_neutral=("inference_loops", "bootstrap_resamples", "confidence"),
+)

@@ -44,6 +44,7 @@ from study.io import atomic_write_csv, atomic_write_json, read_csv, read_json
 from study.models.loopformer import CheckpointError
 from study.models.validation import validate_safetensors
 from study.pipeline import RunContext, StudyError, context_from_run_dir
+from study.stages.stage import Stage
 
 LOSS_COLUMNS = ("model", "train_loops", "step", "epoch", "loss", "learning_rate")
 LOOP_POLICY_FILE = "loop_policy.json"  # beside a looped decoder's SFT weights: the policy it trained at
@@ -422,9 +423,7 @@ def _parallel_on_gpus(ctx: RunContext, pending: list[int]) -> None:
 
 def run(ctx: RunContext) -> None:
     pending = [
-        loops
-        for loops in ctx.config.sft.train_loops
-        if not (ctx.model_dir(f"train{loops}") / "config.json").is_file()
+        loops for loops in ctx.config.sft.train_loops if not (ctx.model_dir(f"train{loops}") / "config.json").is_file()
     ]
     if distributed.num_processes() > 1:  # accelerate launch: each process trains its share of the models
         distributed.settle(None)  # every process has listed the same pending models before any is written
@@ -442,6 +441,22 @@ def run(ctx: RunContext) -> None:
         train_one(ctx, loops)
     rows = [row for loops in ctx.config.sft.train_loops for row in read_csv(loss_cell(ctx, f"train{loops}"))]
     atomic_write_csv(ctx.results_path("sft_loss.csv"), rows, LOSS_COLUMNS)
+
+
+def _models_there(ctx: RunContext) -> bool:
+    return all((ctx.model_dir(f"train{loops}") / "config.json").is_file() for loops in ctx.config.sft.train_loops)
+
+
+STAGE = Stage(
+    name="sft",
+    run=run,
+    sections=("seed", "model", "data", "sft", "looping"),
+    splits=("train",),
+    reads="base",
+    outputs=("results/sft_loss.csv", "models/train*"),
+    cell_neutral=("train_loops", "save_steps"),
+    complete=_models_there,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
