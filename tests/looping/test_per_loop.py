@@ -18,6 +18,7 @@ from study.looping import STRATEGIES, LoopSpec, loop_decoder
 from study.looping.policies import LoopedWindow
 from study.models.backbones import bind
 from study.models.generation import greedy_generate, recompute_generate
+from study.models.hf_compat import cache_kwargs
 from study.models.looped_decoder import LoopedDecoder
 from study.tokenizer import load_tokenizer
 
@@ -95,7 +96,7 @@ def decoded_logits(looped: LoopedDecoder, ids: torch.Tensor) -> tuple[torch.Tens
     cache = DynamicCache(config=looped.config)
     logits, start = [], 0
     for size in CHUNKS:
-        logits.append(looped(ids[:, start : start + size], past_key_values=cache).logits)
+        logits.append(looped(ids[:, start : start + size], cache=cache).logits)
         start += size
     return torch.cat(logits, dim=1), cache
 
@@ -141,7 +142,7 @@ def test_one_naive_loop_is_the_plain_model(model, ids: torch.Tensor, family: str
         plain_steps, start = [], 0
         for size in CHUNKS:
             chunk = ids[:, start : start + size]
-            plain_steps.append(model(chunk, past_key_values=cache, use_cache=True).logits)
+            plain_steps.append(model(chunk, use_cache=True, **cache_kwargs(cache)).logits)
             start += size
     decoded, per_loop_cache = decoded_logits(looped, ids)
     assert torch.equal(decoded, torch.cat(plain_steps, dim=1))
