@@ -14,12 +14,14 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
+from study.config import ConfigError, load_config
 from study.looping import STRATEGIES, LoopSpec, loop_decoder
-from study.looping.policies import LoopedWindow
+from study.looping.policies import HaltingWindow, LoopedWindow
 from study.models.backbones import bind
 from study.models.generation import greedy_generate, recompute_generate
 from study.models.hf_compat import cache_kwargs
 from study.models.looped_decoder import LoopedDecoder
+from study.stages.latency import looped_decoder_token_flops
 from study.tokenizer import load_tokenizer
 
 TOLERANCE = 1e-5  # max-abs logit difference, fp32
@@ -230,3 +232,39 @@ def test_greedy_generation_follows_teacher_forcing() -> None:
     recomputed = recompute_generate(runner.causal_lm, tokenizer, prompts, 6, stop_strings=(), early_stop=False)
     assert recomputed == greedy_generate(runner.causal_lm, tokenizer, prompts, 6, stop_strings=(), early_stop=False)
     assert [r.token_ids for r in recomputed] == [r.token_ids for r in generated]
+
+
+# ---- the smol study's configs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["smol", "smol-smoke"])
+def test_smol_configs_generate_with_the_teacher_forced_model(version: str) -> None:
+    config = load_config(version)
+    spec = config.loop_family().policy(2).spec
+    assert (spec.cache_strategy, spec.decode_mode) == ("per_loop", "full")
+    with pytest.raises(ConfigError, match="strategy anderson mixes positions"):
+        load_config(version, ["looping.strategy=anderson"])
+
+
+def test_halting_policies_score_but_do_not_generate_with_per_loop(model, ids: torch.Tensor, family: str) -> None:
+    """The adaptive stage's halting rules only teacher-force (no KV, so per_loop changes
+    nothing there); generating with one would silently score another model: refused."""
+    spec = per_loop_spec(WINDOWS[family], 3, "euler", "block")
+    runner = bind(model, HaltingWindow(spec, "kl", 0.01))
+    with torch.no_grad():
+        hidden, executed = runner.hidden(ids, prompt_lengths=torch.tensor([4, 6]))
+    assert hidden.shape[:2] == ids.shape and executed.shape == (2,)
+    with pytest.raises(ValueError, match="per_loop cannot decode with a halting rule"), torch.no_grad():
+        runner.causal_lm(ids[:, :4], use_cache=True)
+
+
+def test_per_loop_costs_no_kv_writing_pass() -> None:
+    config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152)  # fmt: skip
+    flops = {
+        cache: looped_decoder_token_flops(
+            config, LoopedWindow(per_loop_spec((12, 15), 4, "euler", "block", cache_strategy=cache)), 100.0
+        )
+        for cache in ("none", "last", "per_loop")
+    }
+    assert flops["per_loop"] == flops["none"] < flops["last"]
