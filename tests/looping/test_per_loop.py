@@ -234,6 +234,20 @@ def test_greedy_generation_follows_teacher_forcing() -> None:
     assert [r.token_ids for r in recomputed] == [r.token_ids for r in generated]
 
 
+def test_rows_leaving_the_batch_take_their_slots_with_them() -> None:
+    """greedy_generate drops finished rows from the cache: every pass's slot must follow."""
+    tokenizer = load_tokenizer(None)
+    model = random_decoder("qwen3", vocab_size=len(tokenizer), seed=2)
+    lm = bind(model, LoopedWindow(per_loop_spec((2, 4), 3, "rk4", "block"))).causal_lm
+    prompts = ["Question: 2 + 3 =", "The loop"]
+    free = greedy_generate(lm, tokenizer, prompts, 8, stop_strings=())
+    text_of_row_1 = tokenizer.decode(free[1].token_ids)
+    stop = next(text for t in free[0].token_ids[1:] if (text := tokenizer.decode([t])).strip() not in text_of_row_1)
+    stopped = greedy_generate(lm, tokenizer, prompts, 8, stop_strings=(stop.strip(),))
+    assert stopped[0].finish_reason == "stop" and len(stopped[0].token_ids) < len(free[0].token_ids)
+    assert stopped[1].token_ids == free[1].token_ids
+
+
 # ---- the smol study's configs ----------------------------------------------------------------
 
 
