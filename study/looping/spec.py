@@ -46,10 +46,10 @@ class LoopSpec:
     forward; cached decoding then gives the teacher-forced logits. It costs one KV slot
     per pass and window layer, needs ``decode_mode="full"`` (every pass must run for every
     token) and refuses strategies and halting that read other positions (not causal).
-    Decode calls (a cache that
-    already holds tokens) loop under ``decode_mode="full"``, run the window once under
-    ``"bypass"``, and under ``"first_n"`` loop for the first ``decode_first_n`` decode
-    calls after each prefill, then bypass.
+
+    Decode calls (a cache that already holds tokens) loop under ``decode_mode="full"``,
+    run the window once under ``"bypass"``, and under ``"first_n"`` loop for the first
+    ``decode_first_n`` decode calls after each prefill, then bypass.
 
     Executed loops: the number of loops a row actually ran, K unless ``halt_tau``
     stopped it earlier (an aitken step counts as two loops); in layer mode the mean

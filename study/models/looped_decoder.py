@@ -62,7 +62,7 @@ class LoopedDecoder(nn.Module):
         self.strategy = STRATEGIES[spec.strategy]
         self.window = range(a, b + 1)
         # Does the window keep KV? Not under cache_strategy "none", unless the strategy's
-        # natural pass writes it itself (layer_anchored_frozen ignores cache_strategy).
+        # natural pass writes it itself (layer_anchored_frozen ignores cache_strategy but per_loop).
         self.window_keeps_kv = spec.cache_strategy != "none" or self.strategy.writes_cache
         self.per_loop = spec.cache_strategy == "per_loop"  # one KV slot per pass (see the module docstring)
         # The cache layer whose length is the number of past tokens: one that always keeps KV.
