@@ -109,7 +109,9 @@ class LoopingConfig(Section):
     strategy: str
     hyperparameters: dict[str, float | int | bool | list[float]] = Field(default_factory=dict)
     mode: Literal["block", "layer"] = "block"
-    cache_strategy: Literal["first", "last", "none"] = "last"
+    cache_strategy: Literal["first", "last", "none", "per_loop"] = Field(
+        "last", description="per_loop: a KV slot per pass, so generation scores the teacher-forced model"
+    )
     decode_mode: Literal["bypass", "full"] = Field(
         "full", description="full: every generated token loops too, as every scored token does in the NLL sweep"
     )

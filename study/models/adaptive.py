@@ -12,6 +12,8 @@ and the signal per row) on the other rows or the padding of the batch.
   from each row's own final state, so a row that stopped early still leaves KV for every
   later token and nothing needs filling. In generation each call decides on its own new
   tokens (the prompt at prefill, the new token at each decode step under decode_mode full).
+  Under ``cache_strategy="per_loop"`` a halting rule scores (teacher forcing keeps no KV)
+  but cannot generate: a row's stop reads all its tokens, which decoding never sees at once.
 - ``LadderRunner`` (LoopFormer): runs rung after rung on the rows still climbing and
   scores each row at the rung it stopped on; generation decides M on the prompt, then
   decodes the whole answer at that M.

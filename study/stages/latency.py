@@ -91,15 +91,16 @@ def decoder_layer_flops(config, context: float) -> float:
 def looped_decoder_token_flops(config, policy: LoopedWindow, context: float, decoding: bool = True) -> float:
     """Forward FLOPs for one token of a looped decoder: the layers outside the window
     once, the window K times (x evaluations per step of the strategy), plus the pass
-    that writes the window's KV when a cache is kept; bypassed decode steps run the
-    window once. The LM head (2 d V) is included."""
+    that writes the window's KV when a cache is kept (not under per_loop, whose passes
+    write their own); bypassed decode steps run the window once. The LM head (2 d V)
+    is included."""
     spec = policy.spec
     width = spec.window[1] - spec.window[0] + 1
     if decoding and spec.decode_mode == "bypass":
         window_passes = 1.0
     else:
         window_passes = spec.loops * WINDOW_EVALUATIONS_PER_LOOP.get(spec.strategy, 1)
-        window_passes += 1 if spec.cache_strategy != "none" else 0
+        window_passes += 1 if spec.cache_strategy not in ("none", "per_loop") else 0  # the KV-writing pass
     layers = config.num_hidden_layers - width + window_passes * width
     return layers * decoder_layer_flops(config, context) + 2 * config.hidden_size * config.vocab_size
 
