@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 VERSION ?= mini
 SEED ?= 2026
 
-.PHONY: venv study test lint bench figures clean
+.PHONY: venv study test lint typecheck bench figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,16 @@ study: venv
 
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+typecheck: venv
+	$(BIN)/mypy
 
 bench: venv
 	$(BIN)/python -m study.bench --out bench.json
