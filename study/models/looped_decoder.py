@@ -15,10 +15,12 @@ their KV to the layer's ``DynamicCache`` layer and crop it off again at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
@@ -39,9 +41,11 @@ class LoopedCausalLMOutput(CausalLMOutputWithPast):
 class LoopedDecoder(nn.Module):
     """A causal LM whose layer window is looped; built by ``loop_decoder``."""
 
+    model: Any  # a Llama/Qwen3-family causal LM of any class: its parts are read by name (see loop_decoder)
+
     def __init__(self, model: nn.Module, spec: LoopSpec) -> None:
         super().__init__()
-        config = model.config
+        config: Any = model.config
         n_layers = config.num_hidden_layers
         a, b = spec.window
         if b >= n_layers:
@@ -78,7 +82,7 @@ class LoopedDecoder(nn.Module):
     ) -> LoopedCausalLMOutput:
         """Logits [B, T, V] of ``input_ids`` [B, T] (and the cache when one is used)."""
         out = self.base_forward(input_ids, attention_mask, past_key_values, use_cache)
-        return LoopedCausalLMOutput(
+        return LoopedCausalLMOutput(  # type: ignore[call-arg]  # deprecated past_key_values= (transformers 5.25: cache=)
             logits=self.model.lm_head(out.last_hidden_state),
             past_key_values=out.past_key_values,
             executed_loops=out.executed_loops,
@@ -174,7 +178,7 @@ class LoopedDecoder(nn.Module):
             x, executed = self._loop(x, calls, token_mask)
         for i in range(self.window.stop, self.config.num_hidden_layers):
             x = calls.layer(i, x)
-        return LoopedModelOutput(
+        return LoopedModelOutput(  # type: ignore[call-arg]  # deprecated past_key_values= (transformers 5.25: cache=)
             last_hidden_state=inner.norm(x),
             past_key_values=cache if use_cache else None,
             executed_loops=executed,
@@ -193,7 +197,9 @@ class LoopedDecoder(nn.Module):
             if not strategy.halts:
                 return strategy.rule(g, x, spec.loops, **hp, **extra), every_loop
             halt = self.make_halting(token_mask)
-            return strategy.rule(g, x, spec.loops, **hp, halt=halt), halt.executed.float()
+            y = strategy.rule(g, x, spec.loops, **hp, halt=halt)
+            assert halt.executed is not None  # the rule's loops have counted themselves
+            return y, halt.executed.float()
 
         if strategy.over_layers:
             x, executed = strategy.rule([calls.body(i) for i in self.window], x0, spec.loops), every_loop
@@ -258,7 +264,7 @@ class _LayerCalls:
 
         def attend_past(x: Tensor) -> Tensor:
             y = self.layer(i, x, in_window=True, write_kv=True)
-            self.cache.layers[i].crop(-self.length)  # drop this pass's own entries again
+            self._cache_layer(i).crop(-self.length)  # drop this pass's own entries again
             return y
 
         return attend_past
@@ -273,7 +279,8 @@ class _LayerCalls:
         def write(x: Tensor) -> Tensor:
             y = self.layer(i, x, in_window=True, write_kv=True)
             if self.past > 0:
-                layer_cache = self.cache.layers[i]
+                layer_cache = self._cache_layer(i)
+                assert layer_cache.keys is not None and layer_cache.values is not None  # just written
                 keys = layer_cache.keys[..., -self.length :, :]  # [B, kv_heads, T, head_dim]
                 values = layer_cache.values[..., -self.length :, :]
                 self.stashed.append((i, keys, values))
@@ -282,9 +289,14 @@ class _LayerCalls:
 
         return write
 
+    def _cache_layer(self, i: int) -> DynamicLayer:
+        """Layer i of the cache, which the window's KV rules only touch when there is one."""
+        assert self.cache is not None
+        return cast(DynamicLayer, self.cache.layers[i])
+
     def restore_natural_kv(self) -> None:
         for i, keys, values in self.stashed:
-            self.cache.layers[i].update(keys, values)
+            self._cache_layer(i).update(keys, values)
         self.stashed.clear()
 
 
