@@ -31,10 +31,11 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, RungLadder, StepSchedule, UniformLoops
@@ -281,7 +282,7 @@ def materialize_offline_smollm2(target: Path) -> dict[str, Any]:
     return provenance
 
 
-def load_looped_base(source: str, revision: str | None, device: torch.device) -> nn.Module:
+def load_looped_base(source: str, revision: str | None, device: torch.device) -> PreTrainedModel:
     """A plain Llama/Qwen3-family causal LM in fp32 from a local folder or a hub id."""
     from transformers import AutoModelForCausalLM
 
@@ -291,4 +292,4 @@ def load_looped_base(source: str, revision: str | None, device: torch.device) ->
         raise BackboneError(f"{source}: cannot load a causal LM ({' '.join(str(error).split())[:250]})") from None
     if not hasattr(getattr(model, "model", None), "layers"):
         raise BackboneError(f"{source}: {type(model).__name__} has no model.layers to loop (need Llama/Qwen3 family)")
-    return cast(nn.Module, model).to(device).eval()  # PreTrainedModel.to's decorator hides nn.Module.to's type
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' @wraps on PreTrainedModel.to mistypes it
