@@ -108,7 +108,8 @@ class HaltingWindowRunner(LoopedDecoderRunner):
 
 
 class LadderRunner(LoopFormerRunner):
-    policy: RungLadder  # type: ignore[assignment]  # not a fixed depth: hidden and generate are its own
+    # not a fixed depth: hidden and generate are its own (the inherited prefill would fail on a ladder)
+    policy: RungLadder  # type: ignore[assignment]
 
     def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Each row's hidden states [B, T, H] at the rung it stopped on, and its cost [B]

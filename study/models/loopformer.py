@@ -496,7 +496,7 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
         )
 
     @classmethod
-    def from_pretrained(  # type: ignore[override]  # a checkpoint is required: no None, as transformers allows
+    def from_pretrained(  # type: ignore[override]  # a checkpoint only: transformers' also takes None
         cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs
     ):
         """Load a checkpoint in the released layout. Safetensors only, no remote code;
