@@ -21,7 +21,7 @@ UV_VERSION := 0.13.10
 # The lock is resolved for the interpreter and platform of this machine, CI and Kaggle
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
-.PHONY: venv study test test-latest lint lock bench figures clean
+.PHONY: venv study test test-latest lint typecheck lock bench figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,11 +39,16 @@ study: venv
 
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+typecheck: venv
+	$(BIN)/mypy
 
 # Regenerate the lock from pyproject's ranges: the newest releases they allow, today.
 # Run `make test-latest` first: it tries exactly those releases in a throwaway venv.

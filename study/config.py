@@ -131,6 +131,10 @@ class SchedulesConfig(Section):
         return self
 
 
+def _every_rule() -> list[Literal["residual", "kl"]]:
+    return ["residual", "kl"]
+
+
 class AdaptiveConfig(Section):
     """Halting policies (depth chosen per input) scored on the NLL test slice against the
     fixed-depth sweep and the per-example oracle (``adaptive.csv``). LoopFormer climbs
@@ -141,7 +145,7 @@ class AdaptiveConfig(Section):
     ladder: Annotated[list[PositiveInt], Field(min_length=2)] | None = Field(None, description="LoopFormer: M rungs")
     k_max: PositiveInt | None = Field(None, description="looped decoder: most loops a row may run")
     rules: Annotated[list[Literal["residual", "kl"]], Field(min_length=1)] = Field(
-        default_factory=lambda: ["residual", "kl"], description="looped decoder: halting signals"
+        default_factory=_every_rule, description="looped decoder: halting signals"
     )
 
     @model_validator(mode="after")
@@ -186,7 +190,7 @@ class StudyConfig(Section):
             raise ValueError("the looping section is for model.backbone looped_decoder only")
         if looped and self.schedules is not None:
             raise ValueError("the schedules section is for model.backbone loopformer only")
-        if looped and self.looping.window[0] > self.looping.window[1]:
+        if looped and self.looping is not None and self.looping.window[0] > self.looping.window[1]:
             raise ValueError(f"looping.window {self.looping.window}: expected [a, b] with a <= b")
         adaptive = self.adaptive
         if adaptive is not None and looped and (adaptive.k_max is None or adaptive.ladder is not None):

@@ -26,6 +26,7 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel
 
 from study.config import EMBEDDED_BASE, OFFLINE_SMOLLM2, StudyConfig
 from study.errors import Interrupted as Interrupted
@@ -204,7 +205,7 @@ class RunContext:
             where = "model.tokenizer" if self.config.model.tokenizer != "auto" else "model.source"
             raise StudyError(f"{where}: the tokenizer files in {source} are unreadable ({reason})") from None
 
-    def load_model(self, spec: ModelSpec) -> LoopFormerForCausalLM:
+    def load_model(self, spec: ModelSpec) -> PreTrainedModel:  # a LoopFormer, or the looped decoder's base
         if self.looped_decoder:
             if spec.name == BASE:
                 self.prepare_base()

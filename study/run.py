@@ -223,7 +223,12 @@ class StageLoop:
 
         self.ctx, self.args, self.argv = ctx, args, argv
         self.main_process = distributed.is_main()
-        self.manifest: Manifest | None = None
+        self._manifest: Manifest | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        assert self._manifest is not None, "the main process prepares the run directory first"
+        return self._manifest
 
     def say(self, message: str) -> None:
         if self.main_process:
@@ -233,7 +238,7 @@ class StageLoop:
         from study import distributed
 
         ctx, args = self.ctx, self.args
-        self.manifest = distributed.run_on_main(lambda: prepare_run_dir(ctx.run_dir, ctx.config, args.force))
+        self._manifest = distributed.run_on_main(lambda: prepare_run_dir(ctx.run_dir, ctx.config, args.force))
         distributed.run_on_main(lambda: start_manifest(self.manifest, ctx, self.argv, args))
         self.say(f"loopdepth: {ctx.config.name} (seed {ctx.config.seed}) on {ctx.device} -> {ctx.run_dir}")
         if gate_added:

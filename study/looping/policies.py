@@ -31,10 +31,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 if TYPE_CHECKING:
-    from study.looping.spec import LoopSpec
+    from study.looping.spec import CacheStrategy, DecodeMode, LoopSpec, Mode
 
 LOOPFORMER = "loopformer"
 LOOPED_DECODER = "looped_decoder"
@@ -168,16 +168,16 @@ class WindowFamily:
     window: tuple[int, int]
     strategy: str
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
-    mode: str = "block"
-    cache_strategy: str = "last"
-    decode_mode: str = "full"
+    mode: Mode = "block"
+    cache_strategy: CacheStrategy = "last"
+    decode_mode: DecodeMode = "full"
     backbone: ClassVar[str] = LOOPED_DECODER
 
     def policy(self, loops: int) -> LoopedWindow:
         from study.looping.spec import LoopSpec  # the spec module validates strategies
 
         spec = LoopSpec(
-            window=tuple(self.window),
+            window=cast("tuple[int, int]", tuple(self.window)),  # a list when it comes from a config
             loops=loops,
             strategy=self.strategy,
             mode=self.mode,

@@ -76,6 +76,7 @@ class Halting:
         if self.frozen is None:
             self.frozen = torch.zeros(batch, dtype=torch.bool, device=x.device)
             self.executed = torch.zeros(batch, dtype=torch.long, device=x.device)
+        assert self.executed is not None  # set with frozen
         self.executed += self._loops_per_step * (~self.frozen)
         if self.tau is None:
             return x_new
@@ -309,8 +310,9 @@ def uniform(layers: Sequence[Pass], x0: Tensor, K: int) -> Tensor:
     for t in range(K):
         for i, layer in enumerate(layers):
             y = layer(x)
-            sums[i] = y if sums[i] is None else sums[i] + y
-            x = sums[i] / (t + 1)
+            total = y if (previous := sums[i]) is None else previous + y
+            sums[i] = total
+            x = total / (t + 1)
     return x
 
 

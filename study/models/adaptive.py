@@ -86,10 +86,10 @@ class HaltingWindowRunner(LoopedDecoderRunner):
         # (prompt mask [B, T], last prompt position [B]) while a teacher-forced batch is scored;
         # None in generation, where each call decides on its own new tokens
         self.decision: tuple[Tensor, Tensor] | None = None
-        inner = model.model
+        inner = self.model.model
 
         def readout(states: Tensor) -> Tensor:  # the LM head's reading of a window state (a logit lens)
-            return model.lm_head(inner.norm(states))
+            return self.model.lm_head(inner.norm(states))
 
         def make_halting(token_mask: Tensor | None) -> Halting:
             if self.decision is None:  # left padding: a call's last position is always a real token
@@ -110,7 +110,8 @@ class HaltingWindowRunner(LoopedDecoderRunner):
 
 
 class LadderRunner(LoopFormerRunner):
-    policy: RungLadder
+    # not a fixed depth: hidden and generate are its own (the inherited prefill would fail on a ladder)
+    policy: RungLadder  # type: ignore[assignment]
 
     def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Each row's hidden states [B, T, H] at the rung it stopped on, and its cost [B]
@@ -146,6 +147,7 @@ class LadderRunner(LoopFormerRunner):
                 break
             previous = logits.new_zeros(batch, logits.shape[-1]) if previous is None else previous
             previous[rows.to(device)] = logits
+        assert hidden is not None  # a ladder has at least one rung
         return hidden, cost, rung
 
     def generate(self, tokenizer, prompts, max_new_tokens, stop_strings=DEFAULT_STOP_STRINGS, early_stop=True):
@@ -160,7 +162,7 @@ class LadderRunner(LoopFormerRunner):
             )  # fmt: skip
             for i, result in zip(group, out, strict=True):
                 results[i] = result
-        return results  # type: ignore[return-value]
+        return results
 
     @torch.inference_mode()
     def choose(self, tokenizer, prompts: Sequence[str]) -> list[int]:

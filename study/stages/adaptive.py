@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from itertools import accumulate
+from typing import cast
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from study.io import atomic_write_csv, read_csv
 from study.looping.oracle import best_per_example, oracle_at_budget, oracle_frontier, paired_gap_ci
 from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, RungLadder
 from study.pipeline import RunContext, StudyError
-from study.stages.nll import SPLITS, NLLStore, ratio_ci, score_cell
+from study.stages.nll import SPLITS, NLLStore, ratio_ci, score_cell, split_of
 from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
 
@@ -52,6 +53,7 @@ def halting_policies(ctx: RunContext) -> list[DepthPolicy]:
     if section is None:
         return []
     if not ctx.looped_decoder:
+        assert section.ladder is not None  # the config requires it for LoopFormer
         return [RungLadder(tuple(section.ladder), tau) for tau in section.taus]
     window: LoopedWindow = ctx.loop_family.policy(section.k_max)
     return [HaltingWindow(window.spec, rule, tau) for rule in section.rules for tau in section.taus]
@@ -99,7 +101,7 @@ def run(ctx: RunContext) -> None:
     cells = [Cell(spec, policy, HALTING_SPLIT) for spec in specs for policy in policies]
 
     def compute(cell: Cell, loaded: Loaded, progress) -> list[dict]:
-        return score_cell(cell, loaded, examples[cell.split], config.batch_size, progress)
+        return score_cell(cell, loaded, examples[split_of(cell)], config.batch_size, progress)
 
     def describe(cell: Cell, rows: list[dict]) -> str:
         nll = sum(r["nll_sum"] for r in rows) / sum(r["answer_tokens"] for r in rows)
@@ -185,7 +187,7 @@ def summarize(
         executed = np.array([r["executed_loops"] for r in cell_rows])
         if not (np.all(np.isfinite(per_example)) and np.all(np.isfinite(executed))):
             raise StudyError(f"adaptive: cell {name}/{policy.id} holds non-finite values; refusing to summarize")
-        rule, tau = policy.halting
+        rule, tau = cast("tuple[str, float]", policy.halting)  # a halting policy's (rule, tau)
         row(policy.id, "halting", rule, float(tau), float(executed.mean()), per_example)
         for example_id, cost in zip(ids, executed, strict=True):
             out.depths.append(

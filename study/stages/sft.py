@@ -65,6 +65,7 @@ def looped_sft_trainer(spec):
             hidden = looped.base_forward(inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
             labels = inputs["labels"][:, 1:]  # token t is predicted at position t - 1
             scored = labels != IGNORE_INDEX
+            assert hidden.last_hidden_state is not None  # always set: transformers types every output field optional
             logits = decoder.lm_head(hidden.last_hidden_state[:, :-1][scored])  # [tokens, V]
             loss = F.cross_entropy(logits.float(), labels[scored], reduction="sum")
             count = scored.sum() if num_items_in_batch is None else num_items_in_batch
@@ -210,7 +211,7 @@ def sft_progress(name: str, interactive: bool | None = None):
             self.current_step, self.started = state.global_step, time.perf_counter()
             self.every = max(1, state.max_steps // 10)
             if state.is_world_process_zero and self.interactive:
-                self.training_bar = tqdm(
+                self.training_bar = tqdm(  # type: ignore[assignment]  # transformers initialises it to None, untyped
                     total=state.max_steps, initial=state.global_step, desc=f"  sft {name}", unit="step",
                     dynamic_ncols=True,
                 )  # fmt: skip
