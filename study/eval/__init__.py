@@ -7,6 +7,7 @@ offline task copies (``study.eval.offline_tasks``) in place.
 
 from __future__ import annotations
 
+import study.models.loopformer  # noqa: F401  (registers LoopFormer, so --model hf loads its folders too)
 from study.eval.lm import LoopDepthLM
 
 __all__ = ["LoopDepthLM"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ class OfflineCopy:
     licence: str
     split: str = "validation"
     renames: tuple[tuple[str, str], ...] = ()
-    cast: Callable[[Any], Any] | None = None
+    cast: str | None = None  # a ``datasets.Value`` dtype for the renamed columns
 
 
 # (lm-eval's dataset_path, dataset_name) -> the copy. Row counts: the full validation splits.
@@ -57,9 +56,10 @@ OFFLINE_COPIES: dict[tuple[str, str | None], OfflineCopy] = {
     ("allenai/openbookqa", "main"): OfflineCopy("openbookqa/main", ("openbookqa",), "Apache-2.0"),
     ("allenai/sciq", None): OfflineCopy("sciq/none", ("sciq",), "CC BY-NC 3.0"),
     ("tau/commonsense_qa", None): OfflineCopy("tau/commonsense_qa/none", ("commonsense_qa",), "MIT"),
+    ("google-research-datasets/nq_open", None): OfflineCopy("nq_open/none", ("nq_open",), "CC BY-SA 3.0"),
     # google's BoolQ (answer: bool) is SuperGLUE's BoolQ (label: 0/1) by another column name
     ("aps/super_glue", "boolq"): OfflineCopy(
-        "boolq/none", ("boolq",), "CC BY-SA 3.0", renames=(("answer", "label"),), cast=int
+        "boolq/none", ("boolq",), "CC BY-SA 3.0", renames=(("answer", "label"),), cast="int64"
     ),
 }
 
@@ -90,7 +90,7 @@ def load_copy(copy: OfflineCopy):
     for old, new in copy.renames:
         split = split.rename_column(old, new)
         if copy.cast is not None:
-            split = split.map(lambda row, column=new: {column: copy.cast(row[column])})
+            split = split.cast_column(new, datasets.Value(copy.cast))
     return datasets.DatasetDict({copy.split: split})
 
 
