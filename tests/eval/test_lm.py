@@ -7,10 +7,10 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from lm_eval.api.instance import Instance  # noqa: E402
-from lm_eval.models.huggingface import HFLM  # noqa: E402
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
 
-from study.eval import LoopDepthLM  # noqa: E402
+from study.eval import LoopDepthLM
 
 QUESTION = "Question: Which gas do plants take in?\nAnswer:"
 
@@ -22,7 +22,9 @@ def request(kind: str, arguments: tuple, doc_id: int = 0, idx: int = 0) -> Insta
 LOGLIKELIHOOD = [
     request("loglikelihood", (QUESTION, " carbon dioxide"), 0, 0),
     request("loglikelihood", (QUESTION, " oxygen"), 0, 1),
-    request("loglikelihood", (QUESTION, " helium gas from the sun"), 0, 2),
+    request(
+        "loglikelihood", (QUESTION, " helium gas from the sun and many many other far away stars in the galaxy"), 0, 2
+    ),
     request("loglikelihood", ("Question: What melts ice?\nAnswer:", " heat"), 1, 0),
 ]
 ROLLING = [request("loglikelihood_rolling", ("The quick brown fox jumps over the lazy dog. " * 3,))]
@@ -66,16 +68,16 @@ def test_generation_is_the_policys_cached_greedy_decoding(plain, tiny_llama_dir)
 
 
 def test_halting_records_loops_decided_on_the_context_alone(tiny_llama_dir):
-    halting = loopdepth(tiny_llama_dir, "euler-w1-2-K8-residual0.3")
+    halting = loopdepth(tiny_llama_dir, "euler-w1-2-K8-residual0.2")
     halting.loglikelihood(LOGLIKELIHOOD, True)
     records = halting.executed_loops
     assert [(r["doc_id"], r["idx"]) for r in records] == [(0, 0), (0, 1), (0, 2), (1, 0)]
-    assert {r["policy"] for r in records} == {"euler-w1-2-K8-residual0.3"}
+    assert {r["policy"] for r in records} == {"euler-w1-2-K8-residual0.2"}
     loops = [r["executed_loops"] for r in records]
     assert all(1 <= k <= 8 for k in loops)
-    # the choices of one question share its context, so they share its depth
-    assert loops[0] == loops[1] == loops[2]
-    assert min(loops) < 8  # tau 0.3 stops this model early
+    # the choices of one question share its context, so they share its depth (deciding on
+    # the whole row instead would give the long third choice 7 loops, the others 6)
+    assert loops[0] == loops[1] == loops[2] < 8
 
 
 def test_loopformer_runs_its_own_policies(tiny_llama_dir):
