@@ -52,7 +52,7 @@ OFFLINE_COPIES: dict[tuple[str, str | None], OfflineCopy] = {
     ("allenai/ai2_arc", "ARC-Challenge"): OfflineCopy("ai2_arc/ARC-Challenge", ("arc_challenge",), "CC BY-SA 4.0"),
     ("baber/piqa", None): OfflineCopy("piqa/plain_text", ("piqa",), "AFL-3.0"),
     ("Rowan/hellaswag", None): OfflineCopy("hellaswag/none", ("hellaswag",), "MIT"),
-    ("allenai/winogrande", "winogrande_xl"): OfflineCopy("winogrande/winogrande_xl", ("winogrande",), "CC BY 4.0"),
+    ("allenai/winogrande", "winogrande_xl"): OfflineCopy("winogrande/winogrande_xl", ("winogrande",), "CC-BY"),
     ("allenai/openbookqa", "main"): OfflineCopy("openbookqa/main", ("openbookqa",), "Apache-2.0"),
     ("allenai/sciq", None): OfflineCopy("sciq/none", ("sciq",), "CC BY-NC 3.0"),
     ("tau/commonsense_qa", None): OfflineCopy("tau/commonsense_qa/none", ("commonsense_qa",), "MIT"),
