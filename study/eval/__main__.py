@@ -51,11 +51,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from study.eval import LoopDepthLM, offline_tasks
 
     offline_tasks.install()
-    first = len(LoopDepthLM.instances)  # the models this run makes (a caller may have made others)
+    first = len(LoopDepthLM.executed_logs)  # the models this run makes (a caller may have made others)
     sys.argv = ["lm-eval", *args]  # lm-eval's parser reads sys.argv
     cli_evaluate()
     where = output_path(args)
-    records = [record for lm in LoopDepthLM.instances[first:] for record in lm.executed_loops]
+    records = [record for log in LoopDepthLM.executed_logs[first:] for record in log]
     if where is not None and records:
         written = write_executed_loops(where, records)
         if written is not None:

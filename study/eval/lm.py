@@ -41,8 +41,9 @@ class LoopDepthLM(HFLM):
     ``offline:smollm2`` or ``embedded:mini``), ``policy=`` (a policy id as the results
     files spell it, e.g. ``M8`` or ``euler-w12-15-K3``) and any of HFLM's own."""
 
-    # every instance made in this process, so the CLI can write their executed loops
-    instances: ClassVar[list[LoopDepthLM]] = []
+    # the executed_loops list of every instance made in this process, so the CLI can write
+    # them after lm-eval has let go of the model (the lists, not the models, are kept)
+    executed_logs: ClassVar[list[list[dict[str, Any]]]] = []
 
     def __init__(self, pretrained: str, policy: str, device: str | None = "auto", **kwargs: Any) -> None:
         if not isinstance(pretrained, str):
@@ -65,7 +66,7 @@ class LoopDepthLM(HFLM):
         self._prompt_lengths: dict[Key, int] = {}
         self._executed: dict[Key, float] = {}
         self._last_executed: list[float | None] = []
-        LoopDepthLM.instances.append(self)
+        LoopDepthLM.executed_logs.append(self.executed_loops)
 
     # ---- scoring -------------------------------------------------------------------------
 

@@ -67,3 +67,34 @@ def test_loopdepth_at_one_pass_is_plain_lm_eval_and_looping_moves_it(tiny_llama_
     records = [json.loads(line) for line in executed.read_text().splitlines()]
     assert len(records) == len(ours) and {r["executed_loops"] for r in records} == {1.0}
     assert not list(plain.glob("executed_loops_*.jsonl"))
+
+
+def test_output_path_is_read_from_lm_eval_s_flags():
+    from study.eval.__main__ import output_path
+
+    assert output_path(["--model", "hf", "--output_path", "out/x", "--log_samples"]) == Path("out/x")
+    assert output_path(["-o", "y"]) == Path("y")
+    assert output_path(["--tasks", "arc_easy"]) is None
+
+
+def test_executed_loops_go_beside_the_newest_results(tmp_path):
+    from study.eval.__main__ import write_executed_loops
+
+    folder = tmp_path / "out" / "model"
+    folder.mkdir(parents=True)
+    assert write_executed_loops(tmp_path / "out", [{"executed_loops": 2.0}]) is None  # no results yet
+    older, newer = folder / "results_2026-01-01T00-00-00.json", folder / "results_2026-02-01T00-00-00.json"
+    older.write_text("{}")
+    newer.write_text("{}")
+    os.utime(older, (1, 1))
+    written = write_executed_loops(tmp_path / "out", [{"executed_loops": 2.0}, {"executed_loops": 3.0}])
+    assert written == folder / "executed_loops_2026-02-01T00-00-00.jsonl"
+    assert [json.loads(line)["executed_loops"] for line in written.read_text().splitlines()] == [2.0, 3.0]
+
+
+def test_study_eval_stays_off_the_pipeline():
+    banned = ("study.stages", "study.report", "study.pipeline", "run_study")
+    probe = f"import sys, study.eval; print(sorted(m for m in sys.modules if m.startswith({banned!r})))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
