@@ -76,6 +76,7 @@ def test_arc_keeps_lm_eval_s_prompt_and_scores_validation(task_manager, offline)
 
 def test_boolq_copy_gets_superglue_s_integer_label(task_manager, offline):
     task = load(task_manager, "boolq")
+    assert task.eval_docs.features["label"].dtype == "int64"  # not the copy's bool
     assert set(task.eval_docs.unique("label")) == {0, 1}
     assert task.doc_to_choice(task.eval_docs[0]) == ["no", "yes"]
 
