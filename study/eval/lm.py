@@ -82,7 +82,12 @@ class LoopDepthLM(HFLM):
             # a row HFLM did not announce (batch-size probing) decides on all its tokens
             lengths = [self._prompt_lengths.get(key, inps.shape[1]) for key in keys]
             prompt_lengths = torch.tensor(lengths, dtype=torch.long)
-        with torch.no_grad():
+        autocast = torch.autocast(  # HFLM's mixed_precision_dtype, as in its own _model_call
+            device_type=self.device.type,
+            dtype=self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
+        )
+        with torch.no_grad(), autocast:
             hidden, executed = self.runner.hidden(inps, prompt_lengths)
             logits = self.runner.head(hidden)
         for key, loops in zip(keys, executed.tolist(), strict=True):
