@@ -189,4 +189,4 @@ def test_adaptive_figures_draw_one_panel_per_model(fake_run: Path) -> None:
         assert list(fixed.get_xdata()) == [2.0, 4.0, 8.0] and list(halting.get_xdata()) == [7.0, 12.0]
     figure = report.plot_adaptive_depths(results)
     assert len(figure.axes) == 3
-    assert legend_texts(figure.axes[0]) == ["oracle", "ladder-2-4-8-kl0.01"]  # the best halting policy
+    assert legend_texts(figure.axes[0]) == ["oracle", "ladder-2-4-8-kl0.1"]  # the best halting policy

@@ -47,5 +47,5 @@ def test_best_halting_is_the_lowest_nll_halting_row(fake_run: Path) -> None:
     results = load_results(fake_run)
     best = best_halting(results, "train8")
     halting = results.adaptive[(results.adaptive["model"] == "train8") & (results.adaptive["kind"] == "halting")]
-    assert best["nll_per_token"] == halting["nll_per_token"].min()
+    assert best["nll_per_token"] == halting["nll_per_token"].min() and best["policy"] == "ladder-2-4-8-kl0.1"
     assert best_halting(results, "train8", split="train") is None  # halting policies run on test only
