@@ -183,10 +183,13 @@ def test_adaptive_figures_draw_one_panel_per_model(fake_run: Path) -> None:
     results = report.load_results(fake_run)
     figure = report.plot_adaptive_frontier(results)
     assert [ax.get_title() for ax in figure.axes] == ["Base (test)", "Train8 (test)", "Train4 (test)"]
-    for ax in figure.axes:
+    frontier = pd.read_csv(fake_run / "results" / "oracle_frontier.csv")
+    for ax, model in zip(figure.axes, ("base", "train8", "train4"), strict=True):
         assert legend_texts(ax) == ["fixed depth", "oracle", "halting: kl (tau sweep)"]
-        fixed, _, halting = ax.get_lines()
+        fixed, oracle, halting = ax.get_lines()
         assert list(fixed.get_xdata()) == [2.0, 4.0, 8.0] and list(halting.get_xdata()) == [7.0, 12.0]
+        staircase = frontier[(frontier["model"] == model) & (frontier["split"] == "test")]
+        assert list(oracle.get_ydata()) == pytest.approx(list(staircase["nll_per_token"]))
     figure = report.plot_adaptive_depths(results)
     assert len(figure.axes) == 3
     assert legend_texts(figure.axes[0]) == ["oracle", "ladder-2-4-8-kl0.1"]  # the best halting policy
