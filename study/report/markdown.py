@@ -16,14 +16,7 @@ import pandas as pd
 
 from study.io import atomic_write_text
 from study.report.figures import FIGURES, figure_number, figure_spec, write_figures
-from study.report.formats import (
-    format_nll,
-    format_percent,
-    format_seconds,
-    gaps_text,
-    markdown_table,
-    yes_no,
-)
+from study.report.formats import format_nll, format_percent, format_seconds, gaps_text, markdown_table, yes_no
 from study.report.results import ADAPTIVE_FILES, TEST, Results, load_results
 from study.report.tables import table1
 from study.tasks.gsm8k import EXTRACTIONS

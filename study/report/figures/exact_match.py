@@ -10,16 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from study.report.results import Results
-from study.report.style import (
-    FigureSpec,
-    colors,
-    dodge,
-    loop_ticks,
-    mark_train_loops,
-    marker,
-    missing_inputs,
-    styled,
-)
+from study.report.style import FigureSpec, colors, dodge, loop_ticks, mark_train_loops, marker, missing_inputs, styled
 from study.tasks.gsm8k import EXTRACTIONS
 
 # how the report names the exact-match stage's verdicts (EXTRACTIONS: study.tasks.gsm8k.score_text)

@@ -9,14 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from study.report.results import Results
-from study.report.style import (
-    FigureSpec,
-    colors,
-    missing_inputs,
-    not_run,
-    panel_row,
-    styled,
-)
+from study.report.style import FigureSpec, colors, missing_inputs, not_run, panel_row, styled
 
 
 @styled

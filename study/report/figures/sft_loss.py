@@ -8,13 +8,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from study.report.results import Results
-from study.report.style import (
-    FigureSpec,
-    colors,
-    missing_inputs,
-    new_figure,
-    styled,
-)
+from study.report.style import FigureSpec, colors, missing_inputs, new_figure, styled
 
 
 @styled
