@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from itertools import pairwise
 from pathlib import Path
 
 import pandas as pd
@@ -193,3 +195,17 @@ def test_adaptive_figures_draw_one_panel_per_model(fake_run: Path) -> None:
     figure = report.plot_adaptive_depths(results)
     assert len(figure.axes) == 3
     assert legend_texts(figure.axes[0]) == ["oracle", "ladder-2-4-8-kl0.1"]  # the best halting policy
+
+
+def test_the_notebook_numbers_figures_like_the_report() -> None:
+    notebook = json.loads((Path(__file__).resolve().parents[2] / "notebooks" / "figures.ipynb").read_text())
+    cells = ["".join(cell["source"]) for cell in notebook["cells"]]
+    plotted = {spec.plot.__name__: spec.name for spec in report.FIGURES}
+    headings = 0
+    for text, following in pairwise(cells):
+        heading = re.match(r"## Figure (\d+):", text)
+        if heading:
+            headings += 1
+            (function,) = re.findall(r"report\.(plot_\w+)\(", following)
+            assert report.figure_number(plotted[function]) == int(heading.group(1)), function
+    assert headings == 5
