@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -299,7 +299,9 @@ def make_fake_run(
     return run_dir
 
 
-def _write_adaptive(write, models: list[str], rng: np.random.Generator) -> None:
+def _write_adaptive(
+    write: Callable[[str, list[dict], Sequence[str]], None], models: list[str], rng: np.random.Generator
+) -> None:
     """The adaptive stage's three files: fixed depths 2, 4, 8, the oracle and, on test, a
     ladder halting at two thresholds (one cheaper than 8 loops, one dearer)."""
     rows, frontier, depths = [], [], []
