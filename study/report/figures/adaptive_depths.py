@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from study.report.results import ADAPTIVE_FILES, TEST, Results
-from study.report.style import FigureSpec, missing_inputs, panel_row, styled
+from study.report.style import FigureSpec, loop_ticks, missing_inputs, panel_row, styled
 from study.report.tables import best_halting
 
 
@@ -32,7 +33,10 @@ def plot_adaptive_depths(results: Results, axes: Sequence[Axes] | None = None, s
         edges = sorted({float(v) for vs in values for v in vs})
         # one bin per whole depth, centred on it
         bins = [e - 0.5 for e in range(int(min(edges)), int(max(edges)) + 2)] if edges else 10
-        ax.hist(values, bins=bins, label=shown)
+        ax.hist(values, bins=bins, label=shown, color=["0.2", "0.6"][: len(shown)])  # greys: not a model colour
+        if edges:
+            loop_ticks(ax, edges)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of examples
         ax.set_title(f"{results.model(name).label} ({split})")
         ax.set_xlabel("chosen depth (loops)")
         ax.set_ylabel("examples")

@@ -11,6 +11,8 @@ from matplotlib.figure import Figure
 from study.report.results import ADAPTIVE_FILES, TEST, Results
 from study.report.style import FigureSpec, colors, marker, missing_inputs, panel_row, styled
 
+HALTING_MARKERS = ("s", "^", "v", "D")
+
 
 @styled
 def plot_adaptive_frontier(results: Results, axes: Sequence[Axes] | None = None, split: str = TEST) -> Figure:
@@ -30,9 +32,12 @@ def plot_adaptive_frontier(results: Results, axes: Sequence[Axes] | None = None,
                 lw=2, label="fixed depth")  # fmt: skip
         points = frontier[(frontier["model"] == name) & (frontier["split"] == split)].sort_values("mean_loops")
         ax.step(points["mean_loops"], points["nll_per_token"], where="post", color="black", lw=1.3, label="oracle")
-        for detail, curve in rows[rows["kind"] == "halting"].groupby("detail", sort=True):
+        # halting rules in grey, told apart by marker: no colour here may read as another model's
+        for index, (detail, curve) in enumerate(rows[rows["kind"] == "halting"].groupby("detail", sort=True)):
             curve = curve.sort_values("mean_loops")
-            ax.plot(curve["mean_loops"], curve["nll_per_token"], "s--", ms=4, label=f"halting: {detail} (tau sweep)")
+            shape = HALTING_MARKERS[index % len(HALTING_MARKERS)]
+            ax.plot(curve["mean_loops"], curve["nll_per_token"], ls="--", marker=shape, ms=5, color="0.45",
+                    label=f"halting: {detail} (tau sweep)")  # fmt: skip
         ax.set_title(f"{results.model(name).label} ({split})")
         ax.set_xlabel("mean executed loops per example")
         ax.set_ylabel("NLL per token (nats/token)")
