@@ -21,7 +21,7 @@ from study.io import atomic_write_csv, atomic_write_text
 from study.report.formats import format_nll, gaps_text, markdown_table, yes_no
 from study.report.results import TEST, Results, load_results
 from study.report.style import MODEL_MARKERS, RUN_LINESTYLES, model_colors, new_figure, not_run, save_figure, styled
-from study.report.tables import table1
+from study.report.tables import row_at, table1
 
 
 def _run_names(run_dirs: Sequence[Path]) -> list[str]:
@@ -50,7 +50,7 @@ def plot_compare(runs: Sequence[Results], names: Sequence[str] | None = None, ax
             loops_seen.update(int(v) for v in rows["inference_loops"])
             marker = MODEL_MARKERS[all_models.index(model) % len(MODEL_MARKERS)]
             ax.plot(rows["inference_loops"], rows["nll_per_token"], ls=style, marker=marker, ms=4, color=colours[model])
-            best = rows.loc[rows["nll_per_token"].idxmin()]
+            best = row_at(rows, rows["nll_per_token"].idxmin())
             ax.plot(
                 best["inference_loops"], best["nll_per_token"], "*", ms=14, mfc=colours[model], mec="black", zorder=5
             )

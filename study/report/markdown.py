@@ -18,7 +18,7 @@ from study.io import atomic_write_text
 from study.report.figures import FIGURES, figure_number, figure_spec, write_figures
 from study.report.formats import format_nll, format_percent, format_seconds, gaps_text, markdown_table, yes_no
 from study.report.results import ADAPTIVE_FILES, TEST, Results, load_results
-from study.report.tables import table1
+from study.report.tables import row_at, table1
 from study.tasks.gsm8k import EXTRACTIONS
 
 Figures = dict[str, Path | None]  # figure name -> its PNG (None: not drawn)
@@ -382,6 +382,7 @@ def _adaptive_section(results: Results, figures: Figures, rel: str) -> list[str]
     if absent:
         return [*lines, results.missing(absent[0]) + ".", ""]
     frame = results.adaptive
+    assert frame is not None  # results.absent found all of ADAPTIVE_FILES
     for model in dict.fromkeys(frame["model"]):  # the stage's model order
         lines += _adaptive_findings(frame[(frame["model"] == model) & (frame["split"] == TEST)], model)
     lines += [
@@ -415,9 +416,9 @@ def _adaptive_findings(rows: pd.DataFrame, model: str) -> list[str]:
     wins = compared[compared["equal_ci_high"] < 0]
     # the policy that does best against the fixed depth it could afford (lowest NLL when none fits)
     top = (
-        compared.loc[compared["gap_to_equal_compute"].astype(float).idxmin()]
+        row_at(compared, compared["gap_to_equal_compute"].astype(float).idxmin())
         if not compared.empty
-        else halting.loc[halting["nll_per_token"].idxmin()]
+        else row_at(halting, halting["nll_per_token"].idxmin())
     )
     verdict = (
         f"{len(wins)} of {len(halting)} halting policies beat the best fixed depth within their mean loops "

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 
@@ -23,6 +23,7 @@ if "ipykernel" not in sys.modules and "matplotlib.pyplot" not in sys.modules:
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.typing import RcKeyType
 
 from study.io import atomic_write_bytes
 from study.report.results import Results
@@ -30,7 +31,7 @@ from study.report.results import Results
 DPI = 150
 MODEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 RUN_LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
-STYLE = {
+STYLE: dict[RcKeyType, Any] = {
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.grid": True,
@@ -84,10 +85,17 @@ def styled(function: Callable[..., Figure]) -> Callable[..., Figure]:
     return wrapper
 
 
+def root_figure(ax: Axes) -> Figure:
+    """The figure that ``ax`` is drawn in (the top-level one, not a subfigure)."""
+    # an Axes is created inside a figure; only one removed from it (ax.remove()) has None, which is
+    # passed through as before rather than raised on
+    return cast(Figure, ax.get_figure(root=True))
+
+
 def new_figure(ax: Axes | None, figsize: tuple[float, float] = (7.5, 4.6)) -> tuple[Figure, Axes]:
     """The caller's axes (a notebook drawing into its own layout), else a new one-axes figure."""
     if ax is not None:
-        return ax.get_figure(root=True), ax
+        return root_figure(ax), ax
     figure = Figure(figsize=figsize, layout="constrained")
     return figure, figure.add_subplot()
 
@@ -97,7 +105,7 @@ def panel_row(
 ) -> tuple[Figure, list[Axes]]:
     """The caller's axes, else a new figure with ``count`` panels (one per model) in a row."""
     if axes is not None:
-        return axes[0].get_figure(root=True), list(axes)
+        return root_figure(axes[0]), list(axes)
     panels = max(1, count)
     figure = Figure(figsize=(size[0] * panels, size[1]), layout="constrained")
     return figure, list(figure.subplots(1, panels, sharey=sharey, squeeze=False)[0])

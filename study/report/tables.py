@@ -3,10 +3,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from typing import Any, cast
+
 import numpy as np
 import pandas as pd
 
 from study.report.results import TEST, TRAIN, Results
+
+
+def row_at(frame: pd.DataFrame, label: Hashable) -> pd.Series:
+    """``frame.loc[label]``: the row at ``label`` (from ``idxmin``) of a frame with unique index labels.
+
+    The casts are for pandas-stubs only: ``.loc`` takes no bare ``Hashable`` (which ``idxmin``
+    returns) and types a one-label lookup ``Series | DataFrame`` (a DataFrame only for a repeated
+    label, which the report's frames, read from CSV or filtered from one, never have)."""
+    return cast(pd.Series, frame.loc[cast(Any, label)])
 
 
 def pareto_front(points: pd.DataFrame, x: str = "median_s", y: str = "nll_per_token") -> pd.Series:
@@ -59,7 +71,7 @@ def _best_rows(results: Results, split: str) -> dict[str, pd.Series]:
     elif results.nll is not None:
         rows = results.nll[results.nll["split"] == split]
         for model, group in rows.groupby("model", sort=False):
-            best[str(model)] = group.loc[group["nll_per_token"].idxmin()]
+            best[str(model)] = row_at(group, group["nll_per_token"].idxmin())
     return best
 
 
@@ -146,4 +158,4 @@ def best_halting(results: Results, model: str, split: str = TEST) -> pd.Series |
     if frame is None:
         return None
     rows = frame[(frame["model"] == model) & (frame["split"] == split) & (frame["kind"] == "halting")]
-    return None if rows.empty else rows.loc[rows["nll_per_token"].idxmin()]
+    return None if rows.empty else row_at(rows, rows["nll_per_token"].idxmin())

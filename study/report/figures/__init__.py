@@ -58,7 +58,8 @@ def write_figures(results: Results, figures_dir: Path) -> dict[str, Path | None]
         # strip the constrained layout keeps free below the axes
         engine = figure.get_layout_engine()
         if engine is not None and hasattr(engine, "set") and "rect" in engine.get():
-            engine.set(rect=(0, 0.035, 1, 0.965))
+            # stubs: the base LayoutEngine.set takes no keywords; the engines whose get() has rect take rect=
+            engine.set(rect=(0, 0.035, 1, 0.965))  # type: ignore[call-arg]
         figure.text(0.005, 0.004, f"model: {results.model_label}", fontsize=7, color="0.35", ha="left", va="bottom")
         written[spec.name] = save_figure(figure, figures_dir, spec.name)[0]
     return written

@@ -23,6 +23,7 @@ def plot_adaptive_depths(results: Results, axes: Sequence[Axes] | None = None, s
     if missing_inputs(results, axes[:1], *ADAPTIVE_FILES):
         return figure
     depths = results.adaptive_depths
+    assert depths is not None  # missing_inputs found all of ADAPTIVE_FILES
     for ax, name in zip(axes, names, strict=False):
         chosen = depths[(depths["model"] == name) & (depths["split"] == split)]
         shown = ["oracle"]

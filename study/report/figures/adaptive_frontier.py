@@ -24,6 +24,7 @@ def plot_adaptive_frontier(results: Results, axes: Sequence[Axes] | None = None,
     if missing_inputs(results, axes[:1], *ADAPTIVE_FILES):
         return figure
     frame, frontier = results.adaptive, results.oracle_frontier
+    assert frame is not None and frontier is not None  # missing_inputs found all of ADAPTIVE_FILES
     palette = colors(results)
     for ax, name in zip(axes, names, strict=False):
         rows = frame[(frame["model"] == name) & (frame["split"] == split)]

@@ -10,7 +10,17 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from study.report.results import Results
-from study.report.style import FigureSpec, colors, dodge, loop_ticks, mark_train_loops, marker, missing_inputs, styled
+from study.report.style import (
+    FigureSpec,
+    colors,
+    dodge,
+    loop_ticks,
+    mark_train_loops,
+    marker,
+    missing_inputs,
+    root_figure,
+    styled,
+)
 from study.tasks.gsm8k import EXTRACTIONS
 
 # how the report names the exact-match stage's verdicts (EXTRACTIONS: study.tasks.gsm8k.score_text)
@@ -32,11 +42,12 @@ def plot_exact_match(results: Results, axes: Sequence[Axes] | None = None) -> Fi
         figure = Figure(figsize=(9.5, 8.4), layout="constrained")
         axes = list(figure.subplots(2, 2, sharex=True, sharey=True).ravel())
     else:
-        figure = axes[0].get_figure(root=True)
+        figure = root_figure(axes[0])
     if missing_inputs(results, axes, "exact_match.csv"):
         return figure
     palette = colors(results)
     em = results.exact_match
+    assert em is not None  # missing_inputs found results/exact_match.csv
     models = results.models_in(em)
     for ax, extraction in zip(axes, EXTRACTIONS, strict=False):
         rows_all = em[em["extraction"] == extraction]

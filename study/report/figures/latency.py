@@ -33,6 +33,7 @@ def plot_latency(results: Results, ax: Axes | None = None) -> Figure:
         return figure
     palette = colors(results)
     latency = results.latency
+    assert latency is not None  # missing_inputs found results/latency.csv (latency_fit.csv may be absent)
     fits = results.latency_fit
     models = results.models_in(latency)
     handles = []

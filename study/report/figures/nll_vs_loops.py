@@ -19,6 +19,7 @@ from study.report.style import (
     new_figure,
     styled,
 )
+from study.report.tables import row_at
 
 
 @styled
@@ -31,6 +32,7 @@ def plot_nll_vs_loops(results: Results, ax: Axes | None = None, splits: Sequence
         return figure
     palette = colors(results)
     nll = results.nll
+    assert nll is not None  # missing_inputs found results/nll_summary.csv
     models = results.models_in(nll)
     for name in models:
         colour = palette[name]
@@ -51,7 +53,7 @@ def plot_nll_vs_loops(results: Results, ax: Axes | None = None, splits: Sequence
                 linewidth=2.0 if is_test else 1.3,
                 alpha=1.0 if is_test else 0.8,
             )
-            best = rows.loc[rows["nll_per_token"].idxmin()]
+            best = row_at(rows, rows["nll_per_token"].idxmin())
             ax.plot(
                 best["inference_loops"],
                 best["nll_per_token"],

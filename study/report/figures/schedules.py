@@ -22,6 +22,7 @@ def plot_schedules(results: Results, axes: Sequence[Axes] | None = None) -> Figu
     figure, axes = panel_row(axes, len(names), (4.6, 4.6), sharey=True)
     if missing_inputs(results, axes[:1], "schedules.csv"):
         return figure
+    assert frame is not None  # missing_inputs found results/schedules.csv
     if not names:
         not_run(axes[0], "No rows in results/schedules.csv")
         return figure

@@ -21,6 +21,7 @@ def plot_sft_loss(results: Results, ax: Axes | None = None, window: int | None =
         return figure
     palette = colors(results)
     loss = results.sft_loss
+    assert loss is not None  # missing_inputs found results/sft_loss.csv
     models = results.models_in(loss)
     handles = []
     for name in models:
