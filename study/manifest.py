@@ -141,7 +141,8 @@ class Manifest:
         if differs:  # not an error (pip users install from ranges), but never silent
             shown = ", ".join(f"{k} {v['installed']} (locked {v['locked']})" for k, v in sorted(differs.items())[:4])
             more = f" and {len(differs) - 4} more" if len(differs) > 4 else ""
-            print(f"note: installed packages differ from {LOCK_FILE.name}: {shown}{more}", file=sys.stderr)
+            # stdout: a note, not an error (stderr keeps errors to their one line)
+            print(f"note: installed packages differ from {LOCK_FILE.name}: {shown}{more}", flush=True)
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
