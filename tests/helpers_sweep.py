@@ -21,6 +21,7 @@ from study.config import (
     NLLConfig,
     SFTConfig,
     StudyConfig,
+    sft_model_name,
 )
 from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
 from study.pipeline import RunContext
@@ -112,5 +113,5 @@ def make_context(
     )
     ctx = RunContext(config=config, run_dir=tmp_path / "run", device=torch.device("cpu"))
     for i, loops in enumerate(sft_loops):
-        tiny_model(seed=i + 1, train_loops=loops).save_pretrained(ctx.model_dir(f"train{loops}"))
+        tiny_model(seed=i + 1, train_loops=loops).save_pretrained(ctx.model_dir(sft_model_name(loops)))
     return ctx
