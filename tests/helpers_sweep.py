@@ -36,7 +36,8 @@ class ScriptedModel(torch.nn.Module):
         super().__init__()
         self.script, self.prompt_length, self.vocab = script, prompt_length, vocab
         self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.config = type("Config", (), {"block_size": 1024, "n_layer": 1, "train_loops": 1})()
+        config = {"model_type": "loopformer", "block_size": 1024, "n_layer": 1, "train_loops": 1}
+        self.config = type("Config", (), config)()  # a LoopFormer's, as bind tells backbones apart
         # the decoder asks the backbone for the loop conditioning once per generation
         self.gpt = type("Backbone", (), {"loop_modulations": staticmethod(lambda schedule, num_loops: [])})()
 

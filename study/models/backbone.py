@@ -105,7 +105,7 @@ class Backbone(ABC):
         """The trl ``SFTTrainer`` class that trains a model at ``policy``."""
 
     @abstractmethod
-    def set_train_depth(self, model: nn.Module, loops: int) -> None:
+    def set_train_depth(self, model: PreTrainedModel, loops: int) -> None:
         """Record in the model the depth it is trained at, where its weights carry it."""
 
     @abstractmethod

@@ -1,13 +1,13 @@
 """SFT stage: fine-tune the base once per ``sft.train_loops`` entry with trl.
 
 Each model trains at a fixed depth policy, with the trainer its backbone's registry
-entry gives (``study.models.backbones``: ``sft_trainer``, ``set_train_depth``). LoopFormer: the loop count reaches the
-model through its config (``train_loops``): trl calls the backbone with input ids and
-mask only. A looped decoder (training-free looping of a pretrained decoder): every
-training forward runs through ``loop_decoder(model, spec)`` at K = the entry, so the
-gradients flow through every pass of the window; the saved model is the plain
-decoder (``save_pretrained``) with ``loop_policy.json`` beside it, never the wrapper.
-Loss is on
+entry gives (``study.models.backbones``: ``sft_trainer``, ``set_train_depth``).
+LoopFormer: the loop count reaches the model through its config (``train_loops``):
+trl calls the backbone with input ids and mask only. A looped decoder (training-free
+looping of a pretrained decoder): every training forward runs through
+``loop_decoder(model, spec)`` at K = the entry, so the gradients flow through every
+pass of the window; the saved model is the plain decoder (``save_pretrained``) with
+``loop_policy.json`` beside it, never the wrapper. Loss is on
 the completion (the gold solution + EOS), never the prompt. Trainer checkpoints land
 in ``sft/<name>/checkpoint-*`` every ``sft.save_steps`` optimizer steps; a rerun
 resumes from the newest complete one. The final model is saved to ``models/<name>``

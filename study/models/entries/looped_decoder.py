@@ -29,7 +29,7 @@ from study.models.backbone import Backbone, PolicyRunner
 from study.models.errors import BackboneError
 from study.models.generation import DEFAULT_STOP_STRINGS, greedy_generate
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
-from study.models.looped_decoder import loop_decoder
+from study.models.looped_decoder import LoopedDecoder, loop_decoder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -49,7 +49,7 @@ class LoopedCausalLM(nn.Module):
     """The looped decoder with the causal-LM call ``greedy_generate`` makes
     (``logits_to_keep``; loop arguments of LoopFormer are ignored: the spec holds the loop)."""
 
-    def __init__(self, looped: nn.Module) -> None:
+    def __init__(self, looped: LoopedDecoder) -> None:
         super().__init__()
         self.looped = looped
         self.config = looped.config
@@ -73,6 +73,7 @@ class LoopedCausalLM(nn.Module):
 
 
 class LoopedDecoderRunner(PolicyRunner):
+    model: Any  # a Llama/Qwen3-family causal LM: transformers gives them no common type with lm_head
     policy: LoopedWindow
 
     def __init__(self, model: nn.Module, policy: LoopedWindow) -> None:
@@ -89,10 +90,12 @@ class LoopedDecoderRunner(PolicyRunner):
 
     def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         out = self.looped.base_forward(input_ids, use_cache=False)
+        hidden = out.last_hidden_state  # [B, T, H]
+        assert hidden is not None
         executed = out.executed_loops  # [B], None when no row can stop early
         if executed is None:
             executed = torch.full((input_ids.shape[0],), float(self.policy.inference_loops))
-        return out.last_hidden_state, executed.detach().float().cpu()
+        return hidden, executed.detach().float().cpu()
 
     def head(self, hidden: Tensor) -> Tensor:
         return self.model.lm_head(hidden)
@@ -112,7 +115,7 @@ class LoopedDecoderRunner(PolicyRunner):
 class HaltingWindowRunner(LoopedDecoderRunner):
     """``HaltingWindow``: each row stops looping once its prompt's signal is below tau."""
 
-    policy: HaltingWindow
+    policy: HaltingWindow  # type: ignore[assignment]  # the runner of halting windows only
 
     def __init__(self, model: nn.Module, policy: HaltingWindow) -> None:
         super().__init__(model, LoopedWindow(policy.spec))
@@ -120,10 +123,10 @@ class HaltingWindowRunner(LoopedDecoderRunner):
         # (prompt mask [B, T], last prompt position [B]) while a teacher-forced batch is scored;
         # None in generation, where each call decides on its own new tokens
         self.decision: tuple[Tensor, Tensor] | None = None
-        inner = model.model
+        decoder: Any = model  # Llama family: model.model.norm, model.lm_head
 
         def readout(states: Tensor) -> Tensor:  # the LM head's reading of a window state (a logit lens)
-            return model.lm_head(inner.norm(states))
+            return decoder.lm_head(decoder.model.norm(states))
 
         def make_halting(token_mask: Tensor | None) -> Halting:
             if self.decision is None:  # left padding: a call's last position is always a real token
@@ -255,7 +258,7 @@ class LoopedDecoderBackbone(Backbone):
         assert isinstance(policy, LoopedWindow)
         return looped_sft_trainer(policy.spec)
 
-    def set_train_depth(self, model: nn.Module, loops: int) -> None:
+    def set_train_depth(self, model: PreTrainedModel, loops: int) -> None:
         # the weights stay the plain decoder's: the depth is in loop_policy.json beside them
         return None
 

@@ -30,6 +30,8 @@ from study.models.loopformer import (
 )
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from study.config import AdaptiveConfig, LoopingConfig
 
 DEFAULT_TRAIN_LOOPS = 8  # LoopFormerConfig's, for a hub base whose config is not read before loading
@@ -72,7 +74,7 @@ class LoopFormerRunner(PolicyRunner):
 class LadderRunner(LoopFormerRunner):
     """``RungLadder``: M chosen per input from the prompt (see the module docstring)."""
 
-    policy: RungLadder
+    policy: RungLadder  # type: ignore[assignment]  # the runner of the ladder only
 
     def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Each row's hidden states [B, T, H] at the rung it stopped on, and its cost [B]
@@ -179,7 +181,8 @@ class LoopFormerBackbone(Backbone):
     runners = {UniformLoops: LoopFormerRunner, StepSchedule: LoopFormerRunner, RungLadder: LadderRunner}
 
     def accepts(self, model: nn.Module) -> bool:
-        return isinstance(model, LoopFormerForCausalLM)
+        # by its config's model_type, as transformers' Auto classes tell models apart
+        return getattr(getattr(model, "config", None), "model_type", None) == LoopFormerConfig.model_type
 
     def load(self, source: str, revision: str | None, device: torch.device) -> LoopFormerForCausalLM:
         try:
@@ -206,7 +209,7 @@ class LoopFormerBackbone(Backbone):
 
         return SFTTrainer
 
-    def set_train_depth(self, model: nn.Module, loops: int) -> None:
+    def set_train_depth(self, model: PreTrainedModel, loops: int) -> None:
         # trl calls the model with input ids and mask only: the loop count travels in its config
         model.config.train_loops = loops
 
