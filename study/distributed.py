@@ -22,16 +22,14 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import TypeVar
 
+from study.errors import ProcessFailed as ProcessFailed  # re-exported: raised here
+
 T = TypeVar("T")
 # launcher variables a child process must not inherit, or it would join the process group
 LAUNCHER_VARIABLES = (
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
     "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS",
 )  # fmt: skip
-
-
-class ProcessFailed(Exception):
-    """Another process of the run failed; its message is this one's."""
 
 
 def launched() -> bool:

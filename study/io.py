@@ -16,9 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
-class OutputError(OSError):
-    """The output directory cannot be written (full disk, read-only, ...)."""
+from study.errors import OutputError as OutputError  # re-exported: raised here
 
 
 def current_umask() -> int:

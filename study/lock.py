@@ -21,9 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-
-class RunLockError(RuntimeError):
-    """The run directory is in use by another live run (user error, one line)."""
+from study.errors import RunLockError as RunLockError  # re-exported: raised here
 
 
 def lock_path(run_dir: Path) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from study.config import StudyConfig
+from study.errors import ManifestError as ManifestError  # re-exported: raised here
 from study.io import atomic_write_json, read_json
 
 PACKAGES = (
@@ -41,7 +42,10 @@ def git_commit() -> str | None:
     if result.returncode != 0:
         return None
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True,
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
         check=False,
     ).stdout.strip()
     return result.stdout.strip() + ("-dirty" if dirty else "")
@@ -85,10 +89,6 @@ def lock_record(lock: Path = LOCK_FILE) -> dict[str, Any]:
         if installed != pinned:
             differs[name] = {"locked": pinned, "installed": installed}
     return {"file": lock.name, "sha256": hashlib.sha256(text).hexdigest(), "differs_from_installed": differs}
-
-
-class ManifestError(ValueError):
-    """A run directory's manifest.json that is not a manifest (user error, one line)."""
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

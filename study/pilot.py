@@ -72,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pilot: {len(examples)} train questions outside the SFT subset (ids {[e.id for e in examples][:8]}...)")
     rows = []
     settings = [(w, s, k) for w in windows for s in args.strategies for k in args.loops]
+    try:  # e.g. a position-mixing strategy with the config's per_loop cache: refused before any work
+        for window, strategy, loops in settings:
+            WindowFamily(window=(window[0], window[1]), strategy=strategy, cache_strategy=config.looping.cache_strategy,
+                         decode_mode=config.looping.decode_mode).policy(loops)  # fmt: skip
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     plain_done = False
     for window, strategy, loops in progress(settings, desc="pilot settings"):
         if loops == 1 and plain_done:

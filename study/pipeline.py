@@ -18,7 +18,6 @@ Run directory (``runs/<version>-seed<seed>/`` by default)::
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,26 +29,19 @@ import torch
 from transformers import PreTrainedModel
 
 from study.config import EMBEDDED_BASE, OFFLINE_SMOLLM2, StudyConfig, sft_model_name
-from study.fingerprint import file_digest, model_fingerprint, tokenizer_fingerprint
-from study.io import atomic_write_json, read_json
+from study.errors import BackboneError, CheckpointError
+from study.errors import Interrupted as Interrupted
+from study.errors import StudyError as StudyError  # re-exported: raised here
+from study.io import read_json
 from study.looping.policies import DepthPolicy, policies_for
 from study.models import smollm2
 from study.models.backbones import Backbone, get_backbone
-from study.models.errors import BackboneError, CheckpointError
 from study.tasks.gsm8k import Dataset, Example, Subsets, load_gsm8k, make_subsets
-from study.tokenizer import GPT2_DIR, has_tokenizer, load_tokenizer
+from study.tokenizer import has_tokenizer, load_tokenizer
 
 EMBEDDED_DIR = Path(__file__).parent / "assets" / "mini-base"
 BASE = "base"
 RESOLVED_CONFIG = "config.resolved.json"  # the run's validated config, for worker processes
-
-
-class StudyError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
-
-
-class Interrupted(Exception):
-    """Ctrl-C arrived; the stage stopped at a cell boundary."""
 
 
 @dataclass(frozen=True)
@@ -256,179 +248,6 @@ def context_from_run_dir(run_dir: Path) -> RunContext:
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process under accelerate/torchrun
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return RunContext(config=config, run_dir=run_dir, device=device)
-
-
-# ---- stage bookkeeping ---------------------------------------------------------------
-# the config sections each stage's outputs depend on: a change elsewhere reuses them
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "check": ("seed", "model", "data", "checks", "looping"),
-    "sft": ("seed", "model", "data", "sft", "looping"),
-    "nll": ("seed", "model", "data", "sft", "nll", "looping", "schedules"),
-    "adaptive": ("seed", "model", "data", "sft", "nll", "looping", "adaptive"),
-    "exact_match": ("seed", "model", "data", "sft", "exact_match", "looping"),
-    "latency": ("seed", "model", "sft", "latency", "looping"),
-    "report": (),
-}
-STAGES = tuple(STAGE_SECTIONS)
-
-
-def stage_hash(config: StudyConfig, stage: str) -> str:
-    sections = STAGE_SECTIONS[stage]
-    return config.section_hash(*sections) if sections else config.section_hash()
-
-
-def stage_marker(run_dir: Path, stage: str) -> Path:
-    return run_dir / "stages" / f"{stage}.json"
-
-
-# the data splits each stage reads; check and sft read the base only, the sweeps every model
-STAGE_SPLITS: dict[str, tuple[str, ...]] = {
-    "check": ("train", "test"),
-    "sft": ("train",),
-    "nll": ("train", "test"),
-    "adaptive": ("train", "test"),  # nll.csv of both splits; its halting cells score the test slice
-    "exact_match": ("test",),
-    "latency": ("test",),
-    "report": (),
-}
-BASE_ONLY_STAGES = ("check", "sft")
-# per-model settings that do not change a model's cells or weights: the loop grid (each
-# cell is one loop count), the bootstrap (computed from the cells), resume points
-CELL_NEUTRAL: dict[str, tuple[str, ...]] = {
-    "sft": ("train_loops", "save_steps"),
-    "nll": ("inference_loops", "bootstrap_resamples", "confidence"),
-    "adaptive": ("taus",),  # each tau is its own cell (the policy id names it)
-    "exact_match": ("inference_loops",),
-    "latency": ("inference_loops",),
-}
-
-
-def model_inputs(ctx: RunContext, spec: ModelSpec) -> dict[str, object]:
-    """Content fingerprints of a model folder (weights, config, tokenizer files) and of
-    the tokenizer the study loads for it. The offline SmolLM2 base is its GGUF file (the
-    run dequantizes its weights and tokenizer from it, so they exist only once a run has
-    started): the file's sha256 names both."""
-    if spec.name == BASE and ctx.config.model.source == OFFLINE_SMOLLM2:
-        try:
-            gguf = smollm2.gguf_path()
-        except BackboneError as error:
-            raise StudyError(str(error)) from None
-        offline = {"gguf": gguf.name, "sha256": file_digest(gguf)}
-        return {"model": offline, "tokenizer": offline}
-    commit = ctx.resolved_commit if spec.name == BASE else None
-    source = ctx.tokenizer_source(spec)
-    tokenizer = tokenizer_fingerprint(GPT2_DIR if source is None else source, spec.revision)
-    return {"model": model_fingerprint(spec.source, spec.revision, commit), "tokenizer": tokenizer}
-
-
-def stage_inputs(ctx: RunContext, stage: str) -> dict[str, object]:
-    """Everything a stage reads, by content: its data splits and its models."""
-    inputs: dict[str, object] = {f"data:{split}": ctx.dataset.sha256[split] for split in STAGE_SPLITS[stage]}
-    specs = [] if stage == "report" else [ctx.base_spec] if stage in BASE_ONLY_STAGES else ctx.model_specs()
-    for spec in specs:
-        inputs[spec.name] = model_inputs(ctx, spec)
-    return inputs
-
-
-def stage_key(ctx: RunContext, stage: str) -> dict[str, object]:
-    return {"config_hash": stage_hash(ctx.config, stage), "inputs": stage_inputs(ctx, stage)}
-
-
-def recorded_stage_key(run_dir: Path, stage: str) -> dict[str, object] | None:
-    marker = stage_marker(run_dir, stage)
-    try:
-        recorded = read_json(marker) if marker.is_file() else None
-    except (ValueError, OSError):
-        return None  # torn or unreadable: the stage is not done
-    if not isinstance(recorded, dict):
-        return None
-    return {"config_hash": recorded.get("config_hash"), "inputs": recorded.get("inputs")}
-
-
-def stage_done(ctx: RunContext, stage: str, key: dict[str, object] | None = None) -> bool:
-    """Finished for this config *and* these inputs (and, for sft, its models are there)."""
-    if recorded_stage_key(ctx.run_dir, stage) != (key or stage_key(ctx, stage)):
-        return False
-    if stage == "sft":
-        names = [sft_model_name(loops) for loops in ctx.config.sft.train_loops]
-        return all((ctx.model_dir(name) / "config.json").is_file() for name in names)
-    return True
-
-
-def changed_inputs(ctx: RunContext, stage: str, key: dict[str, object]) -> list[str]:
-    """What differs from the stage's recorded key, for the log: "config" and input names."""
-    recorded = recorded_stage_key(ctx.run_dir, stage)
-    if recorded is None:
-        return []
-    changed = ["config"] if recorded["config_hash"] != key["config_hash"] else []
-    old = recorded["inputs"] if isinstance(recorded["inputs"], dict) else {}
-    new = key["inputs"]
-    assert isinstance(new, dict)
-    return changed + sorted(name for name in set(old) | set(new) if old.get(name) != new.get(name))
-
-
-def mark_stage_done(ctx: RunContext, stage: str, key: dict[str, object]) -> None:
-    atomic_write_json(stage_marker(ctx.run_dir, stage), {"stage": stage, **key})
-
-
-# ---- per-model outputs keyed by their inputs -------------------------------------------------
-
-
-def model_output_key(ctx: RunContext, stage: str, spec: ModelSpec) -> dict[str, object]:
-    """What one model's outputs of a stage (its sweep cells; for sft its checkpoints and
-    final weights) were computed from. The model an SFT run *reads* is the base."""
-    source = ctx.base_spec if stage == "sft" else spec
-    settings = ctx.config.model_dump(mode="json")[stage] or {}  # an optional section may be absent
-    return {
-        "stage": stage,
-        "seed": ctx.config.seed,
-        "data": ctx.config.data.model_dump(mode="json"),
-        "data_sha256": {split: ctx.dataset.sha256[split] for split in STAGE_SPLITS[stage]},
-        "settings": {k: v for k, v in settings.items() if k not in CELL_NEUTRAL[stage]},
-        # a looped decoder's window, strategy ...: the depth an SFT model trained at, the policies of the cells
-        "backbone": ctx.config.model.backbone,
-        "looping": None if ctx.config.looping is None else ctx.config.looping.model_dump(mode="json"),
-        "device": str(ctx.device) if stage == "latency" else None,  # timings belong to their device
-        **model_inputs(ctx, source),
-    }
-
-
-def model_outputs(ctx: RunContext, stage: str, name: str) -> list[Path]:
-    if stage == "sft":
-        candidates = [ctx.model_dir(name), ctx.run_dir / "sft" / name, ctx.cells_dir("sft") / f"{name}.csv"]
-        return [p for p in candidates if p.exists()]
-    cells = ctx.cells_dir(stage)
-    return sorted(cells.glob(f"{name}-*")) if cells.is_dir() else []
-
-
-def refresh_model_outputs(ctx: RunContext, stage: str) -> list[str]:
-    """Discard each model's outputs of ``stage`` that were computed from other inputs
-    than the current ones (a weight file or data file changed in place, a setting
-    changed), so no stale cell or checkpoint is reused; record the current inputs.
-    Returns the names of the models whose outputs were discarded."""
-    if stage not in CELL_NEUTRAL:
-        return []
-    specs = [ctx.sft_spec(loops) for loops in ctx.config.sft.train_loops] if stage == "sft" else ctx.model_specs()
-    discarded = []
-    for spec in specs:
-        sidecar = ctx.cells_dir(stage) / f"{spec.name}.inputs.json"
-        key = model_output_key(ctx, stage, spec)
-        try:
-            recorded = read_json(sidecar) if sidecar.is_file() else None
-        except (ValueError, OSError):
-            recorded = None
-        if recorded == key:
-            continue
-        stale = model_outputs(ctx, stage, spec.name)
-        for path in stale:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        if stale:
-            discarded.append(spec.name)
-        atomic_write_json(sidecar, key)
-    return discarded
 
 
 def cell_name(*parts: object) -> str:

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = torch.tensor([([-100] * len(prompt) + completion)[: config.sft.max_length]])
         start = time.perf_counter()
         hidden = loop_decoder(model, spec).base_forward(ids).last_hidden_state  # [1, T, H]
+        assert hidden is not None  # always set: transformers types every output field optional
         scored = labels[:, 1:] != -100
         loss = F.cross_entropy(model.lm_head(hidden[:, :-1][scored]), labels[:, 1:][scored])
         loss.backward()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
 
 GPT2_DIR = Path(__file__).parent / "assets" / "gpt2"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
@@ -22,7 +22,7 @@ def load_tokenizer(source: str | Path | None = None, revision: str | None = None
     or training: the NLL scorer builds its own batches and trl's collator pads right
     explicitly."""
     if source is None or str(source) == "gpt2":
-        tokenizer = GPT2TokenizerFast.from_pretrained(GPT2_DIR)
+        tokenizer = GPT2Tokenizer.from_pretrained(GPT2_DIR)  # transformers 5: GPT2TokenizerFast is this class
     else:
         tokenizer = AutoTokenizer.from_pretrained(str(source), revision=revision)
     if tokenizer.pad_token is None:

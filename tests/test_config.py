@@ -79,12 +79,14 @@ def test_config_file_path_and_its_errors(tmp_path: Path) -> None:
 
 
 def test_stage_hashes_ignore_unrelated_sections() -> None:
-    from study.pipeline import stage_hash
+    from study.stages import stage_named
+    from study.stages.keys import stage_hash
 
+    sft, nll, latency = stage_named("sft"), stage_named("nll"), stage_named("latency")
     a = load_config("smoke")
     b = load_config("smoke", ["latency.samples=5"])
-    assert stage_hash(a, "sft") == stage_hash(b, "sft") and stage_hash(a, "nll") == stage_hash(b, "nll")
-    assert stage_hash(a, "latency") != stage_hash(b, "latency")
+    assert stage_hash(a, sft) == stage_hash(b, sft) and stage_hash(a, nll) == stage_hash(b, nll)
+    assert stage_hash(a, latency) != stage_hash(b, latency)
     assert a.identity_hash() == load_config("smoke", ["device=auto"]).identity_hash()
 
 

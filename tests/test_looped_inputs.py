@@ -12,7 +12,9 @@ import pytest
 from study.config import OFFLINE_SMOLLM2, LoopingConfig, ModelConfig
 from study.fingerprint import clear_cache, file_digest
 from study.models import smollm2
-from study.pipeline import RunContext, refresh_model_outputs, stage_key
+from study.pipeline import RunContext
+from study.stages import stage_named
+from study.stages.keys import refresh_model_outputs, stage_key
 from study.validation import validate_before_writing
 
 from .helpers_looped import looped_context
@@ -38,14 +40,14 @@ def offline_context(tmp_path: Path) -> RunContext:
 def test_offline_base_is_keyed_by_its_gguf_before_anything_is_written(tmp_path: Path, fake_gguf: Path) -> None:
     ctx = offline_context(tmp_path)
     validate_before_writing(ctx)  # the dequantized base lives in the run directory: not made here
-    key = stage_key(ctx, "check")
+    key = stage_key(ctx, stage_named("check"))
     assert not ctx.run_dir.exists()
     base = key["inputs"]["base"]
     assert base["model"] == {"gguf": fake_gguf.name, "sha256": file_digest(fake_gguf)} == base["tokenizer"]
 
     fake_gguf.write_bytes(b"GGUF two, another quantization")
     clear_cache()
-    assert stage_key(ctx, "check")["inputs"]["base"] != base
+    assert stage_key(ctx, stage_named("check"))["inputs"]["base"] != base
 
 
 def test_offline_base_is_dequantized_again_when_its_gguf_changes(tmp_path: Path, fake_gguf: Path, monkeypatch) -> None:
@@ -75,14 +77,14 @@ def test_looped_base_folder_passes_validation(tmp_path: Path) -> None:
 
 def test_looping_change_discards_looped_sft_models(tmp_path: Path) -> None:
     ctx = looped_context(tmp_path, sft_loops=(2,))
-    refresh_model_outputs(ctx, "sft")  # records the inputs (outputs from before any record are discarded)
+    refresh_model_outputs(ctx, stage_named("sft"))  # records the inputs (outputs from before any record are discarded)
     folder = ctx.model_dir("train2")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text("{}")
-    assert refresh_model_outputs(ctx, "sft") == [] and folder.is_dir()
+    assert refresh_model_outputs(ctx, stage_named("sft")) == [] and folder.is_dir()
 
     looping = LoopingConfig(window=[1, 3], strategy="euler")  # another window: trained at another depth
     config = ctx.config.model_copy(update={"looping": looping})
     moved = RunContext(config=config, run_dir=ctx.run_dir, device=ctx.device)
-    assert refresh_model_outputs(moved, "sft") == ["train2"]
+    assert refresh_model_outputs(moved, stage_named("sft")) == ["train2"]
     assert not folder.exists()

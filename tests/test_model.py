@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import study  # noqa: F401  (registers the Auto classes)
+import study.models  # noqa: F401  (registers the Auto classes)
 from study.models.loopformer import CheckpointError, LoopFormerConfig, LoopFormerForCausalLM, resolve_schedule
 from study.tokenizer import load_tokenizer
 

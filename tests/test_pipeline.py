@@ -4,11 +4,16 @@ kill or Ctrl-C with the same results. Slow (minutes): marked, and run in CI."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+
+from study.stages import PIPELINE_ORDER, stage_named
 
 from .study_runner import (
     DETERMINISTIC_RESULTS,
@@ -18,18 +23,22 @@ from .study_runner import (
     run_study,
     run_until,
     snapshot,
+    study_command,
 )
 
 pytestmark = pytest.mark.slow
 SMOKE = ("--version", "smoke", "--seed", "2026")
-# what each stage writes, so a test can undo a stage of a finished run
-STAGE_OUTPUTS = {
-    "nll": ("results/cells/nll", "results/nll.csv", "results/nll_summary.csv", "results/preferred_depth.csv"),
-    "exact_match": ("results/cells/exact_match", "results/exact_match.csv", "results/generations.jsonl"),
-    "latency": ("results/cells/latency", "results/latency.csv", "results/latency_fit.csv"),
-    "report": ("figures", "report.md"),
-}
-LATER = {"nll": ("nll", "exact_match", "latency", "report"), "exact_match": ("exact_match", "latency", "report")}
+
+
+def stage_outputs(name: str) -> tuple[str, ...]:
+    """What a stage writes (its declared outputs and its cells), so a test can undo it."""
+    stage = stage_named(name)
+    return ((f"results/cells/{name}",) if stage.cell_neutral is not None else ()) + stage.outputs
+
+
+def later(name: str) -> tuple[str, ...]:
+    """A stage and every stage after it: what must rerun once it is undone."""
+    return PIPELINE_ORDER[PIPELINE_ORDER.index(name) :]
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +89,7 @@ def test_rerun_skips_finished_stages(smoke_run: Path) -> None:
     before = snapshot(smoke_run)
     result = run_study(*SMOKE, "--output-dir", str(smoke_run))
     assert result.returncode == 0, result.stderr
-    for stage in ("check", "sft", "nll", "exact_match", "latency"):
+    for stage in PIPELINE_ORDER[:-1]:  # every stage but the report, which is always redrawn
         assert f"[{stage}] done already" in result.stdout
     after = snapshot(smoke_run)
     assert {k: v for k, v in after.items() if k.startswith(("results", "models"))} == {
@@ -101,10 +110,10 @@ def test_kill_during_sft_resumes_from_checkpoint(smoke_run: Path, tmp_path: Path
     assert _results(run_dir) == _results(smoke_run)
 
 
-@pytest.mark.parametrize("stage", ["nll", "exact_match"])
+@pytest.mark.parametrize("stage", ["nll", "adaptive", "exact_match"])
 def test_kill_during_sweep_resumes_from_finished_cells(smoke_run: Path, tmp_path: Path, stage: str) -> None:
-    drop = tuple(p for later in LATER[stage] for p in STAGE_OUTPUTS[later])
-    run_dir = copy_run(smoke_run, tmp_path / "killed", LATER[stage], drop)
+    drop = tuple(p for undone in later(stage) for p in stage_outputs(undone))
+    run_dir = copy_run(smoke_run, tmp_path / "killed", later(stage), drop)
     args = [*SMOKE, "--output-dir", str(run_dir)]
     cells = run_dir / "results" / "cells" / stage
     code, output, sent = run_until(args, any_file(cells))
@@ -118,8 +127,8 @@ def test_kill_during_sweep_resumes_from_finished_cells(smoke_run: Path, tmp_path
 
 
 def test_ctrl_c_stops_between_cells_and_says_how_to_resume(smoke_run: Path, tmp_path: Path) -> None:
-    drop = tuple(p for later in LATER["nll"] for p in STAGE_OUTPUTS[later])
-    run_dir = copy_run(smoke_run, tmp_path / "interrupted", LATER["nll"], drop)
+    drop = tuple(p for undone in later("nll") for p in stage_outputs(undone))
+    run_dir = copy_run(smoke_run, tmp_path / "interrupted", later("nll"), drop)
     args = [*SMOKE, "--output-dir", str(run_dir)]
     code, output, sent = run_until(args, any_file(run_dir / "results" / "cells" / "nll"), sig=signal.SIGINT)
     assert sent and code == 130, output
@@ -129,8 +138,35 @@ def test_ctrl_c_stops_between_cells_and_says_how_to_resume(smoke_run: Path, tmp_
     assert _results(run_dir) == _results(smoke_run)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used (user + system), from /proc: unlike wall time, the same
+    point of start-up on a loaded machine and on an idle one."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("cpu_delay", [0.15, 0.5, 1.0, 2.0, 3.0])
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path: Path, cpu_delay: float) -> None:
+    """Ctrl-C while torch and transformers import, or while the config and data are
+    validated: exit 130 at once, one line, and nothing written. (Before the interpreter
+    has run the script's first line, about 0.05 s of CPU, Python itself handles it.)"""
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        study_command(*SMOKE, "--output-dir", str(run_dir)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while process.poll() is None and cpu_seconds(process.pid) < cpu_delay and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, out + err
+    assert "Traceback" not in err and "Error" not in err, err
+    if "[check]" not in out:  # still starting up: nothing was written
+        assert not run_dir.exists() and err.strip() == "interrupted"
+
+
 def test_kill_during_report_then_rerun_completes(smoke_run: Path, tmp_path: Path) -> None:
-    run_dir = copy_run(smoke_run, tmp_path / "report", ("report",), STAGE_OUTPUTS["report"])
+    run_dir = copy_run(smoke_run, tmp_path / "report", ("report",), stage_outputs("report"))
     args = [*SMOKE, "--output-dir", str(run_dir)]
     code, output, sent = run_until(args, any_file(run_dir / "figures"))
     assert sent and code == -signal.SIGKILL, output

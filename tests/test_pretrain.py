@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-import study  # noqa: F401  (registers the Auto classes)
+import study.models  # noqa: F401  (registers the Auto classes)
 from study.config import load_config
 from study.models.loopformer import LoopFormerForCausalLM, resolve_schedule
 from study.pipeline import EMBEDDED_DIR

@@ -11,7 +11,7 @@ import huggingface_hub.utils
 import pytest
 import transformers
 
-import run_study
+from study import run
 
 
 def test_download_bars_on_model_load_bars_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -20,7 +20,7 @@ def test_download_bars_on_model_load_bars_off(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(hub_tqdm, "HF_HUB_DISABLE_PROGRESS_BARS", None)
     monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
     try:
-        run_study.quiet_libraries()
+        run.quiet_libraries()
         assert not huggingface_hub.utils.are_progress_bars_disabled()
         bar = huggingface_hub.utils.tqdm(total=3, desc="model.safetensors")  # what a checkpoint download shows
         assert not bar.disable
@@ -39,5 +39,5 @@ def test_the_users_switch_keeps_download_bars_off_without_a_warning(monkeypatch:
     monkeypatch.setattr(hub_tqdm, "HF_HUB_DISABLE_PROGRESS_BARS", True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        run_study.quiet_libraries()
+        run.quiet_libraries()
     assert huggingface_hub.utils.are_progress_bars_disabled()

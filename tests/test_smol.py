@@ -31,7 +31,7 @@ def test_smol_smoke_runs_offline_end_to_end(tmp_path: Path) -> None:
     nll = (run_dir / "results" / "nll.csv").read_text().splitlines()
     assert nll[0].startswith("model,split,policy,inference_loops,executed_loops")
     assert len(nll) == 1 + 3 * 2 * 3 * 3  # models x splits x K x examples
-    assert "euler-w12-15-K4-decode-full" in nll[-1]
+    assert "euler-w12-15-K4-cache-per_loop-decode-full" in nll[-1]  # generation scores the NLL model
     for model, loops in (("train2", 2), ("train4", 4)):
         folder = run_dir / "models" / model
         assert json.loads((folder / "loop_policy.json").read_text())["train_loops"] == loops

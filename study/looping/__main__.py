@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ MODELS = ("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolL
 
 
 class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse prints usage too; one line is enough
+    def error(self, message: str) -> NoReturn:  # argparse prints usage too; one line is enough
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 

@@ -74,7 +74,8 @@ def oracle_frontier(nll: np.ndarray, tokens: np.ndarray, loops: np.ndarray) -> l
         picks[i] = np.argmin(candidates, axis=0)
         best = candidates[picks[i], np.arange(capacity)]
 
-    frontier, lowest = [], np.inf
+    frontier: list[OracleChoice] = []
+    lowest = np.inf
     for total in range(capacity):
         if np.isfinite(best[total]) and (not frontier or best[total] < lowest - 1e-12 * abs(lowest)):
             lowest = best[total]

@@ -27,14 +27,15 @@ This module is plain data: it imports neither models nor stages.
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 if TYPE_CHECKING:
-    from study.looping.spec import LoopSpec
+    from study.looping.spec import CacheStrategy, DecodeMode, LoopSpec, Mode
 
 LOOPFORMER = "loopformer"
 LOOPED_DECODER = "looped_decoder"
@@ -168,16 +169,16 @@ class WindowFamily:
     window: tuple[int, int]
     strategy: str
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
-    mode: str = "block"
-    cache_strategy: str = "last"
-    decode_mode: str = "full"
+    mode: Mode = "block"
+    cache_strategy: CacheStrategy = "last"
+    decode_mode: DecodeMode = "full"
     backbone: ClassVar[str] = LOOPED_DECODER
 
     def policy(self, loops: int) -> LoopedWindow:
         from study.looping.spec import LoopSpec  # the spec module validates strategies
 
         spec = LoopSpec(
-            window=tuple(self.window),
+            window=cast("tuple[int, int]", tuple(self.window)),  # a list when it comes from a config
             loops=loops,
             strategy=self.strategy,
             mode=self.mode,
@@ -306,3 +307,93 @@ class RungLadder(DepthPolicy):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "ladder": list(self.ladder), "rule": "kl", "tau": self.tau}
+
+
+# ---- policy ids -> policies ----------------------------------------------------------------
+
+# ``f"{x:g}"`` of a float: 0.5, 3, 1e-05, -0.2, inf (exponents carry a hyphen, so ids are
+# read with these patterns, never by splitting on "-")
+_NUMBER = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?|-?inf"
+_SPEC_HEAD = re.compile(r"(?P<strategy>[a-z_]+)-w(?P<a>\d+)-(?P<b>\d+)-K(?P<loops>\d+)")
+# one ``-part`` of a LoopSpec id after the head, in the order ``LoopSpec.id`` writes them
+_SPEC_PARTS = re.compile(
+    r"-(?:(?P<layer>layer)"
+    rf"|(?P<name>alphas|alpha|abeta|mom|m|beta)(?P<value>(?:{_NUMBER})(?:,(?:{_NUMBER}))*)"
+    r"|(?P<rescale>rescale)"
+    rf"|halt(?P<tau>{_NUMBER})(?P<batch>batch)?"
+    r"|cache-(?P<cache>[a-z_]+)"
+    r"|decode-(?:(?P<full>full)|first(?P<first>\d+)))"
+)
+_HALTING_TAIL = re.compile(rf"-(?P<rule>{'|'.join(HALTING_RULES)})(?P<tau>{_NUMBER})$")
+_LADDER = re.compile(rf"ladder-(?P<rungs>\d+(?:-\d+)+)-kl(?P<tau>{_NUMBER})")
+
+
+def _parse_spec(text: str) -> LoopSpec:
+    """A ``LoopSpec`` from its ``id``; settings the id leaves out take the spec's defaults."""
+    from study.looping.spec import ID_NAMES, LoopSpec
+
+    head = _SPEC_HEAD.match(text)
+    if head is None:
+        raise ValueError("expected <strategy>-w<a>-<b>-K<loops>[-...] (e.g. euler-w12-15-K3)")
+    fields: dict[str, Any] = {"window": (int(head["a"]), int(head["b"])), "loops": int(head["loops"])}
+    fields["strategy"] = head["strategy"]
+    field_of = {short: name for name, short in ID_NAMES.items()}
+    position = head.end()
+    while position < len(text):
+        part = _SPEC_PARTS.match(text, position)
+        if part is None:
+            raise ValueError(f"cannot read {text[position:]!r}")
+        position = part.end()
+        if part["layer"]:
+            fields["mode"] = "layer"
+        elif part["name"]:
+            name = field_of[part["name"]]
+            values = [float(v) for v in part["value"].split(",")]
+            if name == "per_step_alphas":
+                fields[name] = tuple(values)
+            elif len(values) != 1:
+                raise ValueError(f"{part['name']} takes one number, got {part['value']}")
+            else:
+                fields[name] = int(values[0]) if name == "anderson_m" else values[0]
+        elif part["rescale"]:
+            fields["anchor_rescale"] = True
+        elif part["tau"] is not None:
+            fields["halt_tau"] = float(part["tau"])
+            fields["halt_scope"] = "batch" if part["batch"] else "row"
+        elif part["cache"]:
+            fields["cache_strategy"] = part["cache"]
+        elif part["full"]:
+            fields["decode_mode"] = "full"
+        else:
+            fields["decode_mode"], fields["decode_first_n"] = "first_n", int(part["first"])
+    return LoopSpec(**fields)
+
+
+def parse_policy(text: str) -> DepthPolicy:
+    """The inverse of ``DepthPolicy.id`` for every policy: ``M8``, ``sched-0.5-0.5``,
+    ``ladder-2-4-8-kl0.01``, ``euler-w12-15-K3`` (with any of ``LoopSpec.id``'s suffixes,
+    e.g. ``-decode-full``) and halting windows ``euler-w12-15-K8-residual0.05``.
+
+    Settings an id leaves out take their defaults. The id must be spelt as the policy
+    spells it (the results files' spelling), so that one computation has one name: a
+    different spelling of a valid policy is refused with the right one."""
+    text = text.strip()
+    try:
+        if (text.startswith("M") and text[1:].isdigit()) or text.startswith("sched-"):
+            return parse_loopformer_policy(text)
+        ladder = _LADDER.fullmatch(text)
+        if ladder is not None:
+            policy: DepthPolicy = RungLadder(tuple(int(m) for m in ladder["rungs"].split("-")), float(ladder["tau"]))
+        else:
+            tail = _HALTING_TAIL.search(text)
+            if tail is not None:
+                spec = _parse_spec(text[: tail.start()])
+                policy = HaltingWindow(spec, tail["rule"], float(tail["tau"]))
+            else:
+                policy = LoopedWindow(_parse_spec(text))
+    except ValueError as error:
+        message = str(error).removeprefix(f"policy {text!r}: ")
+        raise ValueError(f"policy {text!r}: {message}") from None
+    if policy.id != text:
+        raise ValueError(f"policy {text!r}: this policy's id is {policy.id!r} (spell it so)")
+    return policy

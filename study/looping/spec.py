@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from study.looping.strategies import STRATEGIES, HaltScope
 
 Mode = Literal["block", "layer"]
-CacheStrategy = Literal["first", "last", "none"]
+CacheStrategy = Literal["first", "last", "none", "per_loop"]
 DecodeMode = Literal["bypass", "full", "first_n"]
 
 # Short names of hyperparameters in ``LoopSpec.id``.
@@ -39,10 +40,16 @@ class LoopSpec:
     KV cache: loop-body passes never leave KV entries. After the loop one more pass
     over the window writes its KV from the window's input (``cache_strategy="first"``)
     or from the loop's output (``"last"``); ``"none"`` writes nothing, and then the
-    window's layers attend within the current tokens only. Decode calls (a cache that
-    already holds tokens) loop under ``decode_mode="full"``, run the window once under
-    ``"bypass"``, and under ``"first_n"`` loop for the first ``decode_first_n`` decode
-    calls after each prefill, then bypass.
+    window's layers attend within the current tokens only. ``"per_loop"`` (ours) has no
+    extra pass: every pass of a window layer keeps its own KV slot, so a token decoded at
+    pass j attends to the earlier tokens' pass-j keys and values, as in a teacher-forced
+    forward; cached decoding then gives the teacher-forced logits. It costs one KV slot
+    per pass and window layer, needs ``decode_mode="full"`` (every pass must run for every
+    token) and refuses strategies and halting that read other positions (not causal).
+
+    Decode calls (a cache that already holds tokens) loop under ``decode_mode="full"``,
+    run the window once under ``"bypass"``, and under ``"first_n"`` loop for the first
+    ``decode_first_n`` decode calls after each prefill, then bypass.
 
     Executed loops: the number of loops a row actually ran, K unless ``halt_tau``
     stopped it earlier (an aitken step counts as two loops); in layer mode the mean
@@ -87,7 +94,7 @@ class LoopSpec:
             fail(f"loops must be an integer >= 1, got {self.loops!r}")
         for name, value, choices in (
             ("mode", self.mode, ("block", "layer")),
-            ("cache_strategy", self.cache_strategy, ("first", "last", "none")),
+            ("cache_strategy", self.cache_strategy, ("first", "last", "none", "per_loop")),
             ("decode_mode", self.decode_mode, ("bypass", "full", "first_n")),
             ("halt_scope", self.halt_scope, ("row", "batch")),
         ):
@@ -113,6 +120,18 @@ class LoopSpec:
             fail(f"anderson_m must be an integer >= 1, got {self.anderson_m!r}")
         if (self.decode_mode == "first_n") != (self.decode_first_n > 0):
             fail(f"decode_first_n={self.decode_first_n} needs decode_mode='first_n' and vice versa (n >= 1)")
+        if self.cache_strategy == "per_loop":
+            self._validate_per_loop(fail)
+
+    def _validate_per_loop(self, fail: Callable[[str], None]) -> None:
+        """per_loop equals teacher forcing only if each pass of a token reads nothing but
+        that token's own state and the earlier tokens' KV of the same pass."""
+        if STRATEGIES[self.strategy].mixes_positions:
+            fail(f"strategy {self.strategy} mixes positions (not causal): it cannot go with cache_strategy per_loop")
+        if self.halt_tau is not None:
+            fail("halting reads a whole row's norms (not causal): halt_tau cannot go with cache_strategy per_loop")
+        if self.decode_mode != "full":
+            fail(f"cache_strategy per_loop needs decode_mode='full' (a KV slot per pass), got {self.decode_mode!r}")
 
     @property
     def hyperparameters(self) -> dict[str, Any]:

@@ -48,6 +48,10 @@ class Halting:
 
     ``executed`` [B] counts the loops each row ran (an aitken step is two loops).
     With ``tau=None`` nothing halts and only ``executed`` is kept.
+
+    Not causal: a row's stopping step depends on all its tokens, so a token's state
+    depends on later tokens, and cached decoding (which sees one new token per call)
+    cannot reproduce it; ``LoopSpec`` refuses ``halt_tau`` with ``cache_strategy="per_loop"``.
     """
 
     def __init__(self, tau: float | None = None, scope: HaltScope = "row", token_mask: Tensor | None = None) -> None:
@@ -72,6 +76,7 @@ class Halting:
         if self.frozen is None:
             self.frozen = torch.zeros(batch, dtype=torch.bool, device=x.device)
             self.executed = torch.zeros(batch, dtype=torch.long, device=x.device)
+        assert self.executed is not None  # set with frozen
         self.executed += self._loops_per_step * (~self.frozen)
         if self.tau is None:
             return x_new
@@ -201,7 +206,11 @@ def anderson(g: Pass, x0: Tensor, K: int, anderson_m: int, anderson_beta: float,
 
     gamma = argmin ||f - dF gamma|| (f = g(x) - x, dF/dX the differences of residuals and
     iterates), solved in fp32 by regularised normal equations; then
-    x <- (1 - beta)(x - dX gamma) + beta (g(x) - dF gamma)."""
+    x <- (1 - beta)(x - dX gamma) + beta (g(x) - dF gamma).
+
+    Not causal: gamma is fitted over all positions of a row (or of the batch), so every
+    token's state depends on later tokens and cached decoding cannot reproduce it;
+    ``LoopSpec`` refuses it with ``cache_strategy="per_loop"`` (``mixes_positions``)."""
     halt, beta = _halting(halt), anderson_beta
     xs: list[Tensor] = []  # iterates x_i
     gs: list[Tensor] = []  # their images g(x_i)
@@ -301,8 +310,9 @@ def uniform(layers: Sequence[Pass], x0: Tensor, K: int) -> Tensor:
     for t in range(K):
         for i, layer in enumerate(layers):
             y = layer(x)
-            sums[i] = y if sums[i] is None else sums[i] + y
-            x = sums[i] / (t + 1)
+            total = y if (previous := sums[i]) is None else previous + y
+            sums[i] = total
+            x = total / (t + 1)
     return x
 
 
@@ -366,7 +376,9 @@ class Strategy:
     halts: bool = False  # takes ``halt`` (and so accepts halt_tau)
     modes: tuple[str, ...] = ("block", "layer")
     over_layers: bool = False  # the rule takes the list of layer passes, not g
-    writes_cache: bool = False  # its natural pass writes the window's KV (ignores cache_strategy)
+    writes_cache: bool = False  # its natural pass writes the window's KV (ignores cache_strategy but per_loop)
+    # its update reads other positions (not causal): teacher forcing and cached decoding differ
+    mixes_positions: bool = False
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -378,7 +390,7 @@ STRATEGIES: dict[str, Strategy] = {
     "input_anchor": Strategy(input_anchor, ("ema_alpha",), halts=True),
     "norm_stab": Strategy(norm_stab, ("ema_alpha",), halts=True),
     "heavy_ball": Strategy(heavy_ball, ("ema_alpha", "momentum_beta"), halts=True),
-    "anderson": Strategy(anderson, ("anderson_m", "anderson_beta"), halts=True),
+    "anderson": Strategy(anderson, ("anderson_m", "anderson_beta"), halts=True, mixes_positions=True),
     "aitken": Strategy(aitken, halts=True),
     "poly_blend": Strategy(poly_blend, ("per_step_alphas",)),
     "midpoint": Strategy(midpoint),

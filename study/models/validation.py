@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from study.models.errors import CheckpointError
+from study.errors import CheckpointError
 
 HEADER_LIMIT = 100 * 1024 * 1024  # the safetensors format's own cap on the JSON header
 DTYPE_BYTES = {

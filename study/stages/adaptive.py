@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from itertools import accumulate
+from typing import cast
 
 import numpy as np
 
@@ -32,7 +33,8 @@ from study.io import atomic_write_csv, read_csv
 from study.looping.oracle import best_per_example, oracle_at_budget, oracle_frontier, paired_gap_ci
 from study.looping.policies import DepthPolicy, RungLadder
 from study.pipeline import RunContext, StudyError
-from study.stages.nll import SPLITS, NLLStore, ratio_ci, score_cell
+from study.stages.nll import SPLITS, NLLStore, ratio_ci, score_cell, split_of
+from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
 
 ADAPTIVE_COLUMNS = (
@@ -95,7 +97,7 @@ def run(ctx: RunContext) -> None:
     cells = [Cell(spec, policy, HALTING_SPLIT) for spec in specs for policy in policies]
 
     def compute(cell: Cell, loaded: Loaded, progress) -> list[dict]:
-        return score_cell(cell, loaded, examples[cell.split], config.batch_size, progress)
+        return score_cell(cell, loaded, examples[split_of(cell)], config.batch_size, progress)
 
     def describe(cell: Cell, rows: list[dict]) -> str:
         nll = sum(r["nll_sum"] for r in rows) / sum(r["answer_tokens"] for r in rows)
@@ -181,7 +183,7 @@ def summarize(
         executed = np.array([r["executed_loops"] for r in cell_rows])
         if not (np.all(np.isfinite(per_example)) and np.all(np.isfinite(executed))):
             raise StudyError(f"adaptive: cell {name}/{policy.id} holds non-finite values; refusing to summarize")
-        rule, tau = policy.halting
+        rule, tau = cast("tuple[str, float]", policy.halting)  # a halting policy's (rule, tau)
         row(policy.id, "halting", rule, float(tau), float(executed.mean()), per_example)
         for example_id, cost in zip(ids, executed, strict=True):
             out.depths.append(
@@ -199,3 +201,14 @@ def summarize(
             if not math.isfinite(r[key]):
                 raise StudyError(f"adaptive: {name}/{split}/{r['policy']}: {key} is not finite")
     return out
+
+
+STAGE = Stage(
+    name="adaptive",
+    run=run,
+    sections=("seed", "model", "data", "sft", "nll", "looping", "adaptive"),
+    splits=("train", "test"),  # nll.csv of both splits; its halting cells score the test slice
+    needs_sft=True,
+    outputs=("results/adaptive.csv", "results/oracle_frontier.csv", "results/adaptive_depths.csv"),
+    cell_neutral=("taus",),  # each tau is its own cell (the policy id names it)
+)

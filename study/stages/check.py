@@ -18,6 +18,7 @@ from study.io import atomic_write_json, read_json
 from study.models.backbones import bind
 from study.pipeline import RunContext, StudyError
 from study.stages.nll import score_continuations
+from study.stages.stage import Stage
 from study.tasks.gsm8k import encode_example
 
 LIKELY_CAUSES = "likely: weights not loaded, a tokenizer not the model's, or broken loop conditioning"
@@ -140,3 +141,14 @@ def recorded_failures(ctx: RunContext) -> list[str] | None:
     if passed is not True and not failed:
         return None
     return failed
+
+
+STAGE = Stage(
+    name="check",
+    run=run,
+    sections=("seed", "model", "data", "checks", "looping"),
+    splits=("train", "test"),
+    reads="base",
+    main_process_only=True,
+    outputs=("results/checks.json",),
+)

@@ -27,6 +27,7 @@ from scipy import stats
 from study.io import atomic_write_csv, atomic_write_jsonl
 from study.models.backbones import PolicyRunner
 from study.pipeline import RunContext, StudyError
+from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
 from study.tasks.gsm8k import EXTRACTIONS, Example, score_text  # score_text: public here too
 
@@ -170,3 +171,14 @@ def run(ctx: RunContext) -> None:
         accuracy.extend({**row, "policy": cell.policy.id} for row in rows)
     atomic_write_csv(ctx.results_path("exact_match.csv"), accuracy, EM_COLUMNS)
     atomic_write_jsonl(ctx.results_path("generations.jsonl"), records)
+
+
+STAGE = Stage(
+    name="exact_match",
+    run=run,
+    sections=("seed", "model", "data", "sft", "exact_match", "looping"),
+    splits=("test",),
+    needs_sft=True,
+    outputs=("results/exact_match.csv", "results/generations.jsonl"),
+    cell_neutral=("inference_loops",),
+)

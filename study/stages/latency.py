@@ -29,6 +29,7 @@ from study.looping.policies import DepthPolicy
 from study.models.backbones import PolicyRunner, get_backbone
 from study.models.entries.loopformer import block_matmul_flops, token_flops  # noqa: F401  (bench imports it here)
 from study.pipeline import RunContext, StudyError
+from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
 
 LATENCY_COLUMNS = (
@@ -231,3 +232,14 @@ def run(ctx: RunContext) -> None:
         fits.append(fit_row(spec.name, [p.inference_loops for p in grid], [r["median_s"] for r in model_rows]))
     atomic_write_csv(ctx.results_path("latency.csv"), rows, LATENCY_COLUMNS)
     atomic_write_csv(ctx.results_path("latency_fit.csv"), fits, FIT_COLUMNS)
+
+
+STAGE = Stage(
+    name="latency",
+    run=run,
+    sections=("seed", "model", "sft", "latency", "looping"),
+    splits=("test",),
+    needs_sft=True,
+    outputs=("results/latency.csv", "results/latency_fit.csv"),
+    cell_neutral=("inference_loops",),
+)

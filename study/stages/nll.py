@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 from scipy import stats
 
 from study.io import atomic_write_csv, read_csv
@@ -48,6 +49,7 @@ from study.looping.policies import DepthPolicy, StepSchedule, UniformLoops
 from study.looping.schedules import enumerate_schedules, uniform_schedule
 from study.models.backbones import PolicyRunner, bind
 from study.pipeline import RunContext, StudyError
+from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
 from study.tasks.gsm8k import EncodedExample, encode_example
 
@@ -190,9 +192,7 @@ def ratio_of_sums(nll: np.ndarray, tokens: np.ndarray, axis: int = -1) -> np.nda
     return np.sum(nll, axis=axis) / np.sum(tokens, axis=axis)
 
 
-def ratio_ci(
-    nll: Sequence[float], tokens: Sequence[int], resamples: int, confidence: float, seed: int
-) -> tuple[float, float]:
+def ratio_ci(nll: ArrayLike, tokens: ArrayLike, resamples: int, confidence: float, seed: int) -> tuple[float, float]:
     """Percentile bootstrap CI of sum(nll)/sum(tokens), resampling examples (pairs)."""
     nll, tokens = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
     require_finite("nll: bootstrap CI", nll, tokens)
@@ -281,10 +281,16 @@ class NLLStore:
         self.example_ids = example_ids  # per split
 
     def read(self, path: Path, cell: Cell) -> list[dict] | None:
-        return read_cell(path, self.example_ids[cell.split], cell.policy.id)
+        return read_cell(path, self.example_ids[split_of(cell)], cell.policy.id)
 
     def write(self, path: Path, cell: Cell, rows: list[dict]) -> None:
         atomic_write_csv(path, rows, NLL_COLUMNS)
+
+
+def split_of(cell: Cell) -> str:
+    """The split of an NLL cell (every one has its split)."""
+    assert cell.split is not None, f"NLL cell {cell.name} has no split"
+    return cell.split
 
 
 def cell_path(ctx: RunContext, model: str, split: str, policy: str) -> Path:
@@ -320,9 +326,9 @@ def read_cell(path: Path, example_ids: list[int], policy: str | None = None) -> 
 
 
 def score_cell(cell: Cell, loaded: Loaded, examples: list, batch_size: int, progress=None) -> list[dict]:
-    encoded = loaded.cache.get(cell.split)
+    encoded = loaded.cache.get(split_of(cell))
     if encoded is None:  # each split is encoded once per model
-        encoded = loaded.cache[cell.split] = [encode_example(loaded.tokenizer, e) for e in examples]
+        encoded = loaded.cache[split_of(cell)] = [encode_example(loaded.tokenizer, e) for e in examples]
     scores = score_continuations(loaded.runner(cell.policy), encoded, batch_size, progress=progress)
     return [
         {
@@ -363,7 +369,7 @@ def run(ctx: RunContext) -> None:
     cells.sort(key=lambda c: order[c.model.name])
 
     def compute(cell: Cell, loaded: Loaded, progress) -> list[dict]:
-        return score_cell(cell, loaded, examples[cell.split], config.batch_size, progress)
+        return score_cell(cell, loaded, examples[split_of(cell)], config.batch_size, progress)
 
     def describe(cell: Cell, rows: list[dict]) -> str:
         return f"{sum(r['nll_sum'] for r in rows) / sum(r['answer_tokens'] for r in rows):.4f} nats/token"
@@ -372,7 +378,7 @@ def run(ctx: RunContext) -> None:
     values = Sweep(ctx, "nll", store, compute, describe).run(cells)
     if values is None:  # another process of the run aggregates
         return
-    by_key = {(c.model.name, c.split, c.policy.id): rows for c, rows in values.items()}
+    by_key = {(c.model.name, split_of(c), c.policy.id): rows for c, rows in values.items()}
     write_results(ctx, by_key, grid)
     if schedules:
         write_schedules(ctx, by_key, schedules)
@@ -480,3 +486,14 @@ def write_schedules(
                 }
             )
     atomic_write_csv(ctx.results_path("schedules.csv"), rows, SCHEDULE_COLUMNS)
+
+
+STAGE = Stage(
+    name="nll",
+    run=run,
+    sections=("seed", "model", "data", "sft", "nll", "looping", "schedules"),
+    splits=("train", "test"),
+    needs_sft=True,
+    outputs=("results/nll.csv", "results/nll_summary.csv", "results/preferred_depth.csv", "results/schedules.csv"),
+    cell_neutral=("inference_loops", "bootstrap_resamples", "confidence"),
+)

@@ -40,10 +40,11 @@ import torch
 
 from study import distributed
 from study.config import StudyConfig, sft_model_name
+from study.errors import CheckpointError
 from study.io import atomic_write_csv, atomic_write_json, read_csv, read_json
-from study.models.errors import CheckpointError
 from study.models.validation import validate_safetensors
 from study.pipeline import RunContext, StudyError, context_from_run_dir
+from study.stages.stage import Stage
 
 LOSS_COLUMNS = ("model", "train_loops", "step", "epoch", "loss", "learning_rate")
 LOOP_POLICY_FILE = "loop_policy.json"  # beside a looped decoder's SFT weights: the policy it trained at
@@ -181,7 +182,7 @@ def sft_progress(name: str, interactive: bool | None = None):
             self.current_step, self.started = state.global_step, time.perf_counter()
             self.every = max(1, state.max_steps // 10)
             if state.is_world_process_zero and self.interactive:
-                self.training_bar = tqdm(
+                self.training_bar = tqdm(  # type: ignore[assignment]  # transformers initialises it to None, untyped
                     total=state.max_steps, initial=state.global_step, desc=f"  sft {name}", unit="step",
                     dynamic_ncols=True,
                 )  # fmt: skip
@@ -409,6 +410,22 @@ def run(ctx: RunContext) -> None:
         train_one(ctx, loops)
     rows = [row for loops in ctx.config.sft.train_loops for row in read_csv(loss_cell(ctx, sft_model_name(loops)))]
     atomic_write_csv(ctx.results_path("sft_loss.csv"), rows, LOSS_COLUMNS)
+
+
+def _models_there(ctx: RunContext) -> bool:
+    return all((ctx.model_dir(sft_model_name(loops)) / "config.json").is_file() for loops in ctx.config.sft.train_loops)
+
+
+STAGE = Stage(
+    name="sft",
+    run=run,
+    sections=("seed", "model", "data", "sft", "looping"),
+    splits=("train",),
+    reads="base",
+    outputs=("results/sft_loss.csv", "models/train*"),
+    cell_neutral=("train_loops", "save_steps"),
+    complete=_models_there,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from study.models.backbones import PolicyRunner, bind
 from study.pipeline import ModelSpec, RunContext, StudyError, cell_name
 
 V = TypeVar("V")
+V_co = TypeVar("V_co", covariant=True)
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,8 @@ class Loaded:
         return bind(self.model, policy)
 
 
-class Compute(Protocol[V]):
-    def __call__(self, cell: Cell, loaded: Loaded, progress: Callable[..., tqdm]) -> V: ...
+class Compute(Protocol[V_co]):
+    def __call__(self, cell: Cell, loaded: Loaded, progress: Callable[..., tqdm]) -> V_co: ...
 
 
 def show_bars() -> bool:

@@ -26,6 +26,8 @@ from typing import Literal
 
 import numpy as np
 
+from study.errors import DataError as DataError  # re-exported: raised here
+
 BUNDLED_DIR = Path(__file__).parent.parent / "assets" / "gsm8k"
 HUB_DATASET = ("openai/gsm8k", "main")
 SPLITS = ("train", "test")
@@ -43,10 +45,6 @@ LM_EVAL_IGNORED = tuple(re.compile(pattern) for pattern in (",", r"\$", r"(?s).*
 EXTRACTIONS = ("strict", "flexible", "lm_eval_strict", "lm_eval_flexible")
 # independent random streams, one per subset: ids never depend on another subset's size
 SUBSET_STREAMS = {"sft": 1, "nll_test": 2, "nll_train": 3, "em": 4}
-
-
-class DataError(ValueError):
-    """Bad or missing data (user error, reported in one line)."""
 
 
 @dataclass(frozen=True)
@@ -153,9 +151,7 @@ def load_gsm8k(source: Literal["bundled", "hub"] = "bundled", directory: Path | 
         parts = {}
         for split in SPLITS:
             rows = load_dataset(*HUB_DATASET, split=split)
-            parts[split] = _validated(
-                split, [(f"{HUB_DATASET[0]}[{split}][{i}]", dict(r)) for i, r in enumerate(rows)]
-            )
+            parts[split] = _validated(split, [(f"{HUB_DATASET[0]}[{split}][{i}]", dict(r)) for i, r in enumerate(rows)])
     else:
         folder = directory or BUNDLED_DIR
         parts = {split: read_jsonl(folder / f"{split}.jsonl", split) for split in SPLITS}

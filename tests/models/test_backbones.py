@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from study.config import AdaptiveConfig, sft_model_name
+from study.errors import CheckpointError
 from study.looping.policies import (
     HaltingWindow,
     RungLadder,
@@ -23,7 +24,6 @@ from study.models.backbone import Backbone, PolicyRunner
 from study.models.backbones import BACKBONES, BackboneError, bind, get_backbone
 from study.models.entries.looped_decoder import HaltingWindowRunner, LoopedDecoderRunner
 from study.models.entries.loopformer import LadderRunner, LoopFormerRunner
-from study.models.errors import CheckpointError
 from study.models.loopformer import LoopFormerForCausalLM
 from study.pipeline import EMBEDDED_DIR
 from tests.helpers_looped import tiny_llama

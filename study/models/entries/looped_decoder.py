@@ -8,7 +8,9 @@ freezes a row once its signal falls below tau. Keys and values: the window's KV 
 written after the loop by one more pass (``cache_strategy``), from each row's own final
 state, so a row that stopped early still leaves KV for every later token. In generation
 each call decides on its own new tokens (the prompt at prefill, the new token at each
-decode step under decode_mode full).
+decode step under decode_mode full). Under ``cache_strategy="per_loop"`` a halting rule
+scores (teacher forcing keeps no KV) but cannot generate: a row's stop reads all its
+tokens, which decoding never sees at once.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from study.errors import BackboneError
 from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, LoopFamily
 from study.looping.spec import LoopSpec
 from study.looping.strategies import Halting
 from study.models.adaptive import PromptHalting, prompt_mask
 from study.models.backbone import Backbone, PolicyRunner
-from study.models.errors import BackboneError
 from study.models.generation import DEFAULT_STOP_STRINGS, greedy_generate
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
 from study.models.looped_decoder import LoopedDecoder, loop_decoder
@@ -58,15 +60,16 @@ class LoopedCausalLM(nn.Module):
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
-        cache: Cache | None = None,
+        cache: DynamicCache | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
-        past_key_values: Cache | None = None,
+        past_key_values: DynamicCache | None = None,
         **_: Any,
     ) -> CausalLMOutputWithPast:
         cache = take_cache(cache, past_key_values, "LoopedCausalLM.forward")
         out = self.looped.base_forward(input_ids, attention_mask, cache, use_cache)
         hidden = out.last_hidden_state  # [B, T, H]
+        assert hidden is not None  # always set: transformers types every output field optional
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         return CausalLMOutputWithPast(logits=self.looped.model.lm_head(hidden), **cache_kwargs(output_cache(out)))
@@ -164,7 +167,7 @@ def load_looped_base(source: str, revision: str | None, device: torch.device) ->
         raise BackboneError(f"{source}: cannot load a causal LM ({' '.join(str(error).split())[:250]})") from None
     if not has_layer_stack(model):
         raise BackboneError(f"{source}: {type(model).__name__} has no model.layers to loop (need Llama/Qwen3 family)")
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' @wraps on PreTrainedModel.to mistypes it
 
 
 # ---- analytic cost ----------------------------------------------------------------------
@@ -186,15 +189,16 @@ def looped_decoder_token_flops(
 ) -> float:
     """Forward FLOPs for one token of a looped decoder: the layers outside the window
     once, the window K times (x evaluations per step of the strategy), plus the pass
-    that writes the window's KV when a cache is kept; bypassed decode steps run the
-    window once. The LM head (2 d V) is included. A halting policy counts at its K_max."""
+    that writes the window's KV when a cache is kept (not under per_loop, whose passes
+    write their own); bypassed decode steps run the window once. The LM head (2 d V)
+    is included. A halting policy counts at its K_max."""
     spec = policy.spec
     width = spec.window[1] - spec.window[0] + 1
     if decoding and spec.decode_mode == "bypass":
         window_passes = 1.0
     else:
         window_passes = spec.loops * WINDOW_EVALUATIONS_PER_LOOP.get(spec.strategy, 1)
-        window_passes += 1 if spec.cache_strategy != "none" else 0
+        window_passes += 1 if spec.cache_strategy not in ("none", "per_loop") else 0  # the KV-writing pass
     layers = config.num_hidden_layers - width + window_passes * width
     return layers * decoder_layer_flops(config, context) + 2 * config.hidden_size * config.vocab_size
 
@@ -214,6 +218,7 @@ def looped_sft_trainer(spec: LoopSpec) -> type:
             hidden = looped.base_forward(inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
             labels = inputs["labels"][:, 1:]  # token t is predicted at position t - 1
             scored = labels != IGNORE_INDEX
+            assert hidden.last_hidden_state is not None  # always set: transformers types every output field optional
             logits = decoder.lm_head(hidden.last_hidden_state[:, :-1][scored])  # [tokens, V]
             loss = F.cross_entropy(logits.float(), labels[scored], reduction="sum")
             count = scored.sum() if num_items_in_batch is None else num_items_in_batch

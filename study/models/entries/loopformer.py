@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from study.errors import CheckpointError
 from study.looping.policies import DepthPolicy, LoopFamily, RungLadder, StepSchedule, UniformLoops
 from study.models.adaptive import kl_rows
 from study.models.backbone import Backbone, PolicyRunner
-from study.models.errors import CheckpointError
 from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, greedy_generate, preallocated_cache
 from study.models.loopformer import (
     LoopFormerConfig,
@@ -125,7 +125,7 @@ class LadderRunner(LoopFormerRunner):
             )  # fmt: skip
             for i, result in zip(group, out, strict=True):
                 results[i] = result
-        return results  # type: ignore[return-value]
+        return results
 
     @torch.inference_mode()
     def choose(self, tokenizer, prompts: Sequence[str]) -> list[int]:
