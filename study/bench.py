@@ -212,206 +212,90 @@ class PeakRSS:
 # ---- the benchmark ---------------------------------------------------------------------------
 
 
-def run_bench(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if args.nll_batch_size is None:
-        args.nll_batch_size = 32 if device.type == "cuda" else 8
-    start_clock = time.perf_counter()
-    model, tokenizer, source = load_model(args)
-    model.to(device)  # type: ignore[arg-type]  # transformers' @wraps on PreTrainedModel.to mistypes it
-    config = model.config
-    test = load_gsm8k().test
-    print(
-        f"model: {source} { ({k: getattr(config, k) for k in SHAPE_FIELDS}) } | device {device_name(device)} | "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads | {config._attn_implementation} attention"
-    )
-    # one decoding call as the exact-match stage makes it, batch 1, no early stop (equal token work)
-    prompt = test[0].prompt
-    prompt_tokens = len(tokenizer.encode(prompt, add_special_tokens=False))
-    new_tokens = min(args.new_tokens, config.block_size - prompt_tokens + 1)
+class Bench:
+    """The five measurements of one benchmark run, sharing the model, the prompt and the
+    machine probes; each prints its figure with its inputs and returns its part of the JSON."""
 
-    def decode(generate, tokens: int, loops: int):
-        return generate(model, tokenizer, [prompt], tokens, num_loops=loops, early_stop=False)[0]
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = torch.device(args.device)
+        self.model, self.tokenizer, self.source = load_model(args)
+        self.model.to(self.device)  # type: ignore[arg-type]  # transformers' @wraps on PreTrainedModel.to mistypes it
+        self.config = self.model.config
+        self.test = load_gsm8k().test
+        # one decoding call as the exact-match stage makes it, batch 1, no early stop (equal token work)
+        self.prompt = self.test[0].prompt
+        self.prompt_tokens = len(self.tokenizer.encode(self.prompt, add_special_tokens=False))
+        self.new_tokens = min(args.new_tokens, self.config.block_size - self.prompt_tokens + 1)
 
-    def per_token(loops: int, tokens: int, repeats: int) -> tuple[float, float, float, list[float]]:
+    def decode(self, generate: Callable[..., Any], tokens: int, loops: int) -> Any:
+        return generate(self.model, self.tokenizer, [self.prompt], tokens, num_loops=loops, early_stop=False)[0]
+
+    def per_token(self, loops: int, tokens: int, repeats: int) -> tuple[float, float, float, list[float]]:
         """(seconds per decoded token, prefill seconds, decode seconds, decode times): a run of
         one new token is the prefill alone (its token comes from the prefill's logits), so
         the rest of a ``tokens`` run is ``tokens - 1`` decode steps."""
-        decode(greedy_generate, 2, loops)  # warm-up
-        prefill_s, _, _ = best_time(lambda: decode(greedy_generate, 1, loops), repeats, device)
-        total_s, _, times = best_time(lambda: decode(greedy_generate, tokens, loops), repeats, device)
+        self.decode(greedy_generate, 2, loops)  # warm-up
+        prefill_s, _, _ = best_time(lambda: self.decode(greedy_generate, 1, loops), repeats, self.device)
+        total_s, _, times = best_time(lambda: self.decode(greedy_generate, tokens, loops), repeats, self.device)
         return max(total_s - prefill_s, 0.0) / (tokens - 1), prefill_s, total_s, times
 
-    # (1) NLL scorer: roofline fraction and resident peak, first, before decoding caches grow. The stage
-    # sorts its examples by length and batches neighbours; the bench scores the same kind of batch: the
-    # --nll-examples around the median length of the first --nll-pool test examples
-    pool = [fit_to_window(encode_example(tokenizer, e), config.block_size) for e in test[: args.nll_pool]]
-    by_length = sorted(pool, key=lambda e: len(e.input_ids))
-    first = max(0, (len(by_length) - args.nll_examples) // 2)
-    encoded = by_length[first : first + args.nll_examples]
-    # the machine's limit right beside the figure it scales (the load on a shared machine drifts)
-    peak_gflops = matmul_gflops(args.matmul_size, args.repeats, device)
-    print(f"machine: fp32 matmul {args.matmul_size}^3 {peak_gflops:.1f} GFLOP/s")
+    def nll(self) -> dict[str, Any]:
+        """(1) NLL scorer: roofline fraction and resident peak, first, before decoding caches
+        grow. The stage sorts its examples by length and batches neighbours; the bench scores
+        the same kind of batch: the --nll-examples around the median length of the first
+        --nll-pool test examples."""
+        args, config, device = self.args, self.config, self.device
+        pool = [fit_to_window(encode_example(self.tokenizer, e), config.block_size) for e in self.test[: args.nll_pool]]
+        by_length = sorted(pool, key=lambda e: len(e.input_ids))
+        first = max(0, (len(by_length) - args.nll_examples) // 2)
+        encoded = by_length[first : first + args.nll_examples]
+        # the machine's limit right beside the figure it scales (the load on a shared machine drifts)
+        peak_gflops = matmul_gflops(args.matmul_size, args.repeats, device)
+        print(f"machine: fp32 matmul {args.matmul_size}^3 {peak_gflops:.1f} GFLOP/s")
 
-    def score(batch_size: int):
-        return score_continuations(model, encoded, batch_size, num_loops=args.loops)
+        def score(batch_size: int):
+            return score_continuations(self.model, encoded, batch_size, num_loops=args.loops)
 
-    with PeakRSS() as rss:  # the first run gives the memory peak, and counts as one of the timed runs
-        _, batched, nll_times = best_time(lambda: score(args.nll_batch_size), 1, device)
-    if args.repeats > 1:
-        nll_times += best_time(lambda: score(args.nll_batch_size), args.repeats - 1, device)[2]
-    batched_s = min(nll_times)
-    lengths = [len(e.input_ids) for e in encoded]
-    padded = sum(
-        max(len(e.input_ids) for e in encoded[i : i + args.nll_batch_size]) - 1
-        for i in range(0, len(encoded), args.nll_batch_size)
-    ) * min(args.nll_batch_size, len(encoded))
-    fed = [length - 1 for length in lengths]  # the last token is only a target: the scorer never feeds it
-    useful = nll_flops(
-        config, args.loops, fed, [length - e.answer_start for length, e in zip(lengths, encoded, strict=True)]
-    )
-    nll_gflops = useful / batched_s / 1e9
-    nll_fraction = nll_gflops / peak_gflops
-    if not all(torch.isfinite(torch.tensor(s.nll_sum)) for s in batched):
-        raise RuntimeError("NLL scorer returned a non-finite score")
-    print(
-        f"nll: {len(encoded)} GSM8K test examples around the median length of the first {len(pool)} "
-        f"({sum(lengths)} tokens, {min(lengths)}-{max(lengths)}; {sum(fed)} real of {padded} fed positions), "
-        f"batch {args.nll_batch_size}, {args.loops} loops: {useful / 1e9:.1f} GFLOP in {batched_s:.2f}s "
-        f"({spread(nll_times)}) = {nll_gflops:.1f} GFLOP/s = {nll_fraction:.1%} of the matmul roofline (target >= 85%)"
-    )
-    print(
-        f"nll: resident memory peak {rss.peak / GIB:.2f} GiB while scoring batch {args.nll_batch_size} "
-        f"(+{(rss.peak - rss.before) / GIB:.2f} GiB over the {rss.before / GIB:.2f} GiB before)"
-    )
-    nll_single = None
-    if args.shape == "mini":  # cheap at this size: batching against one example at a time
-        single_s, single, _ = best_time(lambda: score(1), 1, device)
-        max_diff = max(abs(a.nll_sum - b.nll_sum) for a, b in zip(batched, single, strict=True))
-        nll_single = {"single_s": single_s, "batched_vs_single": single_s / batched_s, "max_abs_diff": max_diff}
-        print(f"nll: one at a time {single_s:.3f}s = {single_s / batched_s:.1f}x slower (max |diff| {max_diff:.1e})")
-
-    # (2) decoding at --loops: per-token time vs the bandwidth bound, measured just before
-    copy_gbs = stream_copy_gbs(args.copy_megabytes, args.repeats, device)
-    print(f"machine: stream copy {copy_gbs:.1f} GB/s ({args.copy_megabytes} MiB arrays, read + write)")
-    step_s, prefill_s, cached_s, cached_times = per_token(args.loops, new_tokens, args.repeats)
-    block_bytes, head_bytes = decode_weight_bytes(model, args.loops)
-    token_bytes = args.loops * block_bytes + head_bytes
-    bound_s = token_bytes / (copy_gbs * 1e9)
-    bandwidth_fraction = bound_s / step_s
-    print(
-        f"decode: {new_tokens} tokens after a {prompt_tokens}-token prompt at {args.loops} loops: "
-        f"{cached_s:.2f}s ({spread(cached_times)}), prefill {prefill_s:.2f}s, {step_s * 1e3:.1f} ms per token; "
-        f"bound {args.loops} x {block_bytes / 1e6:.0f} MB blocks + {head_bytes / 1e6:.0f} MB head = "
-        f"{token_bytes / 1e9:.2f} GB at {copy_gbs:.1f} GB/s = {bound_s * 1e3:.1f} ms: "
-        f"{bandwidth_fraction:.1%} of the bound (target >= 80%)"
-    )
-
-    # (3) cached vs full recompute, identical tokens
-    cached = decode(greedy_generate, new_tokens, args.loops)
-    recompute_s, recomputed, _ = best_time(lambda: decode(recompute_generate, new_tokens, args.loops), 1, device)
-    if recomputed.token_ids != cached.token_ids:
-        raise RuntimeError("recompute and cached decoding chose different tokens")
-    decode_ratio = recompute_s / cached_s
-    print(f"decode: full recompute {recompute_s:.2f}s / cached {cached_s:.2f}s = {decode_ratio:.1f}x (target >= 8x)")
-
-    # (4) transformers' generate vs the exact-match decoder, identical tokens
-    ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)], device=device)
-
-    def hf_generate():
-        # min_new_tokens: the same token work as early_stop=False (an EOS would end generate early)
-        return model.generate(
-            ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, num_loops=args.loops
+        with PeakRSS() as rss:  # the first run gives the memory peak, and counts as one of the timed runs
+            _, batched, nll_times = best_time(lambda: score(args.nll_batch_size), 1, device)
+        if args.repeats > 1:
+            nll_times += best_time(lambda: score(args.nll_batch_size), args.repeats - 1, device)[2]
+        batched_s = min(nll_times)
+        lengths = [len(e.input_ids) for e in encoded]
+        padded = sum(
+            max(len(e.input_ids) for e in encoded[i : i + args.nll_batch_size]) - 1
+            for i in range(0, len(encoded), args.nll_batch_size)
+        ) * min(args.nll_batch_size, len(encoded))
+        fed = [length - 1 for length in lengths]  # the last token is only a target: the scorer never feeds it
+        scored = [length - e.answer_start for length, e in zip(lengths, encoded, strict=True)]
+        useful = nll_flops(config, args.loops, fed, scored)
+        nll_gflops = useful / batched_s / 1e9
+        fraction = nll_gflops / peak_gflops
+        if not all(torch.isfinite(torch.tensor(s.nll_sum)) for s in batched):
+            raise RuntimeError("NLL scorer returned a non-finite score")
+        print(
+            f"nll: {len(encoded)} GSM8K test examples around the median length of the first {len(pool)} "
+            f"({sum(lengths)} tokens, {min(lengths)}-{max(lengths)}; {sum(fed)} real of {padded} fed positions), "
+            f"batch {args.nll_batch_size}, {args.loops} loops: {useful / 1e9:.1f} GFLOP in {batched_s:.2f}s "
+            f"({spread(nll_times)}) = {nll_gflops:.1f} GFLOP/s = {fraction:.1%} of the matmul roofline (target >= 85%)"
         )
-
-    hf_generate()  # warm-up
-    # alternate the two decoders, so a drift in the machine's load hits both alike
-    generate_times, decoder_times = [], []
-    for _ in range(args.repeats):
-        generate_times += best_time(hf_generate, 1, device)[2]
-        decoder_times += best_time(lambda: decode(greedy_generate, new_tokens, args.loops), 1, device)[2]
-    generated = hf_generate()
-    generate_s, decoder_s = min(generate_times), min(decoder_times)
-    if generated[0, ids.shape[1] :].tolist() != cached.token_ids:
-        raise RuntimeError("model.generate and the exact-match decoder chose different tokens")
-    generate_ratio = generate_s / decoder_s
-    print(
-        f"decode: model.generate {generate_s:.2f}s ({spread(generate_times)}) / greedy_generate {decoder_s:.2f}s "
-        f"({spread(decoder_times)}), alternated = {generate_ratio:.2f} (exact match uses greedy_generate)"
-    )
-
-    # (5) how cost grows: per-token time against loops, recompute vs cached against length
-    loop_grid = [loops for loops in (1, 2, 4, 8, 16) if loops <= args.max_growth_loops]
-    per_loop = {loops: per_token(loops, args.growth_tokens, args.repeats)[0] for loops in loop_grid}
-    fit = stats.linregress(list(per_loop), list(per_loop.values()))
-    head_bound_s = head_bytes / (copy_gbs * 1e9)
-    print(
-        "growth: ms per token at loops "
-        + ", ".join(f"{loops}: {s * 1e3:.1f}" for loops, s in per_loop.items())
-        + f"; fit {fit.slope * 1e3:.1f} ms per loop + {fit.intercept * 1e3:.1f} ms (R^2 {fit.rvalue**2:.3f}); "
-        f"head alone at the bound {head_bound_s * 1e3:.1f} ms"
-    )
-    lengths_grid = []
-    for tokens in args.growth_lengths:
-        tokens = min(tokens, config.block_size - prompt_tokens + 1)
-        cached_t, _, _ = best_time(functools.partial(decode, greedy_generate, tokens, args.growth_loops), 1, device)
-        recompute_t, _, _ = best_time(
-            functools.partial(decode, recompute_generate, tokens, args.growth_loops), 1, device
+        print(
+            f"nll: resident memory peak {rss.peak / GIB:.2f} GiB while scoring batch {args.nll_batch_size} "
+            f"(+{(rss.peak - rss.before) / GIB:.2f} GiB over the {rss.before / GIB:.2f} GiB before)"
         )
-        lengths_grid.append({"new_tokens": tokens, "cached_s": cached_t, "recompute_s": recompute_t})
-    print(
-        f"growth at {args.growth_loops} loops: new tokens -> recompute / cached seconds: "
-        + ", ".join(f"{g['new_tokens']}: {g['recompute_s']:.2f}/{g['cached_s']:.2f}" for g in lengths_grid)
-    )
-    elapsed = time.perf_counter() - start_clock
-    print(f"bench took {elapsed:.0f}s")
-
-    return {
-        "decode_bandwidth_fraction": bandwidth_fraction,
-        "nll_roofline_fraction": nll_fraction,
-        "decode_cached_vs_recompute": decode_ratio,
-        "generate_vs_decoder": generate_ratio,
-        "details": {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-            "model": source,
-            "shape": args.shape,
-            "config": {k: getattr(config, k) for k in SHAPE_FIELDS},
-            "attn_implementation": config._attn_implementation,
-            "device": device_name(device),
-            "machine": platform.machine(),
-            "cpu_count": psutil.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "loops": args.loops,
-            "repeats": args.repeats,
-            "seconds": elapsed,
-            "machine_limits": {
-                "stream_copy_gbs": copy_gbs,
-                "copy_megabytes": args.copy_megabytes,
-                "matmul_size": args.matmul_size,
-                "matmul_gflops": peak_gflops,
-            },
-            "decode": {
-                "decoder": "study.models.generation.greedy_generate",
-                "prompt_tokens": prompt_tokens,
-                "new_tokens": new_tokens,
-                "cached_s": cached_s,
-                "cached_times": cached_times,
-                "prefill_s": prefill_s,
-                "per_token_s": step_s,
-                "block_bytes_per_loop": block_bytes,
-                "head_bytes": head_bytes,
-                "bound_per_token_s": bound_s,
-                "recompute_s": recompute_s,
-                "generate_s": generate_s,
-                "generate_times": generate_times,
-                "decoder_s": decoder_s,  # greedy_generate, timed alternately with generate
-                "decoder_times": decoder_times,
-                "tokens_match": True,  # asserted above, for recompute and for generate
-            },
-            "nll": {
+        single = None
+        if args.shape == "mini":  # cheap at this size: batching against one example at a time
+            single_s, one_by_one, _ = best_time(lambda: score(1), 1, device)
+            max_diff = max(abs(a.nll_sum - b.nll_sum) for a, b in zip(batched, one_by_one, strict=True))
+            single = {"single_s": single_s, "batched_vs_single": single_s / batched_s, "max_abs_diff": max_diff}
+            print(
+                f"nll: one at a time {single_s:.3f}s = {single_s / batched_s:.1f}x slower (max |diff| {max_diff:.1e})"
+            )
+        return {
+            "fraction": fraction,
+            "matmul_gflops": peak_gflops,
+            "details": {
                 "examples": len(encoded),
                 "pool": len(pool),
                 "tokens": sum(lengths),
@@ -424,18 +308,175 @@ def run_bench(args: argparse.Namespace) -> dict:
                 "gflops": nll_gflops,
                 "peak_rss_bytes": rss.peak,
                 "rss_before_bytes": rss.before,
-                "single": nll_single,
+                "single": single,
             },
-            "growth": {
-                "per_token_s_by_loops": {str(k): v for k, v in per_loop.items()},
-                "tokens": args.growth_tokens,
-                "slope_s_per_loop": fit.slope,
-                "intercept_s": fit.intercept,
-                "r_squared": fit.rvalue**2,
-                "head_bound_s": head_bound_s,
-                "length_loops": args.growth_loops,
-                "by_length": lengths_grid,
+        }
+
+    def decoding(self) -> dict[str, Any]:
+        """(2) decoding at --loops: per-token time vs the bandwidth bound, measured just before."""
+        args = self.args
+        copy_gbs = stream_copy_gbs(args.copy_megabytes, args.repeats, self.device)
+        print(f"machine: stream copy {copy_gbs:.1f} GB/s ({args.copy_megabytes} MiB arrays, read + write)")
+        step_s, prefill_s, cached_s, cached_times = self.per_token(args.loops, self.new_tokens, args.repeats)
+        block_bytes, head_bytes = decode_weight_bytes(self.model, args.loops)
+        token_bytes = args.loops * block_bytes + head_bytes
+        bound_s = token_bytes / (copy_gbs * 1e9)
+        fraction = bound_s / step_s
+        print(
+            f"decode: {self.new_tokens} tokens after a {self.prompt_tokens}-token prompt at {args.loops} loops: "
+            f"{cached_s:.2f}s ({spread(cached_times)}), prefill {prefill_s:.2f}s, {step_s * 1e3:.1f} ms per token; "
+            f"bound {args.loops} x {block_bytes / 1e6:.0f} MB blocks + {head_bytes / 1e6:.0f} MB head = "
+            f"{token_bytes / 1e9:.2f} GB at {copy_gbs:.1f} GB/s = {bound_s * 1e3:.1f} ms: "
+            f"{fraction:.1%} of the bound (target >= 80%)"
+        )
+        return {
+            "fraction": fraction,
+            "stream_copy_gbs": copy_gbs,
+            "details": {
+                "decoder": "study.models.generation.greedy_generate",
+                "prompt_tokens": self.prompt_tokens,
+                "new_tokens": self.new_tokens,
+                "cached_s": cached_s,
+                "cached_times": cached_times,
+                "prefill_s": prefill_s,
+                "per_token_s": step_s,
+                "block_bytes_per_loop": block_bytes,
+                "head_bytes": head_bytes,
+                "bound_per_token_s": bound_s,
             },
+        }
+
+    def recompute(self, cached_s: float) -> tuple[float, dict[str, Any], Any]:
+        """(3) cached vs full recompute, identical tokens. Returns (ratio, details, the cached result)."""
+        loops, tokens = self.args.loops, self.new_tokens
+        cached = self.decode(greedy_generate, tokens, loops)
+        recompute_s, recomputed, _ = best_time(lambda: self.decode(recompute_generate, tokens, loops), 1, self.device)
+        if recomputed.token_ids != cached.token_ids:
+            raise RuntimeError("recompute and cached decoding chose different tokens")
+        ratio = recompute_s / cached_s
+        print(f"decode: full recompute {recompute_s:.2f}s / cached {cached_s:.2f}s = {ratio:.1f}x (target >= 8x)")
+        return ratio, {"recompute_s": recompute_s}, cached
+
+    def generate(self, cached_token_ids: list[int]) -> tuple[float, dict[str, Any]]:
+        """(4) transformers' generate vs the exact-match decoder, identical tokens, timed
+        alternately so a drift in the machine's load hits both alike."""
+        args, device, tokens = self.args, self.device, self.new_tokens
+        ids = torch.tensor([self.tokenizer.encode(self.prompt, add_special_tokens=False)], device=device)
+
+        def hf_generate():
+            # min_new_tokens: the same token work as early_stop=False (an EOS would end generate early)
+            return self.model.generate(
+                ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, num_loops=args.loops
+            )
+
+        hf_generate()  # warm-up
+        generate_times: list[float] = []
+        decoder_times: list[float] = []
+        for _ in range(args.repeats):
+            generate_times += best_time(hf_generate, 1, device)[2]
+            decoder_times += best_time(lambda: self.decode(greedy_generate, tokens, args.loops), 1, device)[2]
+        generated = hf_generate()
+        generate_s, decoder_s = min(generate_times), min(decoder_times)
+        if generated[0, ids.shape[1] :].tolist() != cached_token_ids:
+            raise RuntimeError("model.generate and the exact-match decoder chose different tokens")
+        ratio = generate_s / decoder_s
+        print(
+            f"decode: model.generate {generate_s:.2f}s ({spread(generate_times)}) / greedy_generate {decoder_s:.2f}s "
+            f"({spread(decoder_times)}), alternated = {ratio:.2f} (exact match uses greedy_generate)"
+        )
+        return ratio, {
+            "generate_s": generate_s,
+            "generate_times": generate_times,
+            "decoder_s": decoder_s,  # greedy_generate, timed alternately with generate
+            "decoder_times": decoder_times,
+            "tokens_match": True,  # asserted above, for recompute and for generate
+        }
+
+    def growth(self, copy_gbs: float, head_bytes: int) -> dict[str, Any]:
+        """(5) how cost grows: per-token time against loops, recompute vs cached against length."""
+        args = self.args
+        loop_grid = [loops for loops in (1, 2, 4, 8, 16) if loops <= args.max_growth_loops]
+        per_loop = {loops: self.per_token(loops, args.growth_tokens, args.repeats)[0] for loops in loop_grid}
+        fit = stats.linregress(list(per_loop), list(per_loop.values()))
+        head_bound_s = head_bytes / (copy_gbs * 1e9)
+        print(
+            "growth: ms per token at loops "
+            + ", ".join(f"{loops}: {s * 1e3:.1f}" for loops, s in per_loop.items())
+            + f"; fit {fit.slope * 1e3:.1f} ms per loop + {fit.intercept * 1e3:.1f} ms (R^2 {fit.rvalue**2:.3f}); "
+            f"head alone at the bound {head_bound_s * 1e3:.1f} ms"
+        )
+        lengths_grid = []
+        for tokens in args.growth_lengths:
+            tokens = min(tokens, self.config.block_size - self.prompt_tokens + 1)
+            timed = [
+                best_time(functools.partial(self.decode, generate, tokens, args.growth_loops), 1, self.device)[0]
+                for generate in (greedy_generate, recompute_generate)
+            ]
+            lengths_grid.append({"new_tokens": tokens, "cached_s": timed[0], "recompute_s": timed[1]})
+        print(
+            f"growth at {args.growth_loops} loops: new tokens -> recompute / cached seconds: "
+            + ", ".join(f"{g['new_tokens']}: {g['recompute_s']:.2f}/{g['cached_s']:.2f}" for g in lengths_grid)
+        )
+        return {
+            "per_token_s_by_loops": {str(k): v for k, v in per_loop.items()},
+            "tokens": args.growth_tokens,
+            "slope_s_per_loop": fit.slope,
+            "intercept_s": fit.intercept,
+            "r_squared": fit.rvalue**2,
+            "head_bound_s": head_bound_s,
+            "length_loops": args.growth_loops,
+            "by_length": lengths_grid,
+        }
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.nll_batch_size is None:
+        args.nll_batch_size = 32 if args.device.startswith("cuda") else 8
+    start_clock = time.perf_counter()
+    bench = Bench(args)
+    config, device = bench.config, bench.device
+    print(
+        f"model: {bench.source} { ({k: getattr(config, k) for k in SHAPE_FIELDS}) } | device {device_name(device)} | "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads | {config._attn_implementation} attention"
+    )
+    nll = bench.nll()
+    decode = bench.decoding()
+    details = decode["details"]
+    recompute_ratio, recompute, cached = bench.recompute(details["cached_s"])
+    generate_ratio, generate = bench.generate(cached.token_ids)
+    growth = bench.growth(decode["stream_copy_gbs"], details["head_bytes"])
+    elapsed = time.perf_counter() - start_clock
+    print(f"bench took {elapsed:.0f}s")
+    return {
+        "decode_bandwidth_fraction": decode["fraction"],
+        "nll_roofline_fraction": nll["fraction"],
+        "decode_cached_vs_recompute": recompute_ratio,
+        "generate_vs_decoder": generate_ratio,
+        "details": {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "model": bench.source,
+            "shape": args.shape,
+            "config": {k: getattr(config, k) for k in SHAPE_FIELDS},
+            "attn_implementation": config._attn_implementation,
+            "device": device_name(device),
+            "machine": platform.machine(),
+            "cpu_count": psutil.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "loops": args.loops,
+            "repeats": args.repeats,
+            "seconds": elapsed,
+            "machine_limits": {
+                "stream_copy_gbs": decode["stream_copy_gbs"],
+                "copy_megabytes": args.copy_megabytes,
+                "matmul_size": args.matmul_size,
+                "matmul_gflops": nll["matmul_gflops"],
+            },
+            "decode": {**details, **recompute, **generate},
+            "nll": nll["details"],
+            "growth": growth,
         },
     }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from study.config import StudyConfig, sft_model_name  # noqa: E402
 from study.io import atomic_write_csv, atomic_write_json  # noqa: E402
 
 # the stages' own column layouts: a renamed or added column reaches the fake run too
+from study.stages.adaptive import ADAPTIVE_COLUMNS, DEPTH_COLUMNS, FRONTIER_COLUMNS  # noqa: E402
 from study.stages.exact_match import EM_COLUMNS  # noqa: E402
 from study.stages.latency import FIT_COLUMNS, LATENCY_COLUMNS  # noqa: E402
 from study.stages.nll import PREFERRED_COLUMNS  # noqa: E402
@@ -41,6 +42,9 @@ RESULT_FILES = (
     "latency.csv",
     "latency_fit.csv",
     "schedules.csv",
+    "adaptive.csv",
+    "oracle_frontier.csv",
+    "adaptive_depths.csv",
 )
 
 
@@ -291,7 +295,53 @@ def make_fake_run(
         schedule_rows,
         ["model", "split", "policy", "steps", "uniform", "nll_per_token", "ci_low", "ci_high", "rank"],
     )
+    _write_adaptive(write, models, rng)
     return run_dir
+
+
+def _write_adaptive(
+    write: Callable[[str, list[dict], Sequence[str]], None], models: list[str], rng: np.random.Generator
+) -> None:
+    """The adaptive stage's three files: fixed depths 2, 4, 8, the oracle and, on test, a
+    ladder halting at two thresholds (one cheaper than 8 loops, one dearer)."""
+    rows, frontier, depths = [], [], []
+    for model in models:
+        for split in ("test", "train"):
+            nll = {loops: 2.0 + 0.1 * (8 / loops - 1) + rng.normal(0, 0.002) for loops in (2, 4, 8)}
+            best = min(nll, key=nll.get)
+            oracle = nll[best] - 0.01
+            for loops, value in nll.items():
+                rows.append({"model": model, "split": split, "policy": f"M{loops}", "kind": "fixed",
+                             "detail": f"M{loops}", "mean_loops": float(loops), "nll_per_token": value,
+                             "gap_to_best_fixed": value - nll[best]})  # fmt: skip
+            rows.append({"model": model, "split": split, "policy": "best_fixed", "kind": "best_fixed",
+                         "detail": f"M{best}", "mean_loops": float(best), "nll_per_token": nll[best]})  # fmt: skip
+            rows.append({"model": model, "split": split, "policy": "oracle", "kind": "oracle", "mean_loops": 6.5,
+                         "nll_per_token": oracle, "gap_to_best_fixed": -0.01, "gap_ci_low": -0.02,
+                         "gap_ci_high": -0.001})  # fmt: skip
+            frontier += [{"model": model, "split": split, "mean_loops": 2.0 + k, "nll_per_token": nll[2] - 0.02 * k}
+                         for k in range(6)]  # fmt: skip
+            depths += [{"model": model, "split": split, "policy": "oracle", "example_id": i,
+                        "chosen_depth": 4 if i % 3 else 8, "executed_loops": 4 if i % 3 else 8}
+                       for i in range(12)]  # fmt: skip
+            if split != "test":
+                continue
+            for tau, mean_loops, fixed in ((0.01, 7.0, "M4"), (0.1, 12.0, None)):
+                policy = f"ladder-2-4-8-kl{tau}"
+                value = nll[8] + (0.004 if fixed else 0.002)  # the dearer threshold does a little better
+                # only the cheaper threshold fits a fixed depth's budget (M4): its equal-compute gap
+                equal = {} if fixed is None else {"equal_compute_fixed": fixed, "gap_to_equal_compute": value - nll[4],
+                                                  "equal_ci_low": -0.2, "equal_ci_high": -0.01}  # fmt: skip
+                rows.append({"model": model, "split": split, "policy": policy, "kind": "halting", "detail": "kl",
+                             "tau": tau, "mean_loops": mean_loops, "nll_per_token": value,
+                             "gap_to_best_fixed": value - nll[best], "gap_ci_low": -0.01, "gap_ci_high": 0.02,
+                             "oracle_nll_at_budget": oracle, **equal})  # fmt: skip
+                depths += [{"model": model, "split": split, "policy": policy, "example_id": i,
+                            "chosen_depth": 8 if i % 4 else 4, "executed_loops": 14 if i % 4 else 6}
+                           for i in range(12)]  # fmt: skip
+    write("adaptive.csv", rows, ADAPTIVE_COLUMNS)
+    write("oracle_frontier.csv", frontier, FRONTIER_COLUMNS)
+    write("adaptive_depths.csv", depths, DEPTH_COLUMNS)
 
 
 def _manifest(config: StudyConfig, checks_skipped: bool) -> dict:

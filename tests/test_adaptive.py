@@ -167,26 +167,20 @@ def test_stage_oracle_is_never_above_the_best_fixed_depth(stage_run):
                                      and r["split"] == "test"]) < 0)  # fmt: skip
 
 
-def test_stage_figure_has_fixed_oracle_and_halting_lines(stage_run):
-    import matplotlib.pyplot as plt
-    import pandas as pd
+def test_report_draws_the_stage_figures_with_fixed_oracle_and_halting_lines(stage_run):
+    from study.report import load_results, plot_adaptive_depths, plot_adaptive_frontier
 
-    from study.report.adaptive import plot_adaptive_depths, plot_adaptive_frontier
-
-    results = stage_run.results_dir
-    frame, frontier = pd.read_csv(results / "adaptive.csv"), pd.read_csv(results / "oracle_frontier.csv")
-    figure = plot_adaptive_frontier(frame, frontier)
+    assert not list(stage_run.figures_dir.glob("adaptive_*"))  # the stage writes results; the report draws
+    results = load_results(stage_run.run_dir, models=stage_run.model_specs(), config=stage_run.config)
+    figure = plot_adaptive_frontier(results)
     assert len(figure.axes) == 2
     for ax in figure.axes:
         labels = [text.get_text() for text in ax.get_legend().get_texts()]
         assert labels == ["fixed depth", "oracle", "halting: kl (tau sweep)"]
         assert len(ax.get_lines()[2].get_xdata()) == 2  # one point per tau
-    plt.close(figure)
-    figure = plot_adaptive_depths(frame, pd.read_csv(results / "adaptive_depths.csv"))
+    figure = plot_adaptive_depths(results)
     labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     assert labels[0] == "oracle" and labels[1].startswith("ladder-")
-    plt.close(figure)
-    assert (stage_run.figures_dir / "adaptive_frontier.png").is_file()
 
 
 def test_stage_refuses_non_finite_sweep(stage_run, tmp_path):

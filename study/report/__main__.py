@@ -2,6 +2,6 @@
 
 import sys
 
-from study.report import main
+from study.report.cli import main
 
 sys.exit(main())

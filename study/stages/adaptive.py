@@ -17,8 +17,9 @@ is fingerprinted by its examples and policy id). Outputs:
   (model, split): the lowest NLL any per-example depth choice reaches at each mean-loops
   budget;
 - ``adaptive_depths.csv``: per example, the depth each selector chose (oracle: its best
-  fixed depth; a halting policy: the depth it stopped at) and the loops it cost;
-- ``figures/adaptive_frontier.png`` and ``figures/adaptive_depths.png``.
+  fixed depth; a halting policy: the depth it stopped at) and the loops it cost.
+
+The report stage draws its figures (``study.report.figures.adaptive_*``) and section.
 """
 
 from __future__ import annotations
@@ -119,9 +120,6 @@ def run(ctx: RunContext) -> None:
     atomic_write_csv(ctx.results_path("adaptive.csv"), rows, ADAPTIVE_COLUMNS)
     atomic_write_csv(ctx.results_path("oracle_frontier.csv"), frontier_rows, FRONTIER_COLUMNS)
     atomic_write_csv(ctx.results_path("adaptive_depths.csv"), depth_rows, DEPTH_COLUMNS)
-    from study.report.adaptive import write_adaptive_figures
-
-    write_adaptive_figures(ctx.run_dir, ctx.figures_dir)
 
 
 class Summary:

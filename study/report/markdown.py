@@ -1,0 +1,481 @@
+"""report.md: the run's header and manifest, the sanity checks, Table 1 and one section
+per stage, each with its figures (``figures.FIGURES`` numbers them) and sources.
+
+A section whose results file is missing says "Not run" and names the stage to run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from study.io import atomic_write_text
+from study.report.figures import FIGURES, figure_number, figure_spec, write_figures
+from study.report.formats import format_nll, format_percent, format_seconds, gaps_text, markdown_table, yes_no
+from study.report.results import ADAPTIVE_FILES, TEST, Results, load_results
+from study.report.tables import row_at, table1
+from study.tasks.gsm8k import EXTRACTIONS
+
+Figures = dict[str, Path | None]  # figure name -> its PNG (None: not drawn)
+
+
+def _header(results: Results) -> list[str]:
+    label = results.model_label
+    lines = [f"# loopdepth report: {results.name} — {label}", ""]
+    if results.embedded:
+        lines += [
+            f"> **Model: {label}.** This run used the tiny LoopFormer embedded in this repository, not the released "
+            "checkpoint: its numbers show that the pipeline works, not what the released model prefers.",
+            "",
+        ]
+    provenance = results.provenance
+    if provenance:
+        lines += [
+            f"> **Model: {label}.** Offline copy `{Path(str(provenance.get('file', '?'))).name}` "
+            f"(sha256 `{provenance.get('sha256', '?')}`, {provenance.get('package', '?')}): "
+            f"**{provenance.get('quantization', 'quantized')}**, so its numbers are those of the quantized weights, "
+            "not of the hub model.",
+            "",
+        ]
+    if results.config is not None and results.config.description:
+        lines += [results.config.description, ""]
+    if results.problems:
+        lines += ["**Files that could not be read:**", ""] + [f"- {p}" for p in results.problems] + [""]
+    return lines
+
+
+def _stage_order(name: str) -> tuple[int, str]:
+    known = ("check", "sft", "nll", "exact_match", "latency", "report")  # the pipeline's order
+    return (known.index(name) if name in known else len(known), name)
+
+
+def _duration(stage: dict[str, Any]) -> str:
+    if "seconds" in stage:
+        return f"{format_seconds(float(stage['seconds']))} s"
+    try:
+        seconds = (datetime.fromisoformat(stage["finished"]) - datetime.fromisoformat(stage["started"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return "—"
+    return f"{format_seconds(seconds)} s"
+
+
+def _what_was_run(results: Results) -> list[str]:
+    lines = ["## What was run", ""]
+    manifest = results.manifest
+    if manifest is None:
+        return [*lines, "No `manifest.json` in the run directory: what was run is unknown.", ""]
+    config = manifest.get("config") or {}
+    data = manifest.get("data") or {}
+    model = manifest.get("model") or {}
+    hardware = manifest.get("hardware") or {}
+    label_note = f" — {results.model_label}" if results.embedded else ""
+    lines += [
+        f"- **Config:** `{config.get('name', '?')}`, seed {manifest.get('seed', config.get('seed', '?'))}",
+        f"- **Data:** {data.get('source', '?')}"
+        + (f" from `{data['directory']}`" if data.get("directory") else "")
+        + "; sha256: "
+        + (", ".join(f"{k} `{v}`" for k, v in sorted((data.get("sha256") or {}).items())) or "not recorded"),
+        f"- **Model:** `{model.get('source', config.get('model', {}).get('source', '?'))}`{label_note}; "
+        f"revision {model.get('revision') or '—'}; resolved commit {model.get('resolved_commit') or '—'}",
+        f"- **Device:** {hardware.get('device', '?')}; GPUs: {', '.join(hardware.get('gpus') or []) or 'none'}; "
+        f"CPU: {hardware.get('cpu', '?')}" + (f" ({hardware['cpu_count']} cores)" if hardware.get("cpu_count") else ""),
+        "- **Versions:** "
+        + (", ".join(f"{k} {v}" for k, v in sorted((manifest.get("versions") or {}).items())) or "—"),
+        f"- **Code:** git commit `{manifest.get('git_commit') or 'unknown'}`",
+    ]
+    invocations = manifest.get("invocations") or []
+    if invocations:
+        lines.append(
+            "- **Command lines:** " + "; ".join(f"`python {' '.join(i.get('argv', []))}`" for i in invocations)
+        )
+    stages = manifest.get("stages") or {}
+    if stages:
+        rows = []
+        for name, stage in sorted(stages.items(), key=lambda item: _stage_order(item[0])):
+            finished = stage.get("finished")
+            if name == "report" and not finished:
+                finished = "(this report)"
+            rows.append([name, stage.get("started", "—"), finished or "not finished", _duration(stage)])
+        lines += ["", markdown_table(["Stage", "Started (UTC)", "Finished (UTC)", "Duration"], rows)]
+    return [*lines, "", "Source: `manifest.json`.", ""]
+
+
+def _checks_section(results: Results) -> list[str]:
+    lines = ["## Sanity checks", ""]
+    checks = results.checks
+    skipped = bool((results.manifest or {}).get("checks_skipped")) or bool((checks or {}).get("skipped"))
+    not_gated = "Sanity checks were skipped with --skip-checks; these numbers were not gated."
+    if checks is None:
+        lines.append(f"**{not_gated}**" if skipped else results.missing("checks.json") + ".")
+        return [*lines, ""]
+    items = checks.get("checks") or []
+    failed = [c for c in items if not c.get("passed")]
+    names = ", ".join(f"`{c.get('name')}`" for c in failed)
+    if skipped:
+        lines.append(f"**{not_gated}**")
+        if failed:
+            lines.append(f"The checks ran anyway and **{len(failed)} of {len(items)} FAILED** ({names}).")
+        elif items:
+            lines.append(f"The checks ran anyway and all {len(items)} passed.")
+    elif failed:
+        lines.append(f"**FAILED: {len(failed)} of {len(items)} sanity checks failed ({names}).**")
+    else:
+        lines.append(f"Passed: all {len(items)} sanity checks passed.")
+    if items:
+        rows = [
+            [
+                c.get("name"),
+                "pass" if c.get("passed") else "**FAIL**",
+                c.get("value"),
+                c.get("threshold"),
+                c.get("message"),
+            ]
+            for c in items
+        ]
+        lines += ["", markdown_table(["Check", "Result", "Value", "Threshold", "Detail"], rows)]
+    return [*lines, "", "Source: `results/checks.json`.", ""]
+
+
+def _figure_block(results: Results, name: str, figures: Figures, rel: str) -> list[str]:
+    spec = figure_spec(name)
+    heading = f"**Figure {figure_number(name)}: {spec.title}.**"
+    if figures.get(name) is None:
+        missing = [f"`results/{f}`" for f in results.absent(*spec.needs)]
+        reason = f"missing {', '.join(missing)}" if missing else "not written"
+        return [f"{heading} Not drawn ({reason}).", ""]
+    return [heading, "", f"![{spec.title}]({rel}/{name}.png)", "", spec.caption, ""]
+
+
+def _table1_section(results: Results) -> list[str]:
+    lines = ["## Table 1: preferred inference depth (NLL per token)", ""]
+    table = table1(results)
+    if table.empty:
+        return [*lines, results.missing("preferred_depth.csv") + ".", ""]
+    if results.preferred is None:
+        lines += [results.missing("preferred_depth.csv") + "; best depths below come from nll_summary.csv.", ""]
+    confidence = f"{100 * results.config.nll.confidence:g}%" if results.config else "95%"
+    rows = []
+    for _, row in table.iterrows():
+        ci = (
+            f" [{format_nll(row['best_test_ci_low'])}, {format_nll(row['best_test_ci_high'])}]"
+            if pd.notna(row["best_test_ci_low"])
+            else ""
+        )
+        p_train = row["p_best_is_train_loops"]
+        rows.append(
+            [
+                row["label"],
+                "—" if pd.isna(row["train_loops"]) else int(row["train_loops"]),
+                "—" if pd.isna(row["best_test_loops"]) else int(row["best_test_loops"]),
+                format_nll(row["best_test_nll"]) + ci,
+                "—" if pd.isna(row["best_train_loops"]) else int(row["best_train_loops"]),
+                format_nll(row["best_train_nll"]),
+                yes_no(None if pd.isna(row["train_test_match"]) else bool(row["train_test_match"])),
+                "—" if p_train is None or pd.isna(p_train) else f"{p_train:.2f}",
+                gaps_text(row["neighbour_gaps"]),
+            ]
+        )
+    headers = [
+        "Model", "Train loops", "Best test loops", f"Test NLL at best [{confidence} CI]", "Best train loops",
+        "Train NLL at best", "Train/test argmin match", "P(argmin = train loops), test",
+        "Gap to neighbouring loop counts, test [CI]",
+    ]  # fmt: skip
+    lines.append(markdown_table(headers, rows))
+    resamples = f", {results.config.nll.bootstrap_resamples} resamples" if results.config else ""
+    lines += [
+        "",
+        f"NLL in nats/token. CIs are bootstrap {confidence} intervals{resamples}; gaps are NLL(loops) − NLL(best) "
+        'with paired-bootstrap CIs ("tied" when the CI contains 0). P(argmin = train loops) is the bootstrap '
+        "share of resamples whose argmin is the training loop count.",
+        "",
+        "Sources: `results/preferred_depth.csv` (best loops, match, P, gaps) and `results/nll_summary.csv` (CIs).",
+        "",
+    ]
+    lines += _findings(table)
+    return lines
+
+
+def _findings(table: pd.DataFrame) -> list[str]:
+    sentences = []
+    for _, row in table.iterrows():
+        if pd.isna(row["best_test_loops"]) or pd.isna(row["train_loops"]):
+            continue
+        best, trained = int(row["best_test_loops"]), int(row["train_loops"])
+        where = "its training loop count" if best == trained else f"not its training loop count ({trained})"
+        sentences.append(f"- {row['label']}: lowest test NLL at {best} loops, {where}.")
+    return [*sentences, ""] if sentences else []
+
+
+def _exact_match_section(results: Results, figures: Figures, rel: str) -> list[str]:
+    lines = ["## Exact match (GSM8K test)", ""]
+    em = results.exact_match
+    if em is None:
+        return [
+            *lines,
+            results.missing("exact_match.csv") + ".",
+            "",
+            *_figure_block(results, "exact_match", figures, rel),
+        ]
+    grid = sorted(int(v) for v in em["inference_loops"].unique())
+    rows = []
+    for name in results.models_in(em):
+        order = {e: i for i, e in enumerate(EXTRACTIONS)}
+        for extraction in sorted(em["extraction"].unique(), key=lambda e: (order.get(e, len(order)), e)):
+            subset = em[(em["model"] == name) & (em["extraction"] == extraction)]
+            if subset.empty:
+                continue
+            cells = []
+            for loops in grid:
+                match = subset[subset["inference_loops"] == loops]
+                if match.empty:
+                    cells.append("—")
+                    continue
+                r = match.iloc[0]
+                cells.append(
+                    f"{format_percent(r['accuracy'])} [{format_percent(r['ci_low'])}, {format_percent(r['ci_high'])}] "
+                    f"({int(r['correct'])}/{int(r['n'])})"
+                )
+            rows.append([results.model(name).label, extraction, *cells])
+    lines.append(markdown_table(["Model", "Extraction", *(f"{g} loops" for g in grid)], rows))
+    lines += [
+        "",
+        "Accuracy with Wilson 95% intervals (correct/n). Source: `results/exact_match.csv`. Extractions: "
+        "`strict` takes the first number after `#### ` and `flexible` the last number in the generation "
+        "(lm-eval's gsm8k regexes), both compared with the gold answer as exact decimals (`18.00` counts as 18); "
+        "`lm_eval_strict` and `lm_eval_flexible` are what lm-eval's `gsm8k` task reports (`strict-match`, "
+        "`flexible-extract`): the same regexes but a string comparison after removing `,`, `$` and a trailing "
+        "`.`, so `18.00` is wrong there. Every generation is first cut at lm-eval's stop sequences "
+        "(`Question:`, `</s>`, `<|im_end|>`, the EOS string). Compare the `lm_eval_*` rows with published "
+        "lm-eval numbers.",
+        "",
+    ]
+    return lines + _figure_block(results, "exact_match", figures, rel)
+
+
+def _latency_section(results: Results, figures: Figures, rel: str) -> list[str]:
+    lines = ["## Latency: what each extra loop costs", ""]
+    latency = results.latency
+    if latency is None:
+        lines += [results.missing("latency.csv") + ".", ""]
+    else:
+        grid = sorted(int(v) for v in latency["inference_loops"].unique())
+        fits = results.latency_fit
+        rows = []
+        for name in results.models_in(latency):
+            subset = latency[latency["model"] == name]
+            cells = []
+            for loops in grid:
+                match = subset[subset["inference_loops"] == loops]
+                cells.append("—" if match.empty else format_seconds(float(match["median_s"].iloc[0])))
+            fit = fits[fits["model"] == name] if fits is not None else pd.DataFrame()
+            if fit.empty:
+                fit_cells = ["—", "—", "—"]
+            else:
+                f = fit.iloc[0]
+                fit_cells = [
+                    format_seconds(f["slope_s_per_loop"]),
+                    format_seconds(f["intercept_s"]),
+                    f"{f['r_squared']:.3f}",
+                ]
+            rows.append([results.model(name).label, *cells, *fit_cells])
+        headers = ["Model", *(f"{g} loops" for g in grid), "Slope (s/loop)", "Intercept (s)", "R²"]
+        lines.append(markdown_table(headers, rows))
+        details = []
+        for column, text in (("device", "device"), ("new_tokens", "new tokens per sample"), ("samples", "samples")):
+            if column in latency.columns and latency[column].nunique() == 1:
+                details.append(f"{text}: {latency[column].iloc[0]}")
+        lines += [
+            "",
+            "Median seconds per sample (3 significant digits)"
+            + (f"; {'; '.join(details)}" if details else "")
+            + f". p10–p90 ranges are in Figure {figure_number('latency')}. Slope, intercept and R² are a "
+            "least-squares fit of median latency on loop count.",
+            "",
+            "Sources: `results/latency.csv` (medians), "
+            + (
+                "`results/latency_fit.csv` (fit)."
+                if fits is not None
+                else "fit not available: " + results.missing("latency_fit.csv") + "."
+            ),
+            "",
+        ]
+    return lines + _figure_block(results, "latency", figures, rel) + _figure_block(results, "frontier", figures, rel)
+
+
+def _sft_section(results: Results, figures: Figures, rel: str) -> list[str]:
+    lines = ["## SFT training", ""]
+    loss = results.sft_loss
+    if loss is None:
+        return [*lines, results.missing("sft_loss.csv") + ".", "", *_figure_block(results, "sft_loss", figures, rel)]
+    rows = []
+    for name in results.models_in(loss):
+        subset = loss[loss["model"] == name].sort_values("step")
+        tail = subset["loss"].iloc[-max(1, len(subset) // 10) :]
+        rows.append(
+            [
+                results.model(name).label,
+                results.model(name).train_loops if results.model(name).train_loops is not None else "—",
+                int(subset["step"].max()),
+                format_nll(float(subset["loss"].iloc[0])),
+                format_nll(float(tail.mean())),
+            ]
+        )
+    headers = ["Model", "Train loops", "Optimizer steps", "First logged loss", "Mean loss, last 10% of steps"]
+    lines += [markdown_table(headers, rows), "", "Loss in nats/token. Source: `results/sft_loss.csv`.", ""]
+    return lines + _figure_block(results, "sft_loss", figures, rel)
+
+
+def _schedules_section(results: Results, figures: Figures, rel: str) -> list[str]:
+    """Only for runs that swept schedules (LoopFormer configs with a ``schedules`` section)."""
+    frame = results.schedules
+    if frame is None:
+        swept = results.config is not None and results.config.schedules is not None
+        return ["## Schedules at a fixed loop budget", "", results.missing("schedules.csv") + ".", ""] if swept else []
+    lines = ["## Schedules at a fixed loop budget", ""]
+    rows = []
+    for name in results.models_in(frame):
+        subset = frame[frame["model"] == name].sort_values(["rank", "policy"])
+        best, worst = subset.iloc[0], subset.iloc[-1]
+        uniform = subset[subset["uniform"].astype(bool)]
+        uniform_text = (
+            f"{format_nll(uniform['nll_per_token'].iloc[0])} (rank {int(uniform['rank'].iloc[0])})"
+            if not uniform.empty
+            else "—"
+        )
+        rows.append(
+            [
+                results.model(name).label,
+                len(subset),
+                f"{best['steps']}: {format_nll(best['nll_per_token'])} "
+                f"[{format_nll(best['ci_low'])}, {format_nll(best['ci_high'])}]",
+                uniform_text,
+                f"{worst['steps']}: {format_nll(worst['nll_per_token'])} "
+                f"[{format_nll(worst['ci_low'])}, {format_nll(worst['ci_high'])}]",
+                format_nll(float(worst["nll_per_token"] - best["nll_per_token"])),
+            ]
+        )
+    headers = ["Model", "Schedules", "Best [95% CI]", "Uniform (rank)", "Worst [95% CI]", "Spread (worst − best)"]
+    lines += [
+        markdown_table(headers, rows),
+        "",
+        "Test NLL per token of every schedule with the same number of steps (step sizes in the order they run). "
+        "Source: `results/schedules.csv`.",
+        "",
+    ]
+    return lines + _figure_block(results, "schedules", figures, rel)
+
+
+def _ci(low: float, high: float) -> str:
+    return f"[{low:+.4f}, {high:+.4f}]"
+
+
+def _adaptive_section(results: Results, figures: Figures, rel: str) -> list[str]:
+    """Fixed or per-input depth: the best fixed depth, the oracle and the halting policies
+    per model (``results/adaptive.csv``), and the adaptive stage's two figures."""
+    lines = ["## Fixed or per-input depth?", ""]
+    absent = results.absent(*ADAPTIVE_FILES)
+    if absent:
+        return [*lines, results.missing(absent[0]) + ".", ""]
+    frame = results.adaptive
+    assert frame is not None  # results.absent found all of ADAPTIVE_FILES
+    for model in dict.fromkeys(frame["model"]):  # the stage's model order
+        lines += _adaptive_findings(frame[(frame["model"] == model) & (frame["split"] == TEST)], model)
+    lines += [
+        "",
+        "Costs are loops actually executed, averaged over examples (a ladder pays for every rung it ran). "
+        "Gaps are paired over examples, 95% percentile bootstrap. Source: `results/adaptive.csv`, "
+        "`results/oracle_frontier.csv`, `results/adaptive_depths.csv`.",
+        "",
+    ]
+    for name in ("adaptive_frontier", "adaptive_depths"):
+        if figures.get(name) is not None:
+            lines += [f"![{name}]({rel}/{name}.png)", ""]
+    return lines
+
+
+def _adaptive_findings(rows: pd.DataFrame, model: str) -> list[str]:
+    """One model's test rows of adaptive.csv as a bullet: the best fixed depth against the
+    oracle, then how its halting policies fare at equal compute."""
+    best = rows[rows["kind"] == "best_fixed"].iloc[0]
+    oracle = rows[rows["kind"] == "oracle"].iloc[0]
+    lines = [
+        f"- **{model}**: best fixed depth {best['detail']} at {best['nll_per_token']:.4f} nats/token; the "
+        f"oracle (each example at its best depth, {oracle['mean_loops']:.2f} mean loops) reaches "
+        f"{oracle['nll_per_token']:.4f} ({oracle['gap_to_best_fixed']:+.4f}, CI "
+        f"{_ci(oracle['gap_ci_low'], oracle['gap_ci_high'])})."
+    ]
+    halting = rows[rows["kind"] == "halting"]
+    if halting.empty:
+        return lines
+    compared = halting[halting["equal_compute_fixed"].notna()]
+    wins = compared[compared["equal_ci_high"] < 0]
+    # the policy that does best against the fixed depth it could afford (lowest NLL when none fits)
+    top = (
+        row_at(compared, compared["gap_to_equal_compute"].astype(float).idxmin())
+        if not compared.empty
+        else row_at(halting, halting["nll_per_token"].idxmin())
+    )
+    verdict = (
+        f"{len(wins)} of {len(halting)} halting policies beat the best fixed depth within their mean loops "
+        "(CI of the gap below 0)"
+        if len(wins)
+        else f"no halting policy of {len(halting)} beats the best fixed depth within its mean loops"
+    )
+    equal = (
+        f"{top['gap_to_equal_compute']:+.4f}, CI {_ci(top['equal_ci_low'], top['equal_ci_high'])} vs "
+        f"{top['equal_compute_fixed']}"
+        if isinstance(top["equal_compute_fixed"], str)
+        else "no fixed depth is that cheap"
+    )
+    lines.append(
+        f"  {verdict}. Best at equal compute: {top['policy']} at {top['mean_loops']:.2f} mean loops, "
+        f"{top['nll_per_token']:.4f} nats/token (vs best fixed {top['gap_to_best_fixed']:+.4f}, CI "
+        f"{_ci(top['gap_ci_low'], top['gap_ci_high'])}; at equal compute {equal}); the oracle at that budget "
+        f"reaches {top['oracle_nll_at_budget']:.4f} ({top['nll_per_token'] - top['oracle_nll_at_budget']:+.4f} "
+        "to go)."
+    )
+    return lines
+
+
+def render_report(results: Results, figures: Figures, figures_rel: str = "figures") -> str:
+    """The text of report.md; ``figures`` maps figure name -> written PNG (None: not drawn)."""
+    lines = _header(results)
+    lines += _what_was_run(results)
+    lines += _checks_section(results)
+    lines += _table1_section(results)
+    lines += _figure_block(results, "nll_vs_loops", figures, figures_rel)
+    lines += _exact_match_section(results, figures, figures_rel)
+    lines += _latency_section(results, figures, figures_rel)
+    lines += _sft_section(results, figures, figures_rel)
+    lines += _schedules_section(results, figures, figures_rel)
+    lines += _adaptive_section(results, figures, figures_rel)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(results: Results, figures_dir: Path | None = None) -> Path:
+    """Write every drawable figure (PNG + PDF) and ``report.md`` into the run directory."""
+    figures_dir = Path(figures_dir) if figures_dir is not None else results.run_dir / "figures"
+    figures = write_figures(results, figures_dir)
+    relative = Path(os.path.relpath(figures_dir, results.run_dir)).as_posix()
+    path = results.run_dir / "report.md"
+    atomic_write_text(path, render_report(results, figures, relative))
+    return path
+
+
+def regenerate(run_dir: Path, export_figures: Path | None = None) -> Path:
+    """Redraw the figures and report.md of an existing run directory; with ``export_figures``
+    also copy the PNGs there (used to refresh the repository's top-level figures/)."""
+    results = load_results(run_dir)
+    path = write_report(results, run_dir / "figures")
+    if export_figures is not None:
+        export_figures.mkdir(parents=True, exist_ok=True)
+        for spec in FIGURES:
+            png = run_dir / "figures" / f"{spec.name}.png"
+            if png.is_file():
+                shutil.copyfile(png, export_figures / png.name)
+    return path
