@@ -81,6 +81,12 @@ class SFTConfig(Section):
         return self
 
 
+def sft_model_name(train_loops: int) -> str:
+    """The name of the SFT model trained at ``train_loops`` (an ``sft.train_loops`` entry): its
+    folder under ``models/``, its cell files and the ``model`` column of the results (``train8``)."""
+    return f"train{train_loops}"
+
+
 class NLLConfig(Section):
     inference_loops: LoopGrid = Field(default_factory=lambda: [2, 4, 6, 8, 10, 12, 16])
     batch_size: PositiveInt = 16

@@ -28,13 +28,14 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from study.config import EMBEDDED_BASE, OFFLINE_SMOLLM2, StudyConfig
+from study.config import EMBEDDED_BASE, OFFLINE_SMOLLM2, StudyConfig, sft_model_name
+from study.errors import BackboneError, CheckpointError
 from study.errors import Interrupted as Interrupted
 from study.errors import StudyError as StudyError  # re-exported: raised here
 from study.io import read_json
 from study.looping.policies import DepthPolicy, policies_for
-from study.models.backbones import BackboneError, load_looped_base, materialize_offline_smollm2
-from study.models.loopformer import CheckpointError, LoopFormerForCausalLM
+from study.models import smollm2
+from study.models.backbones import Backbone, get_backbone
 from study.tasks.gsm8k import Dataset, Example, Subsets, load_gsm8k, make_subsets
 from study.tokenizer import has_tokenizer, load_tokenizer
 
@@ -133,21 +134,14 @@ class RunContext:
     @cached_property
     def base_spec(self) -> ModelSpec:
         source = base_source(self.config, self.run_dir)
-        if self.looped_decoder:  # a pretrained decoder runs its window once: K = 1 is its training depth
-            return ModelSpec(BASE, "Base", 1, source, self.config.model.revision)
-        config_train_loops = 8
-        local = Path(source)
-        if (local / "config.json").is_file():
-            from study.models.validation import validate_model_config
-
-            try:  # a fractional or string train_loops is refused here, never rounded
-                config_train_loops = validate_model_config(local / "config.json").get("train_loops", 8)
-            except CheckpointError as error:
-                raise StudyError(str(error)) from None
-        return ModelSpec(BASE, "Base", config_train_loops, source, self.config.model.revision)
+        try:  # a fractional or string train_loops in a LoopFormer config is refused, never rounded
+            train_loops = self.backbone.training_depth(source)
+        except CheckpointError as error:
+            raise StudyError(str(error)) from None
+        return ModelSpec(BASE, "Base", train_loops, source, self.config.model.revision)
 
     def sft_spec(self, train_loops: int) -> ModelSpec:
-        name = f"train{train_loops}"
+        name = sft_model_name(train_loops)
         return ModelSpec(name, f"Train{train_loops}", train_loops, str(self.model_dir(name)))
 
     def model_specs(self) -> list[ModelSpec]:
@@ -156,8 +150,9 @@ class RunContext:
 
     # ---- depth policies -------------------------------------------------------------
     @property
-    def looped_decoder(self) -> bool:
-        return self.config.model.backbone == "looped_decoder"
+    def backbone(self) -> Backbone:
+        """The registry entry of ``model.backbone`` (``study.models.backbones.BACKBONES``)."""
+        return get_backbone(self.config.model.backbone)
 
     @cached_property
     def loop_family(self):
@@ -172,7 +167,7 @@ class RunContext:
         if self.config.model.source != OFFLINE_SMOLLM2:
             return None
         try:
-            return materialize_offline_smollm2(Path(self.base_spec.source))
+            return smollm2.materialize_offline_smollm2(Path(self.base_spec.source))
         except BackboneError as error:
             raise StudyError(str(error)) from None
 
@@ -205,21 +200,14 @@ class RunContext:
             where = "model.tokenizer" if self.config.model.tokenizer != "auto" else "model.source"
             raise StudyError(f"{where}: the tokenizer files in {source} are unreadable ({reason})") from None
 
-    def load_model(self, spec: ModelSpec) -> PreTrainedModel:  # a LoopFormer, or the looped decoder's base
-        if self.looped_decoder:
-            if spec.name == BASE:
-                self.prepare_base()
-            try:
-                return load_looped_base(spec.source, spec.revision, self.device)
-            except BackboneError as error:
-                raise StudyError(str(error)) from None
+    def load_model(self, spec: ModelSpec) -> PreTrainedModel:
+        """The model of ``spec`` by the run's backbone, in fp32 and eval mode on the run's device."""
+        if spec.name == BASE:
+            self.prepare_base()  # the offline SmolLM2's folder is made on first use
         try:
-            model = LoopFormerForCausalLM.from_pretrained(spec.source, revision=spec.revision, dtype=torch.float32)
-        except CheckpointError as error:
+            return self.backbone.load(spec.source, spec.revision, self.device)
+        except (CheckpointError, BackboneError) as error:
             raise StudyError(str(error)) from None
-        except OSError as error:
-            raise StudyError(f"{spec.source}: cannot load checkpoint ({' '.join(str(error).split())[:300]})") from None
-        return model.to(self.device).eval()
 
     # ---- interruption ---------------------------------------------------------------
     def stop_requested(self) -> bool:

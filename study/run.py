@@ -64,12 +64,12 @@ def preflight(config) -> str | None:
 
     source = config.model.source
     if source == OFFLINE_SMOLLM2:
-        from study.models.backbones import smollm2_gguf_path
+        from study.models import smollm2
 
         try:
-            smollm2_gguf_path()  # the offline model ships in a pip package: say how to get it
-        except BackboneError as error:
-            raise StudyError(str(error)) from None
+            smollm2.gguf_path()  # the offline model ships in a pip package: say how to get it
+        except BackboneError as error:  # smollm2.ModelUnavailable
+            raise StudyError(f"model.source {OFFLINE_SMOLLM2}: {error}") from None
         source = EMBEDDED_BASE  # local: nothing to reach below
     if source != EMBEDDED_BASE and not is_hub_id(source) and not Path(source).is_dir():
         raise StudyError(f"model.source: {source!r} is neither a local folder nor a hub id (owner/name)")

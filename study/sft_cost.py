@@ -1,7 +1,7 @@
 """What one SFT step of a looped decoder costs: seconds and peak memory at a training K.
 
 One step = forward through ``loop_decoder(model, spec)`` at K, the completion-only loss
-the SFT stage computes (``study.stages.sft.looped_sft_trainer``), backward through
+the SFT stage computes (``study.models.entries.looped_decoder.looped_sft_trainer``), backward through
 every pass, and one AdamW update, on single GSM8K train examples (batch 1, as the
 configs train). Each K runs in its own process so the peak resident memory it reports
 is its own::

@@ -5,7 +5,6 @@ never leaves a half-started run directory behind."""
 from __future__ import annotations
 
 import os
-from functools import cache
 from pathlib import Path
 
 from study.pipeline import RunContext, StudyError
@@ -16,15 +15,6 @@ LONGEST_INSIDE = len("results/cells/exact_match/train1024-L1024.jsonl") + len(".
 NAME_SUFFIX = len(".replaced-2026-01-01T000000+0000")
 
 
-@cache
-def loopformer_module_names() -> tuple[str, ...]:
-    """Module names of a LoopFormer (they do not depend on its sizes)."""
-    from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
-
-    tiny = LoopFormerConfig(block_size=4, vocab_size=4, n_layer=1, n_head=1, n_embd=4, intermediate_dim=4)
-    return tuple(name for name, _ in LoopFormerForCausalLM(tiny).named_modules() if name)
-
-
 def check_lora_targets(ctx: RunContext) -> None:
     """Each ``sft.lora.target_modules`` entry must name a module, as peft matches them
     (the full name or its last dotted parts): a typo would otherwise train nothing or
@@ -32,12 +22,16 @@ def check_lora_targets(ctx: RunContext) -> None:
     lora = ctx.config.sft.lora
     if lora is None:
         return
-    names = loopformer_module_names()
+    backbone = ctx.backbone
+    names = backbone.module_names()
+    if names is None:  # the config refuses this already; kept so that a new backbone cannot slip through
+        raise StudyError(f"sft.lora: {backbone.title} takes no LoRA")
     unmatched = [t for t in lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
     if unmatched:
         linear = sorted({n.rsplit(".", 1)[-1] for n in names if n.rsplit(".", 1)[-1].startswith("c_")})
         raise StudyError(
-            f"sft.lora.target_modules: {unmatched} match no LoopFormer module (its linear layers: {', '.join(linear)})"
+            f"sft.lora.target_modules: {unmatched} match no {backbone.title} module "
+            f"(its linear layers: {', '.join(linear)})"
         )
 
 
@@ -68,17 +62,11 @@ def validate_before_writing(ctx: RunContext) -> None:
     """The base checkpoint (config fields, safetensors headers), its tokenizer, the LoRA
     targets: what would otherwise fail mid-run with a traceback."""
     from study.config import OFFLINE_SMOLLM2
-    from study.models.loopformer import check_local_checkpoint
 
     spec = ctx.base_spec  # reads and validates a local config.json
-    if ctx.looped_decoder:
-        # a pretrained decoder (Llama family): load_looped_base names what it cannot load. The
-        # offline SmolLM2 is dequantized into the run directory, which is not written yet:
-        # its GGUF file was found by the preflight, and its tokenizer comes from that file
-        if ctx.config.model.source != OFFLINE_SMOLLM2:
-            ctx.load_tokenizer(spec)
-        return
-    if Path(spec.source).is_dir():
-        check_local_checkpoint(Path(spec.source))
-    ctx.load_tokenizer(spec)
+    ctx.backbone.check_checkpoint(spec.source)
+    # the offline SmolLM2 is dequantized into the run directory, which is not written yet:
+    # its GGUF file was found by the preflight, and its tokenizer comes from that file
+    if ctx.config.model.source != OFFLINE_SMOLLM2:
+        ctx.load_tokenizer(spec)
     check_lora_targets(ctx)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from study.config import StudyConfig  # noqa: E402
+from study.config import StudyConfig, sft_model_name  # noqa: E402
 from study.io import atomic_write_csv, atomic_write_json  # noqa: E402
 
 # the stages' own column layouts: a renamed or added column reaches the fake run too
@@ -104,7 +104,7 @@ def make_fake_run(
     config = fake_config(name, seed, embedded)
     rng = np.random.default_rng(seed)
     results = run_dir / "results"
-    models = ["base", *(f"train{loops}" for loops in config.sft.train_loops)]
+    models = ["base", *(sft_model_name(loops) for loops in config.sft.train_loops)]
 
     def write(name: str, rows: list[dict], columns: list[str]) -> None:
         if name not in skipped:

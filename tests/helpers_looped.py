@@ -16,6 +16,7 @@ from study.config import (
     NLLConfig,
     SFTConfig,
     StudyConfig,
+    sft_model_name,
 )
 from study.pipeline import RunContext
 from study.tokenizer import load_tokenizer
@@ -66,7 +67,7 @@ def looped_context(
     )
     ctx = RunContext(config=config, run_dir=tmp_path / "run", device=torch.device("cpu"))
     for i, loops in enumerate(sft_loops):
-        folder = ctx.model_dir(f"train{loops}")
+        folder = ctx.model_dir(sft_model_name(loops))
         tiny_llama(i + 1).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return ctx

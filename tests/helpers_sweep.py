@@ -21,6 +21,7 @@ from study.config import (
     NLLConfig,
     SFTConfig,
     StudyConfig,
+    sft_model_name,
 )
 from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
 from study.pipeline import RunContext
@@ -35,7 +36,8 @@ class ScriptedModel(torch.nn.Module):
         super().__init__()
         self.script, self.prompt_length, self.vocab = script, prompt_length, vocab
         self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.config = type("Config", (), {"block_size": 1024, "n_layer": 1, "train_loops": 1})()
+        config = {"model_type": "loopformer", "block_size": 1024, "n_layer": 1, "train_loops": 1}
+        self.config = type("Config", (), config)()  # a LoopFormer's, as bind tells backbones apart
         # the decoder asks the backbone for the loop conditioning once per generation
         self.gpt = type("Backbone", (), {"loop_modulations": staticmethod(lambda schedule, num_loops: [])})()
 
@@ -112,5 +114,5 @@ def make_context(
     )
     ctx = RunContext(config=config, run_dir=tmp_path / "run", device=torch.device("cpu"))
     for i, loops in enumerate(sft_loops):
-        tiny_model(seed=i + 1, train_loops=loops).save_pretrained(ctx.model_dir(f"train{loops}"))
+        tiny_model(seed=i + 1, train_loops=loops).save_pretrained(ctx.model_dir(sft_model_name(loops)))
     return ctx

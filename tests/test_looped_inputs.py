@@ -11,9 +11,9 @@ import pytest
 
 from study.config import OFFLINE_SMOLLM2, LoopingConfig, ModelConfig
 from study.fingerprint import clear_cache, file_digest
-from study.models import backbones
+from study.models import smollm2
 from study.pipeline import RunContext
-from study.stages import keys, stage_named
+from study.stages import stage_named
 from study.stages.keys import refresh_model_outputs, stage_key
 from study.validation import validate_before_writing
 
@@ -23,11 +23,10 @@ from .helpers_looped import looped_context
 @pytest.fixture
 def fake_gguf(tmp_path: Path, monkeypatch) -> Path:
     """A stand-in GGUF file where the offline SmolLM2 package would keep it."""
-    gguf = tmp_path / "package" / backbones.SMOLLM2_GGUF
+    gguf = tmp_path / "package" / smollm2.GGUF_FILE
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF one")
-    monkeypatch.setattr(keys, "smollm2_gguf_path", lambda: gguf)
-    monkeypatch.setattr(backbones, "smollm2_gguf_path", lambda: gguf)
+    monkeypatch.setattr(smollm2, "gguf_path", lambda: gguf)  # the one place every caller finds it
     return gguf
 
 
@@ -56,8 +55,8 @@ def test_offline_base_is_dequantized_again_when_its_gguf_changes(tmp_path: Path,
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")
     recorded = {"sha256": file_digest(fake_gguf), "source": OFFLINE_SMOLLM2}
-    (target / backbones.PROVENANCE_FILE).write_text(json.dumps(recorded))
-    assert backbones.materialize_offline_smollm2(target) == recorded  # made from this file: reused
+    (target / smollm2.PROVENANCE_FILE).write_text(json.dumps(recorded))
+    assert smollm2.materialize_offline_smollm2(target) == recorded  # made from this file: reused
 
     fake_gguf.write_bytes(b"GGUF two")
     clear_cache()
@@ -68,7 +67,7 @@ def test_offline_base_is_dequantized_again_when_its_gguf_changes(tmp_path: Path,
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
     with pytest.raises(RuntimeError, match="dequantizing again"):
-        backbones.materialize_offline_smollm2(target)
+        smollm2.materialize_offline_smollm2(target)
 
 
 def test_looped_base_folder_passes_validation(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ class TableModel(nn.Module):
         super().__init__()
         self.table = nn.Embedding.from_pretrained(torch.tensor(table))
         self.lm_head = nn.Identity()
-        self.config = type("Config", (), {"block_size": 16})()
+        self.config = type("Config", (), {"model_type": "loopformer", "block_size": 16})()  # bind: a LoopFormer
 
     def gpt(self, input_ids, **kwargs):
         return type("Out", (), {"last_hidden_state": self.table(input_ids)})()

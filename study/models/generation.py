@@ -19,11 +19,11 @@ or ``num_loops`` exactly as in ``LoopFormerForCausalLM.forward``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from study.models.loopformer import resolve_schedule
 
@@ -123,13 +123,18 @@ def greedy_generate(
     num_loops: int | None = None,
     stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
     early_stop: bool = True,
+    new_cache: Callable[[], Cache] | None = None,
 ) -> list[GenerationResult]:
     """Greedy continuations of ``prompts`` (one batch), using the KV cache.
 
     With ``early_stop=False`` every row generates exactly ``max_new_tokens`` tokens
     (EOS and stop strings are ignored and ``text`` is the plain decoding): equal token
-    work for latency measurements, and no host sync inside the decode loop."""
-    return _generate(model, tokenizer, prompts, max_new_tokens, schedule, num_loops, stop_strings, early_stop, True)
+    work for latency measurements, and no host sync inside the decode loop.
+    ``new_cache``: for a causal LM other than LoopFormer (the looped decoder's adapter),
+    which brings its own loop: the cache to decode with; ``schedule``/``num_loops`` unused."""
+    return _generate(
+        model, tokenizer, prompts, max_new_tokens, schedule, num_loops, stop_strings, early_stop, True, new_cache
+    )
 
 
 def recompute_generate(
@@ -158,6 +163,7 @@ def _generate(
     stop_strings: Sequence[str],
     early_stop: bool,
     use_cache: bool,
+    new_cache: Callable[[], Cache] | None = None,
 ) -> list[GenerationResult]:
     if not prompts:
         return []
@@ -176,9 +182,8 @@ def _generate(
         raise ValueError(f"prompt of {input_ids.shape[1]} tokens leaves no room in block_size {limit}")
     loop_kwargs: dict = {"schedule": schedule, "num_loops": num_loops}
     cache = None
-    if use_cache and not hasattr(model, "gpt"):
-        # another causal LM (the looped decoder's adapter): it brings its own loop and a plain cache
-        cache = DynamicCache()
+    if use_cache and new_cache is not None:  # another causal LM: its own loop, its own cache
+        cache = new_cache()
         loop_kwargs = {}
     elif use_cache:  # the model keeps the (t, dt) conditioning on the cache: computed once per generation
         steps = len(resolve_schedule(schedule, num_loops, model.config.train_loops))

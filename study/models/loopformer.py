@@ -13,6 +13,7 @@ prefix; the LM head is tied to the token embedding and not stored.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from transformers.utils.generic import can_return_tuple
 
 from study.errors import CheckpointError as CheckpointError  # re-exported: raised here
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
+from study.models.validation import read_json_object, validate_model_config, validate_weights
 
 SCHEDULE_TOLERANCE = 1e-6
 
@@ -538,18 +540,32 @@ def _one_line(message: object) -> str:
     return " ".join(str(message).split())[:500]
 
 
+def config_defaults() -> dict[str, Any]:
+    """``LoopFormerConfig``'s defaults: what the model assumes for a field ``config.json`` omits."""
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(LoopFormerConfig.__init__).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+def read_checkpoint_config(path: Path) -> dict[str, Any]:
+    """A LoopFormer ``config.json`` as a dict, each field the model reads checked for type and
+    range (``CheckpointError`` names the file and field): a ``train_loops`` of 2.5 is refused
+    here, never rounded by transformers."""
+    return validate_model_config(path, config_defaults())
+
+
 def check_local_checkpoint(folder: Path) -> None:
     """Refuse, with the file named, what ``from_pretrained`` would otherwise report
     obscurely: no config, another architecture, pickle-only weights."""
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{config_path}: missing (a LoopFormer checkpoint needs config.json)")
-    from study.models.validation import read_json_object, validate_model_config, validate_weights
-
     model_type = read_json_object(config_path).get("model_type")
     if model_type != LoopFormerConfig.model_type:
         raise CheckpointError(f"{config_path}: model_type is {model_type!r}, expected {LoopFormerConfig.model_type!r}")
-    validate_model_config(config_path)  # types and ranges, before transformers coerces or crashes
+    read_checkpoint_config(config_path)  # types and ranges, before transformers coerces or crashes
     has_safetensors = any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
     if not has_safetensors:
         pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))

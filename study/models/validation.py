@@ -10,11 +10,13 @@ and the safetensors *headers* (not the GBs of tensor data) and raise
 from __future__ import annotations
 
 import codecs
-import inspect
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from study.errors import CheckpointError
 
 HEADER_LIMIT = 100 * 1024 * 1024  # the safetensors format's own cap on the JSON header
 DTYPE_BYTES = {
@@ -26,8 +28,6 @@ TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 def _error(message: str) -> Exception:
-    from study.models.loopformer import CheckpointError  # lazy: loopformer imports this module
-
     return CheckpointError(message)
 
 
@@ -57,21 +57,12 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def _defaults() -> dict[str, Any]:
-    from study.models.loopformer import LoopFormerConfig
-
-    return {
-        name: parameter.default
-        for name, parameter in inspect.signature(LoopFormerConfig.__init__).parameters.items()
-        if parameter.default is not inspect.Parameter.empty
-    }
-
-
-def validate_model_config(path: Path) -> dict[str, Any]:
+def validate_model_config(path: Path, defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The config dict of a LoopFormer ``config.json``, every field the model reads
-    checked for type and range (the defaults fill absent fields, as the model does)."""
+    checked for type and range (``defaults``, the config class's own, fill absent fields,
+    as the model does; ``study.models.loopformer.read_checkpoint_config`` passes them)."""
     data = read_json_object(path)
-    values = _defaults() | data
+    values = dict(defaults) | data
     for name in POSITIVE_INT_FIELDS:
         value = values[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
-from study.config import EMBEDDED_BASE, StudyConfig
+from study.config import EMBEDDED_BASE, StudyConfig, sft_model_name
 from study.io import read_json
 
 TEST, TRAIN = "test", "train"
@@ -104,19 +104,18 @@ class Results:
         return ((self.manifest or {}).get("model") or {}).get("provenance")
 
     @property
-    def looped_decoder(self) -> bool:
-        """True when the backbone is a pretrained decoder looped training-free (depth = K)."""
+    def backbone(self) -> str:
+        """The run's ``model.backbone`` (from the config, else the manifest; LoopFormer by default)."""
         if self.config is not None:
-            return self.config.model.backbone == "looped_decoder"
-        return ((self.manifest or {}).get("model") or {}).get("backbone") == "looped_decoder"
+            return self.config.model.backbone
+        return ((self.manifest or {}).get("model") or {}).get("backbone") or "loopformer"
 
     @property
     def depth_label(self) -> str:
-        """The x axis of the depth figures: LoopFormer's loops, or the looped window's K."""
-        if self.looped_decoder and self.config is not None and self.config.looping is not None:
-            a, b = self.config.looping.window
-            return f"inference loops K (layers {a}-{b} looped, {self.config.looping.strategy})"
-        return "inference loops (test-time depth)"
+        """The x axis of the depth figures, as the backbone's registry entry names its depth."""
+        from study.models.backbones import get_backbone  # lazy: the registry loads the models
+
+        return get_backbone(self.backbone).depth_axis(self.config.looping if self.config is not None else None)
 
     @property
     def name(self) -> str:
@@ -231,7 +230,7 @@ def _model_infos(results: Results, models: Iterable[Any] | None) -> list[ModelIn
         base_loops = _base_train_loops(results)
         infos = [ModelInfo("base", "Base", base_loops)]
         if results.config is not None:
-            infos += [ModelInfo(f"train{n}", f"Train{n}", n) for n in results.config.sft.train_loops]
+            infos += [ModelInfo(sft_model_name(n), f"Train{n}", n) for n in results.config.sft.train_loops]
     # models that appear in the results but not in the config (an edited config, a renamed model)
     known = {m.name for m in infos}
     for frame in (results.nll, results.preferred, results.exact_match, results.latency, results.sft_loss):

@@ -32,7 +32,7 @@ import numpy as np
 
 from study.io import atomic_write_csv, read_csv
 from study.looping.oracle import best_per_example, oracle_at_budget, oracle_frontier, paired_gap_ci
-from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, RungLadder
+from study.looping.policies import DepthPolicy, RungLadder
 from study.pipeline import RunContext, StudyError
 from study.stages.nll import SPLITS, NLLStore, ratio_ci, score_cell, split_of
 from study.stages.stage import Stage
@@ -53,11 +53,7 @@ def halting_policies(ctx: RunContext) -> list[DepthPolicy]:
     section = ctx.config.adaptive
     if section is None:
         return []
-    if not ctx.looped_decoder:
-        assert section.ladder is not None  # the config requires it for LoopFormer
-        return [RungLadder(tuple(section.ladder), tau) for tau in section.taus]
-    window: LoopedWindow = ctx.loop_family.policy(section.k_max)
-    return [HaltingWindow(window.spec, rule, tau) for rule in section.rules for tau in section.taus]
+    return ctx.backbone.halting_policies(ctx.loop_family, section)
 
 
 def chosen_depth(policy: DepthPolicy, executed: float) -> float:

@@ -17,7 +17,7 @@ from study.config import OFFLINE_SMOLLM2, StudyConfig
 from study.errors import BackboneError, StudyError
 from study.fingerprint import file_digest, model_fingerprint, tokenizer_fingerprint
 from study.io import atomic_write_json, read_json
-from study.models.backbones import smollm2_gguf_path
+from study.models import smollm2
 from study.pipeline import BASE, ModelSpec, RunContext
 from study.stages.stage import Stage
 from study.tokenizer import GPT2_DIR
@@ -40,7 +40,7 @@ def model_inputs(ctx: RunContext, spec: ModelSpec) -> dict[str, object]:
     started): the file's sha256 names both."""
     if spec.name == BASE and ctx.config.model.source == OFFLINE_SMOLLM2:
         try:
-            gguf = smollm2_gguf_path()
+            gguf = smollm2.gguf_path()
         except BackboneError as error:
             raise StudyError(str(error)) from None
         offline = {"gguf": gguf.name, "sha256": file_digest(gguf)}

@@ -25,8 +25,9 @@ import torch
 from scipy import stats
 
 from study.io import atomic_write_csv, atomic_write_json, read_json
-from study.looping.policies import DepthPolicy, LoopedWindow
-from study.models.backbones import PolicyRunner
+from study.looping.policies import DepthPolicy
+from study.models.backbones import PolicyRunner, get_backbone
+from study.models.entries.loopformer import block_matmul_flops, token_flops  # noqa: F401  (bench imports it here)
 from study.pipeline import RunContext, StudyError
 from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
@@ -38,79 +39,21 @@ LATENCY_COLUMNS = (
 FIT_COLUMNS = ("model", "slope_s_per_loop", "intercept_s", "r_squared")
 
 
-# ---- analytic cost ----------------------------------------------------------------------
-
-
-def block_matmul_flops(config) -> int:
-    """Forward FLOPs of one block's weight matmuls for one token: 2 per multiply-add over
-    c_attn (d×3d), attn.c_proj (d×d), mlp.c_fc (d×i) and mlp.c_proj (i×d)."""
-    d, i = config.n_embd, config.intermediate_dim
-    return 2 * (4 * d * d + 2 * d * i)
-
-
-def token_flops(config, loops: int, context: float, head: bool = True) -> float:
-    """Forward FLOPs for one token that attends to ``context`` keys, at ``loops`` uniform
-    steps of the ``n_layer`` shared blocks::
-
-        loops * n_layer * (2 * (4 d^2 + 2 d i)  +  4 * context * d)  +  2 * d * V
-
-    The first term is the blocks' weight matmuls, the second attention (q.k over the
-    context and the weighted sum of values, 2 * context * d each), the last the tied LM
-    head (dropped with ``head=False``). Norms, GELU, softmax, embedding lookups and the
-    adaLN conditioning (once per forward, not per token) are left out: they are a few
-    percent at these widths."""
-    per_block = block_matmul_flops(config) + 4 * context * config.n_embd
-    head_flops = 2 * config.n_embd * config.vocab_size if head else 0
-    return loops * config.n_layer * per_block + head_flops
+# ---- analytic cost (each backbone's formula lives with its registry entry) ----------------
 
 
 def generation_flops_per_token(config, loops: int, prompt_tokens: float, new_tokens: int) -> float:
-    """``token_flops`` at the mean context of the generated tokens: the k-th new token
-    (k = 1..N) comes from a forward whose last query attends to prompt + k - 1 keys, so
+    """LoopFormer's ``token_flops`` at the mean context of the generated tokens: the k-th new
+    token (k = 1..N) comes from a forward whose last query attends to prompt + k - 1 keys, so
     the mean context is prompt + (N - 1) / 2. The prompt's own prefill is not included
     (``prefill_s`` reports its time)."""
     return token_flops(config, loops, prompt_tokens + (new_tokens - 1) / 2)
 
 
-# evaluations of the window per loop step where a strategy needs more than one
-# (aitken's two passes already count as two loops: see LoopSpec)
-WINDOW_EVALUATIONS_PER_LOOP = {"midpoint": 2, "heun": 2, "rk4": 4}
-
-
-def decoder_layer_flops(config, context: float) -> float:
-    """Forward FLOPs of one Llama-family decoder layer for one token attending to
-    ``context`` keys: q/o projections (d x heads*head_dim), k/v (d x kv_heads*head_dim),
-    the gated MLP (3 matmuls d x i) and attention (4 * context * heads*head_dim)."""
-    d = config.hidden_size
-    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
-    q_width, kv_width = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
-    projections = 2 * (2 * d * q_width + 2 * d * kv_width)
-    return projections + 2 * 3 * d * config.intermediate_size + 4 * context * q_width
-
-
-def looped_decoder_token_flops(config, policy: LoopedWindow, context: float, decoding: bool = True) -> float:
-    """Forward FLOPs for one token of a looped decoder: the layers outside the window
-    once, the window K times (x evaluations per step of the strategy), plus the pass
-    that writes the window's KV when a cache is kept (not under per_loop, whose passes
-    write their own); bypassed decode steps run the window once. The LM head (2 d V)
-    is included."""
-    spec = policy.spec
-    width = spec.window[1] - spec.window[0] + 1
-    if decoding and spec.decode_mode == "bypass":
-        window_passes = 1.0
-    else:
-        window_passes = spec.loops * WINDOW_EVALUATIONS_PER_LOOP.get(spec.strategy, 1)
-        window_passes += 1 if spec.cache_strategy not in ("none", "per_loop") else 0  # the KV-writing pass
-    layers = config.num_hidden_layers - width + window_passes * width
-    return layers * decoder_layer_flops(config, context) + 2 * config.hidden_size * config.vocab_size
-
-
 def policy_generation_flops_per_token(config, policy: DepthPolicy, prompt_tokens: float, new_tokens: int) -> float:
     """``generation_flops_per_token`` of any backbone at any policy."""
     context = prompt_tokens + (new_tokens - 1) / 2
-    if isinstance(policy, LoopedWindow):
-        return looped_decoder_token_flops(config, policy, context)
-    return token_flops(config, policy.inference_loops, context)
+    return get_backbone(policy.backbone).token_flops(config, policy, context)
 
 
 # ---- measuring ---------------------------------------------------------------------------

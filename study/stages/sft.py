@@ -1,12 +1,13 @@
 """SFT stage: fine-tune the base once per ``sft.train_loops`` entry with trl.
 
-Each model trains at a fixed depth policy. LoopFormer: the loop count reaches the
-model through its config (``train_loops``): trl calls the backbone with input ids and
-mask only. A looped decoder (training-free looping of a pretrained decoder): every
-training forward runs through ``loop_decoder(model, spec)`` at K = the entry, so the
-gradients flow through every pass of the window; the saved model is the plain
-decoder (``save_pretrained``) with ``loop_policy.json`` beside it, never the wrapper.
-Loss is on
+Each model trains at a fixed depth policy, with the trainer its backbone's registry
+entry gives (``study.models.backbones``: ``sft_trainer``, ``set_train_depth``).
+LoopFormer: the loop count reaches the model through its config (``train_loops``):
+trl calls the backbone with input ids and mask only. A looped decoder (training-free
+looping of a pretrained decoder): every training forward runs through
+``loop_decoder(model, spec)`` at K = the entry, so the gradients flow through every
+pass of the window; the saved model is the plain decoder (``save_pretrained``) with
+``loop_policy.json`` beside it, never the wrapper. Loss is on
 the completion (the gold solution + EOS), never the prompt. Trainer checkpoints land
 in ``sft/<name>/checkpoint-*`` every ``sft.save_steps`` optimizer steps; a rerun
 resumes from the newest complete one. The final model is saved to ``models/<name>``
@@ -36,47 +37,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from study import distributed
-from study.config import StudyConfig
+from study.config import StudyConfig, sft_model_name
+from study.errors import CheckpointError
 from study.io import atomic_write_csv, atomic_write_json, read_csv, read_json
-from study.models.loopformer import CheckpointError
 from study.models.validation import validate_safetensors
 from study.pipeline import RunContext, StudyError, context_from_run_dir
 from study.stages.stage import Stage
 
 LOSS_COLUMNS = ("model", "train_loops", "step", "epoch", "loss", "learning_rate")
 LOOP_POLICY_FILE = "loop_policy.json"  # beside a looped decoder's SFT weights: the policy it trained at
-IGNORE_INDEX = -100  # label of the prompt and padding tokens (trl's completion-only collator)
-
-
-def looped_sft_trainer(spec):
-    """An ``SFTTrainer`` whose forward runs the model through ``loop_decoder(model,
-    spec)``: the weights are the plain decoder's, the loss is the looped model's."""
-    from trl import SFTTrainer
-
-    from study.models.looped_decoder import loop_decoder
-
-    class LoopedSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            decoder = self.accelerator.unwrap_model(model)
-            looped = loop_decoder(decoder, spec)  # holds references only: gradients reach the decoder
-            hidden = looped.base_forward(inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
-            labels = inputs["labels"][:, 1:]  # token t is predicted at position t - 1
-            scored = labels != IGNORE_INDEX
-            assert hidden.last_hidden_state is not None  # always set: transformers types every output field optional
-            logits = decoder.lm_head(hidden.last_hidden_state[:, :-1][scored])  # [tokens, V]
-            loss = F.cross_entropy(logits.float(), labels[scored], reduction="sum")
-            count = scored.sum() if num_items_in_batch is None else num_items_in_batch
-            # like the causal-LM loss with num_items_in_batch: a sum over the tokens of the whole
-            # accumulated batch, divided once by their number
-            loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-            return (loss, None) if return_outputs else loss
-
-    return LoopedSFTTrainer
 
 
 def trainer_dir(ctx: RunContext, name: str) -> Path:
@@ -287,7 +258,6 @@ def build_trainer(ctx: RunContext, train_loops: int):
     training arguments, the SFT subset, and the Ctrl-C and progress callbacks."""
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from trl import SFTTrainer
 
     spec = ctx.sft_spec(train_loops)
     sft = ctx.config.sft
@@ -297,11 +267,8 @@ def build_trainer(ctx: RunContext, train_loops: int):
     tokenizer = ctx.load_tokenizer()
     model = ctx.load_model(ctx.base_spec).train()
     policy = ctx.loop_family.policy(train_loops)  # the depth every training forward runs
-    trainer_class = SFTTrainer
-    if ctx.looped_decoder:
-        trainer_class = looped_sft_trainer(policy.spec)
-    else:
-        model.config.train_loops = train_loops
+    trainer_class = ctx.backbone.sft_trainer(policy)
+    ctx.backbone.set_train_depth(model, train_loops)
     peft_config = None
     if sft.lora is not None:
         from peft import LoraConfig
@@ -355,8 +322,7 @@ def train_one(ctx: RunContext, train_loops: int) -> None:
                 f"sft: {spec.name}: the trained weights hold NaN or infinite values: training diverged "
                 f"(sft.learning_rate {sft.learning_rate}); lower it and rerun. No final model was saved"
             )
-        if not ctx.looped_decoder:
-            trained.config.train_loops = train_loops
+        ctx.backbone.set_train_depth(trained, train_loops)
         shutil.rmtree(staging, ignore_errors=True)
         trained.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -424,7 +390,9 @@ def _parallel_on_gpus(ctx: RunContext, pending: list[int]) -> None:
 
 def run(ctx: RunContext) -> None:
     pending = [
-        loops for loops in ctx.config.sft.train_loops if not (ctx.model_dir(f"train{loops}") / "config.json").is_file()
+        loops
+        for loops in ctx.config.sft.train_loops
+        if not (ctx.model_dir(sft_model_name(loops)) / "config.json").is_file()
     ]
     if distributed.num_processes() > 1:  # accelerate launch: each process trains its share of the models
         distributed.settle(None)  # every process has listed the same pending models before any is written
@@ -440,12 +408,12 @@ def run(ctx: RunContext) -> None:
         ctx.check_stop()
         print(f"  sft: train_loops={loops}", flush=True)
         train_one(ctx, loops)
-    rows = [row for loops in ctx.config.sft.train_loops for row in read_csv(loss_cell(ctx, f"train{loops}"))]
+    rows = [row for loops in ctx.config.sft.train_loops for row in read_csv(loss_cell(ctx, sft_model_name(loops)))]
     atomic_write_csv(ctx.results_path("sft_loss.csv"), rows, LOSS_COLUMNS)
 
 
 def _models_there(ctx: RunContext) -> bool:
-    return all((ctx.model_dir(f"train{loops}") / "config.json").is_file() for loops in ctx.config.sft.train_loops)
+    return all((ctx.model_dir(sft_model_name(loops)) / "config.json").is_file() for loops in ctx.config.sft.train_loops)
 
 
 STAGE = Stage(

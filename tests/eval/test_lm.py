@@ -97,7 +97,7 @@ def test_loopformer_runs_its_own_policies(tiny_llama_dir):
     ("pretrained", "policy", "says"),
     [
         ("TINY", "M8", "runs on LoopFormer"),
-        ("embedded:mini", "euler-w1-2-K3", "not LoopFormer"),
+        ("embedded:mini", "euler-w1-2-K3", "runs on a looped pretrained decoder"),
         ("TINY", "euler-w1-9-K3", "outside the model's 4 layers"),
         ("TINY", "euler-w1-2", "policy 'euler-w1-2'"),
         ("embedded:nothing", "M8", "unknown source"),

@@ -18,10 +18,10 @@ from study.config import ConfigError, load_config
 from study.looping import STRATEGIES, LoopSpec, loop_decoder
 from study.looping.policies import HaltingWindow, LoopedWindow
 from study.models.backbones import bind
+from study.models.entries.looped_decoder import looped_decoder_token_flops
 from study.models.generation import greedy_generate, recompute_generate
 from study.models.hf_compat import cache_kwargs
 from study.models.looped_decoder import LoopedDecoder
-from study.stages.latency import looped_decoder_token_flops
 from study.tokenizer import load_tokenizer
 
 TOLERANCE = 1e-5  # max-abs logit difference, fp32
@@ -230,7 +230,9 @@ def test_greedy_generation_follows_teacher_forcing() -> None:
         assert forced.tolist() == result.token_ids
     # the batch is left-padded: the cached path equals re-running the whole sequence each step
     recomputed = recompute_generate(runner.causal_lm, tokenizer, prompts, 6, stop_strings=(), early_stop=False)
-    assert recomputed == greedy_generate(runner.causal_lm, tokenizer, prompts, 6, stop_strings=(), early_stop=False)
+    lm = runner.causal_lm
+    cached = greedy_generate(lm, tokenizer, prompts, 6, stop_strings=(), early_stop=False, new_cache=DynamicCache)
+    assert recomputed == cached
     assert [r.token_ids for r in recomputed] == [r.token_ids for r in generated]
 
 
@@ -240,10 +242,10 @@ def test_rows_leaving_the_batch_take_their_slots_with_them() -> None:
     model = random_decoder("qwen3", vocab_size=len(tokenizer), seed=2)
     lm = bind(model, LoopedWindow(per_loop_spec((2, 4), 3, "rk4", "block"))).causal_lm
     prompts = ["Question: 2 + 3 =", "The loop"]
-    free = greedy_generate(lm, tokenizer, prompts, 8, stop_strings=())
+    free = greedy_generate(lm, tokenizer, prompts, 8, stop_strings=(), new_cache=DynamicCache)  # as the runner does
     text_of_row_1 = tokenizer.decode(free[1].token_ids)
     stop = next(text for t in free[0].token_ids[1:] if (text := tokenizer.decode([t])).strip() not in text_of_row_1)
-    stopped = greedy_generate(lm, tokenizer, prompts, 8, stop_strings=(stop.strip(),))
+    stopped = greedy_generate(lm, tokenizer, prompts, 8, stop_strings=(stop.strip(),), new_cache=DynamicCache)
     assert stopped[0].finish_reason == "stop" and len(stopped[0].token_ids) < len(free[0].token_ids)
     assert stopped[1].token_ids == free[1].token_ids
 

@@ -1,0 +1,1 @@
+"""The backbone entries of ``study.models.backbones.BACKBONES``: one module per backbone."""

@@ -1,0 +1,280 @@
+"""The training-free looped decoder as a registry entry: a pretrained Llama/Qwen3-family
+causal LM whose layer window ``loop_decoder(model, spec)`` re-applies K times.
+
+``LoopedDecoderRunner`` runs ``LoopedWindow``; the wrapper is never baked into the
+weights, so one loaded model serves every policy. ``HaltingWindowRunner`` runs
+``HaltingWindow``: the window's strategy (euler ...) with a ``PromptHalting`` rule that
+freezes a row once its signal falls below tau. Keys and values: the window's KV is
+written after the loop by one more pass (``cache_strategy``), from each row's own final
+state, so a row that stopped early still leaves KV for every later token. In generation
+each call decides on its own new tokens (the prompt at prefill, the new token at each
+decode step under decode_mode full). Under ``cache_strategy="per_loop"`` a halting rule
+scores (teacher forcing keeps no KV) but cannot generate: a row's stop reads all its
+tokens, which decoding never sees at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from study.errors import BackboneError
+from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, LoopFamily
+from study.looping.spec import LoopSpec
+from study.looping.strategies import Halting
+from study.models.adaptive import PromptHalting, prompt_mask
+from study.models.backbone import Backbone, PolicyRunner
+from study.models.generation import DEFAULT_STOP_STRINGS, greedy_generate
+from study.models.hf_compat import cache_kwargs, output_cache, take_cache
+from study.models.looped_decoder import LoopedDecoder, loop_decoder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from study.config import AdaptiveConfig, LoopingConfig
+
+IGNORE_INDEX = -100  # label of the prompt and padding tokens (trl's completion-only collator)
+# evaluations of the window per loop step where a strategy needs more than one
+# (aitken's two passes already count as two loops: see LoopSpec)
+WINDOW_EVALUATIONS_PER_LOOP = {"midpoint": 2, "heun": 2, "rk4": 4}
+
+
+# ---- runners ------------------------------------------------------------------------------
+
+
+class LoopedCausalLM(nn.Module):
+    """The looped decoder with the causal-LM call ``greedy_generate`` makes
+    (``logits_to_keep``; loop arguments of LoopFormer are ignored: the spec holds the loop)."""
+
+    def __init__(self, looped: LoopedDecoder) -> None:
+        super().__init__()
+        self.looped = looped
+        self.config = looped.config
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        cache: DynamicCache | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        past_key_values: DynamicCache | None = None,
+        **_: Any,
+    ) -> CausalLMOutputWithPast:
+        cache = take_cache(cache, past_key_values, "LoopedCausalLM.forward")
+        out = self.looped.base_forward(input_ids, attention_mask, cache, use_cache)
+        hidden = out.last_hidden_state  # [B, T, H]
+        assert hidden is not None  # always set: transformers types every output field optional
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        return CausalLMOutputWithPast(logits=self.looped.model.lm_head(hidden), **cache_kwargs(output_cache(out)))
+
+
+class LoopedDecoderRunner(PolicyRunner):
+    model: Any  # a Llama/Qwen3-family causal LM: transformers gives them no common type with lm_head
+    policy: LoopedWindow
+
+    def __init__(self, model: nn.Module, policy: LoopedWindow) -> None:
+        super().__init__(model, policy)
+        try:
+            self.looped = loop_decoder(model, policy.spec)
+        except ValueError as error:  # e.g. a window outside the model's layers
+            raise BackboneError(f"looping: {error}") from None
+        self.causal_lm = LoopedCausalLM(self.looped)
+
+    @property
+    def context_limit(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        out = self.looped.base_forward(input_ids, use_cache=False)
+        hidden = out.last_hidden_state  # [B, T, H]
+        assert hidden is not None
+        executed = out.executed_loops  # [B], None when no row can stop early
+        if executed is None:
+            executed = torch.full((input_ids.shape[0],), float(self.policy.inference_loops))
+        return hidden, executed.detach().float().cpu()
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.model.lm_head(hidden)
+
+    def generate(self, tokenizer, prompts, max_new_tokens, stop_strings=DEFAULT_STOP_STRINGS, early_stop=True):
+        # the wrapper brings its own loop; its cache is a plain one (the looped layers append and crop)
+        return greedy_generate(
+            self.causal_lm, tokenizer, prompts, max_new_tokens, stop_strings=stop_strings, early_stop=early_stop,
+            new_cache=DynamicCache,
+        )  # fmt: skip
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: Tensor, new_tokens: int) -> None:
+        self.causal_lm(input_ids, use_cache=True, logits_to_keep=1)
+
+
+class HaltingWindowRunner(LoopedDecoderRunner):
+    """``HaltingWindow``: each row stops looping once its prompt's signal is below tau."""
+
+    policy: HaltingWindow  # type: ignore[assignment]  # the runner of halting windows only
+
+    def __init__(self, model: nn.Module, policy: HaltingWindow) -> None:
+        super().__init__(model, LoopedWindow(policy.spec))
+        self.policy = policy
+        # (prompt mask [B, T], last prompt position [B]) while a teacher-forced batch is scored;
+        # None in generation, where each call decides on its own new tokens
+        self.decision: tuple[Tensor, Tensor] | None = None
+        decoder: Any = model  # Llama family: model.model.norm, model.lm_head
+
+        def readout(states: Tensor) -> Tensor:  # the LM head's reading of a window state (a logit lens)
+            return decoder.lm_head(decoder.model.norm(states))
+
+        def make_halting(token_mask: Tensor | None) -> Halting:
+            if self.decision is None:  # left padding: a call's last position is always a real token
+                return PromptHalting(policy.rule, policy.tau, token_mask, None, readout)
+            return PromptHalting(policy.rule, policy.tau, *self.decision, readout)
+
+        self.looped.make_halting = make_halting
+
+    def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if prompt_lengths is None:
+            raise ValueError(f"policy {self.policy.id} decides its depth from the prompt: give prompt_lengths")
+        mask = prompt_mask(prompt_lengths.cpu(), input_ids.shape[1]).to(input_ids.device)
+        self.decision = (mask, (prompt_lengths - 1).to(input_ids.device))
+        try:
+            return super().hidden(input_ids)
+        finally:
+            self.decision = None
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+
+def has_layer_stack(model: nn.Module) -> bool:
+    """Whether ``model`` has the Llama-family ``model.layers`` that ``loop_decoder`` loops."""
+    return isinstance(getattr(getattr(model, "model", None), "layers", None), nn.ModuleList)
+
+
+def load_looped_base(source: str, revision: str | None, device: torch.device) -> PreTrainedModel:
+    """A plain Llama/Qwen3-family causal LM in fp32 from a local folder or a hub id."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch.float32)
+    except OSError as error:
+        raise BackboneError(f"{source}: cannot load a causal LM ({' '.join(str(error).split())[:250]})") from None
+    if not has_layer_stack(model):
+        raise BackboneError(f"{source}: {type(model).__name__} has no model.layers to loop (need Llama/Qwen3 family)")
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' @wraps on PreTrainedModel.to mistypes it
+
+
+# ---- analytic cost ----------------------------------------------------------------------
+
+
+def decoder_layer_flops(config, context: float) -> float:
+    """Forward FLOPs of one Llama-family decoder layer for one token attending to
+    ``context`` keys: q/o projections (d x heads*head_dim), k/v (d x kv_heads*head_dim),
+    the gated MLP (3 matmuls d x i) and attention (4 * context * heads*head_dim)."""
+    d = config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    q_width, kv_width = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    projections = 2 * (2 * d * q_width + 2 * d * kv_width)
+    return projections + 2 * 3 * d * config.intermediate_size + 4 * context * q_width
+
+
+def looped_decoder_token_flops(
+    config, policy: LoopedWindow | HaltingWindow, context: float, decoding: bool = True
+) -> float:
+    """Forward FLOPs for one token of a looped decoder: the layers outside the window
+    once, the window K times (x evaluations per step of the strategy), plus the pass
+    that writes the window's KV when a cache is kept (not under per_loop, whose passes
+    write their own); bypassed decode steps run the window once. The LM head (2 d V)
+    is included. A halting policy counts at its K_max."""
+    spec = policy.spec
+    width = spec.window[1] - spec.window[0] + 1
+    if decoding and spec.decode_mode == "bypass":
+        window_passes = 1.0
+    else:
+        window_passes = spec.loops * WINDOW_EVALUATIONS_PER_LOOP.get(spec.strategy, 1)
+        window_passes += 1 if spec.cache_strategy not in ("none", "per_loop") else 0  # the KV-writing pass
+    layers = config.num_hidden_layers - width + window_passes * width
+    return layers * decoder_layer_flops(config, context) + 2 * config.hidden_size * config.vocab_size
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+
+def looped_sft_trainer(spec: LoopSpec) -> type:
+    """An ``SFTTrainer`` whose forward runs the model through ``loop_decoder(model,
+    spec)``: the weights are the plain decoder's, the loss is the looped model's."""
+    from trl import SFTTrainer
+
+    class LoopedSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            decoder = self.accelerator.unwrap_model(model)
+            looped = loop_decoder(decoder, spec)  # holds references only: gradients reach the decoder
+            hidden = looped.base_forward(inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+            labels = inputs["labels"][:, 1:]  # token t is predicted at position t - 1
+            scored = labels != IGNORE_INDEX
+            assert hidden.last_hidden_state is not None  # always set: transformers types every output field optional
+            logits = decoder.lm_head(hidden.last_hidden_state[:, :-1][scored])  # [tokens, V]
+            loss = F.cross_entropy(logits.float(), labels[scored], reduction="sum")
+            count = scored.sum() if num_items_in_batch is None else num_items_in_batch
+            # like the causal-LM loss with num_items_in_batch: a sum over the tokens of the whole
+            # accumulated batch, divided once by their number
+            loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return (loss, None) if return_outputs else loss
+
+    return LoopedSFTTrainer
+
+
+# ---- the entry ------------------------------------------------------------------------------
+
+
+class LoopedDecoderBackbone(Backbone):
+    name = "looped_decoder"
+    title = "a looped pretrained decoder"
+    depth_symbol = "K"
+    runners = {LoopedWindow: LoopedDecoderRunner, HaltingWindow: HaltingWindowRunner}
+
+    def accepts(self, model: nn.Module) -> bool:
+        return has_layer_stack(model)
+
+    def load(self, source: str, revision: str | None, device: torch.device) -> PreTrainedModel:
+        return load_looped_base(source, revision, device)
+
+    def check_checkpoint(self, source: str) -> None:
+        # nothing to read before loading: ``load`` names what it cannot load (and the offline
+        # SmolLM2 base is dequantized into the run directory, which does not exist yet)
+        return None
+
+    def training_depth(self, source: str) -> int:
+        return 1  # a pretrained decoder runs its window once: K = 1 is its training depth
+
+    def token_flops(self, model_config: Any, policy: DepthPolicy, context: float) -> float:
+        assert isinstance(policy, LoopedWindow | HaltingWindow)
+        return looped_decoder_token_flops(model_config, policy, context)
+
+    def sft_trainer(self, policy: DepthPolicy) -> type:
+        assert isinstance(policy, LoopedWindow)
+        return looped_sft_trainer(policy.spec)
+
+    def set_train_depth(self, model: PreTrainedModel, loops: int) -> None:
+        # the weights stay the plain decoder's: the depth is in loop_policy.json beside them
+        return None
+
+    def halting_policies(self, family: LoopFamily, section: AdaptiveConfig) -> list[DepthPolicy]:
+        assert section.k_max is not None  # the config requires k_max for a looped decoder
+        window = family.policy(section.k_max)
+        assert isinstance(window, LoopedWindow)
+        return [HaltingWindow(window.spec, rule, tau) for rule in section.rules for tau in section.taus]
+
+    def depth_axis(self, looping: LoopingConfig | None) -> str:
+        if looping is None:
+            return "inference loops (test-time depth)"
+        a, b = looping.window
+        return f"inference loops K (layers {a}-{b} looped, {looping.strategy})"

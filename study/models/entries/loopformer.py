@@ -1,0 +1,224 @@
+"""LoopFormer (``study.models.loopformer``) as a registry entry: its runners of
+``UniformLoops``, ``StepSchedule`` and ``RungLadder``, loading, checks, FLOPs and SFT.
+
+LoopFormer takes its depth as arguments of the forward pass (``num_loops``/``schedule``),
+so one loaded model runs every policy. ``LadderRunner`` chooses M per input: it runs
+rung after rung on the rows still climbing and scores each row at the rung it stopped
+on; generation decides M on the prompt, then decodes the whole answer at that M.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from study.errors import CheckpointError
+from study.looping.policies import DepthPolicy, LoopFamily, RungLadder, StepSchedule, UniformLoops
+from study.models.adaptive import kl_rows
+from study.models.backbone import Backbone, PolicyRunner
+from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, greedy_generate, preallocated_cache
+from study.models.loopformer import (
+    LoopFormerConfig,
+    LoopFormerForCausalLM,
+    check_local_checkpoint,
+    read_checkpoint_config,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from study.config import AdaptiveConfig, LoopingConfig
+
+DEFAULT_TRAIN_LOOPS = 8  # LoopFormerConfig's, for a hub base whose config is not read before loading
+
+
+# ---- runners ------------------------------------------------------------------------------
+
+
+class LoopFormerRunner(PolicyRunner):
+    model: LoopFormerForCausalLM
+    policy: UniformLoops | StepSchedule
+
+    @property
+    def context_limit(self) -> int:
+        return int(self.model.config.block_size)
+
+    def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        kwargs = self.policy.loopformer_kwargs()
+        hidden = self.model.gpt(input_ids, use_cache=False, **kwargs).last_hidden_state  # [B, T, H]
+        executed = torch.full((input_ids.shape[0],), float(self.policy.inference_loops))  # [B]
+        return hidden, executed
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.model.lm_head(hidden)
+
+    def generate(self, tokenizer, prompts, max_new_tokens, stop_strings=DEFAULT_STOP_STRINGS, early_stop=True):
+        return greedy_generate(
+            self.model, tokenizer, prompts, max_new_tokens, stop_strings=stop_strings, early_stop=early_stop,
+            **self.policy.loopformer_kwargs(),
+        )  # fmt: skip
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: Tensor, new_tokens: int) -> None:
+        steps = self.policy.inference_loops
+        cache = preallocated_cache(self.model, steps, input_ids.shape[1] + new_tokens - 1)
+        kwargs = self.policy.loopformer_kwargs()
+        self.model(input_ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
+
+
+class LadderRunner(LoopFormerRunner):
+    """``RungLadder``: M chosen per input from the prompt (see the module docstring)."""
+
+    policy: RungLadder  # type: ignore[assignment]  # the runner of the ladder only
+
+    def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Each row's hidden states [B, T, H] at the rung it stopped on, and its cost [B]
+        (the sum of the rungs it ran)."""
+        if prompt_lengths is None:
+            raise ValueError(f"policy {self.policy.id} decides its depth from the prompt: give prompt_lengths")
+        hidden, cost, _ = self.climb(input_ids, prompt_lengths - 1)
+        return hidden, cost
+
+    def climb(self, input_ids: Tensor, decide_at: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(hidden [B, T, H] at each row's final rung, cost [B], final rung [B])."""
+        batch = input_ids.shape[0]
+        device = input_ids.device
+        climbing = torch.ones(batch, dtype=torch.bool)  # rows still moving up the ladder
+        cost = torch.zeros(batch)
+        rung = torch.zeros(batch, dtype=torch.long)
+        previous: Tensor | None = None  # [B, V] logits at the decision position, previous rung
+        hidden: Tensor | None = None
+        for loops in self.policy.ladder:
+            rows = climbing.nonzero().squeeze(1)
+            # only the rows still climbing run this rung (their results do not depend on the others)
+            out = self.model.gpt(input_ids[rows.to(device)], use_cache=False, num_loops=loops).last_hidden_state
+            if hidden is None:
+                hidden = out.new_zeros(batch, *out.shape[1:])
+            hidden[rows.to(device)] = out
+            cost[rows] += loops
+            rung[rows] = loops
+            logits = self.model.lm_head(out[torch.arange(len(rows), device=device), decide_at[rows].to(device)])
+            if previous is not None:
+                agreed = (kl_rows(logits, previous[rows.to(device)]) < self.policy.tau).cpu()
+                climbing[rows[agreed]] = False
+            if not bool(climbing.any()):
+                break
+            previous = logits.new_zeros(batch, logits.shape[-1]) if previous is None else previous
+            previous[rows.to(device)] = logits
+        assert hidden is not None  # a ladder has at least two rungs
+        return hidden, cost, rung
+
+    def generate(self, tokenizer, prompts, max_new_tokens, stop_strings=DEFAULT_STOP_STRINGS, early_stop=True):
+        """Decide M on each prompt alone, then decode each group of equal M at that M."""
+        chosen = self.choose(tokenizer, prompts)
+        results: list[GenerationResult | None] = [None] * len(prompts)
+        for loops in sorted(set(chosen)):
+            group = [i for i, m in enumerate(chosen) if m == loops]
+            out = greedy_generate(
+                self.model, tokenizer, [prompts[i] for i in group], max_new_tokens, stop_strings=stop_strings,
+                early_stop=early_stop, num_loops=loops,
+            )  # fmt: skip
+            for i, result in zip(group, out, strict=True):
+                results[i] = result
+        return results
+
+    @torch.inference_mode()
+    def choose(self, tokenizer, prompts: Sequence[str]) -> list[int]:
+        """The rung each prompt stops on (each prompt alone: no padding, no batch mates)."""
+        chosen = []
+        for prompt in prompts:
+            ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=self.device)
+            _, _, rung = self.climb(ids, torch.tensor([ids.shape[1] - 1]))
+            chosen.append(int(rung[0]))
+        return chosen
+
+
+# ---- analytic cost ----------------------------------------------------------------------
+
+
+def block_matmul_flops(config) -> int:
+    """Forward FLOPs of one block's weight matmuls for one token: 2 per multiply-add over
+    c_attn (d×3d), attn.c_proj (d×d), mlp.c_fc (d×i) and mlp.c_proj (i×d)."""
+    d, i = config.n_embd, config.intermediate_dim
+    return 2 * (4 * d * d + 2 * d * i)
+
+
+def token_flops(config, loops: int, context: float, head: bool = True) -> float:
+    """Forward FLOPs for one token that attends to ``context`` keys, at ``loops`` uniform
+    steps of the ``n_layer`` shared blocks::
+
+        loops * n_layer * (2 * (4 d^2 + 2 d i)  +  4 * context * d)  +  2 * d * V
+
+    The first term is the blocks' weight matmuls, the second attention (q.k over the
+    context and the weighted sum of values, 2 * context * d each), the last the tied LM
+    head (dropped with ``head=False``). Norms, GELU, softmax, embedding lookups and the
+    adaLN conditioning (once per forward, not per token) are left out: they are a few
+    percent at these widths."""
+    per_block = block_matmul_flops(config) + 4 * context * config.n_embd
+    head_flops = 2 * config.n_embd * config.vocab_size if head else 0
+    return loops * config.n_layer * per_block + head_flops
+
+
+# ---- the entry ------------------------------------------------------------------------------
+
+
+@cache
+def loopformer_module_names() -> tuple[str, ...]:
+    """Module names of a LoopFormer (they do not depend on its sizes)."""
+    tiny = LoopFormerConfig(block_size=4, vocab_size=4, n_layer=1, n_head=1, n_embd=4, intermediate_dim=4)
+    return tuple(name for name, _ in LoopFormerForCausalLM(tiny).named_modules() if name)
+
+
+class LoopFormerBackbone(Backbone):
+    name = "loopformer"
+    title = "LoopFormer"
+    depth_symbol = "M"
+    runners = {UniformLoops: LoopFormerRunner, StepSchedule: LoopFormerRunner, RungLadder: LadderRunner}
+
+    def accepts(self, model: nn.Module) -> bool:
+        # by its config's model_type, as transformers' Auto classes tell models apart
+        return getattr(getattr(model, "config", None), "model_type", None) == LoopFormerConfig.model_type
+
+    def load(self, source: str, revision: str | None, device: torch.device) -> LoopFormerForCausalLM:
+        try:
+            model = LoopFormerForCausalLM.from_pretrained(source, revision=revision, dtype=torch.float32)
+        except OSError as error:
+            raise CheckpointError(f"{source}: cannot load checkpoint ({' '.join(str(error).split())[:300]})") from None
+        return model.to(device).eval()
+
+    def check_checkpoint(self, source: str) -> None:
+        if Path(source).is_dir():  # a hub id is checked by from_pretrained as it downloads
+            check_local_checkpoint(Path(source))
+
+    def training_depth(self, source: str) -> int:
+        config_path = Path(source) / "config.json"
+        if not config_path.is_file():
+            return DEFAULT_TRAIN_LOOPS
+        return read_checkpoint_config(config_path).get("train_loops", DEFAULT_TRAIN_LOOPS)
+
+    def token_flops(self, model_config: Any, policy: DepthPolicy, context: float) -> float:
+        return token_flops(model_config, policy.inference_loops, context)
+
+    def sft_trainer(self, policy: DepthPolicy) -> type:
+        from trl import SFTTrainer  # trl reaches LoopFormer through its config's train_loops
+
+        return SFTTrainer
+
+    def set_train_depth(self, model: PreTrainedModel, loops: int) -> None:
+        # trl calls the model with input ids and mask only: the loop count travels in its config
+        model.config.train_loops = loops
+
+    def halting_policies(self, family: LoopFamily, section: AdaptiveConfig) -> list[DepthPolicy]:
+        assert section.ladder is not None  # the config requires a ladder for LoopFormer
+        return [RungLadder(tuple(section.ladder), tau) for tau in section.taus]
+
+    def depth_axis(self, looping: LoopingConfig | None) -> str:
+        return "inference loops (test-time depth)"
+
+    def module_names(self) -> tuple[str, ...]:
+        return loopformer_module_names()
