@@ -24,8 +24,9 @@ from study.io import atomic_write_csv
 from study.looping.policies import WindowFamily
 from study.models.backbones import bind
 from study.pipeline import RunContext, StudyError, configure_torch, resolve_device
-from study.stages.nll import ratio_ci, ratio_of_sums, score_continuations
+from study.scoring import score_continuations
 from study.stages.sweep import progress
+from study.stats import ratio_ci, ratio_of_sums
 from study.tasks.gsm8k import encode_example
 
 COLUMNS = ("window", "strategy", "loops", "policy", "examples", "nll_per_token", "ci_low", "ci_high",

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from study.looping.spec import LoopSpec
 from study.looping.strategies import STRATEGIES
-from study.stages.nll import length_batches, ratio_ci
+from study.scoring import length_batches
+from study.stats import ratio_ci
 from study.tasks.gsm8k import EncodedExample, encode_example, load_gsm8k
 
 MODELS = ("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M")
