@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from study.looping import LoopSpec, loop_decoder
-from study.looping.__main__ import main, score
 from study.models import smollm2
+from study.pilot import looping_main as main
+from study.pilot import score_looped as score
 from study.tasks.gsm8k import encode_example, load_gsm8k
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

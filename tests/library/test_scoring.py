@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from study.looping import LoopSpec, loop_decoder
+from study.pilot import score_looped
 from study.scoring import (
     fit_to_window,
     gold_token_nll,
@@ -16,6 +18,7 @@ from study.scoring import (
     score_continuations,
 )
 from study.tasks.gsm8k import EncodedExample
+from tests.helpers_looped import tiny_llama
 from tests.helpers_sweep import one_thread, tiny_model
 
 
@@ -137,3 +140,22 @@ def test_gold_token_nll_is_the_log_softmax_gather_of_the_continuation():
     for r, row in enumerate(rows):
         expected = [-log_probs[r, t - 1, row.input_ids[t]].item() for t in range(row.answer_start, len(row.input_ids))]
         assert got[r].dtype == torch.float64 and got[r].tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_looping_pilot_scorer_equals_the_plain_model_at_one_naive_loop():
+    """The training-free looping table's scorer (masked padding, a looped decoder) is the
+    same gather: at one naive loop it matches a full forward of the plain model."""
+    model = tiny_llama(seed=1)
+    examples = random_examples(5, seed=2)
+    nll, tokens, loops = score_looped(loop_decoder(model, LoopSpec((2, 3), 1, "naive")), examples, batch_size=3)
+    with torch.no_grad():
+        for i, example in enumerate(examples):
+            logits = model(torch.tensor([example.input_ids]), use_cache=False).logits[0]
+            log_probs = torch.log_softmax(logits.double(), dim=-1)
+            expected = -sum(
+                log_probs[t - 1, example.input_ids[t]].item()
+                for t in range(example.answer_start, len(example.input_ids))
+            )
+            assert nll[i] == pytest.approx(expected, abs=1e-4)
+            assert tokens[i] == len(example.input_ids) - example.answer_start
+    assert loops.tolist() == [1.0] * 5
