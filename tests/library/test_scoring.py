@@ -159,3 +159,16 @@ def test_looping_pilot_scorer_equals_the_plain_model_at_one_naive_loop():
             assert nll[i] == pytest.approx(expected, abs=1e-4)
             assert tokens[i] == len(example.input_ids) - example.answer_start
     assert loops.tolist() == [1.0] * 5
+
+
+def test_looping_pilot_scorer_masks_the_padding_for_per_row_halting():
+    """A halting row decides from all of its positions: batched with longer rows (so padded)
+    it must run the depth and score the NLL it gets alone."""
+    looped = loop_decoder(tiny_llama(seed=1), LoopSpec((1, 4), 6, "heavy_ball", halt_tau=0.3))
+    examples = random_examples(6, seed=3)
+    batched = score_looped(looped, examples, batch_size=6)
+    alone = [score_looped(looped, [e], batch_size=1) for e in examples]
+    assert len(set(batched[2].tolist())) > 1  # the rows really halt at different depths
+    for i, (nll, tokens, loops) in enumerate(alone):
+        assert (batched[1][i], batched[2][i]) == (tokens[0], loops[0])
+        assert batched[0][i] == pytest.approx(nll[0], abs=1e-4)
