@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -151,7 +151,7 @@ SMOLLM2_SOURCES = ("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFac
 
 
 class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse prints usage too; one line is enough
+    def error(self, message: str) -> NoReturn:  # argparse prints usage too; one line is enough
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
