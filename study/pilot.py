@@ -9,7 +9,7 @@ bootstrap CI, the executed loops and seconds per example::
     python -m study.pilot --version smol --examples 16 --windows 8-11 12-15 16-19 \\
         --strategies euler naive --loops 1 2 4 --out runs/pilot-smol.csv
 
-``python -m study.pilot looping`` (also ``python -m study.looping``) is training-free
+``python -m study.pilot looping`` (once ``python -m study.looping``) is training-free
 looping on a pretrained SmolLM2, without a config: the gold-answer NLL of the first
 ``--examples`` GSM8K *test* questions per strategy and loop count::
 
@@ -147,6 +147,7 @@ def window_main(argv: Sequence[str] | None = None) -> int:
 
 # ---- training-free looping of a pretrained SmolLM2 (python -m study.pilot looping) ------
 
+LOOPING_PROG = "python -m study.pilot looping"
 SMOLLM2_SOURCES = ("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M")
 
 
@@ -155,8 +156,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def parse_looping_args(argv: Sequence[str] | None, prog: str = "python -m study.pilot looping") -> argparse.Namespace:
-    parser = OneLineParser(prog=prog, description="Training-free looping: gold-answer NLL on GSM8K test questions.")
+def parse_looping_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = OneLineParser(
+        prog=LOOPING_PROG, description="Training-free looping: gold-answer NLL on GSM8K test questions."
+    )
     parser.add_argument("--model", default="smollm2", choices=SMOLLM2_SOURCES, help="smollm2 = the offline GGUF")
     parser.add_argument("--window", type=int, nargs=2, required=True, metavar=("A", "B"), help="layers a..b")
     parser.add_argument("--loops", type=int, nargs="+", default=[1, 2, 3, 4], metavar="K")
@@ -205,8 +208,8 @@ def score_looped(
     return nll, tokens, loops
 
 
-def looping_main(argv: Sequence[str] | None = None, prog: str = "python -m study.pilot looping") -> int:
-    args = parse_looping_args(argv, prog)
+def looping_main(argv: Sequence[str] | None = None) -> int:
+    args = parse_looping_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     from study.models.looped_decoder import loop_decoder
@@ -223,11 +226,11 @@ def looping_main(argv: Sequence[str] | None = None, prog: str = "python -m study
     try:
         wrappers = [loop_decoder(model, spec) for spec in args.specs]
     except ValueError as error:  # e.g. a window beyond the model's layers
-        print(f"{prog}: error: {error}", file=sys.stderr)
+        print(f"{LOOPING_PROG}: error: {error}", file=sys.stderr)
         return 2
     test = load_gsm8k().test
     if args.examples > len(test):
-        print(f"{prog}: error: --examples {args.examples} > {len(test)} test questions", file=sys.stderr)
+        print(f"{LOOPING_PROG}: error: --examples {args.examples} > {len(test)} test questions", file=sys.stderr)
         return 2
     examples = [encode_example(tokenizer, e) for e in test[: args.examples]]
     total_tokens = sum(len(e.input_ids) - e.answer_start for e in examples)

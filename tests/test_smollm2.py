@@ -53,7 +53,20 @@ def test_smollm2_shape_nll_and_the_plain_loop(loaded) -> None:
 @pytest.mark.slow
 @needs_gguf
 def test_cli_prints_one_line_per_strategy_and_loop_count() -> None:
-    command = [sys.executable, "-m", "study.looping", "--window", "12", "15", "--examples", "2", "--loops", "1", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "study.pilot",
+        "looping",
+        "--window",
+        "12",
+        "15",
+        "--examples",
+        "2",
+        "--loops",
+        "1",
+        "2",
+    ]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -67,11 +65,3 @@ def test_help_of_both_tools(capsys):
         with pytest.raises(SystemExit) as exited:
             pilot.main(argv)
         assert exited.value.code == 0 and wanted in capsys.readouterr().out
-
-
-def test_python_m_study_looping_is_an_alias_of_the_looping_tool():
-    done = subprocess.run(
-        [sys.executable, "-m", "study.looping", "--window", "12"], cwd=REPO_ROOT, capture_output=True, text=True
-    )
-    assert done.returncode == 2
-    assert done.stderr.startswith("python -m study.looping: error:") and "expected 2 arguments" in done.stderr
