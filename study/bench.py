@@ -15,7 +15,7 @@ for the tests. Every figure is printed with its inputs and written to ``--out``:
   bytes read + bytes written) divided by the measured per-token decode time of the
   decoder the exact-match stage uses (prefill timed apart and excluded).
 - ``nll_roofline_fraction``: useful GFLOP/s of the batched NLL scorer
-  (``study.stages.nll.score_continuations``) on GSM8K test examples, over the GFLOP/s
+  (``study.scoring.score_continuations``) on GSM8K test examples, over the GFLOP/s
   of one large fp32 matmul measured here.
 - ``decode_cached_vs_recompute``: full-recompute greedy decoding (the LoopFormer
   authors' ``generate``) over cached greedy decoding, same tokens asserted.
@@ -51,8 +51,8 @@ from study.io import atomic_write_json
 from study.models.generation import greedy_generate, recompute_generate
 from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
 from study.pipeline import EMBEDDED_DIR
+from study.scoring import fit_to_window, score_continuations
 from study.stages.latency import block_matmul_flops, device_name, synchronize
-from study.stages.nll import fit_to_window, score_continuations
 from study.tasks.gsm8k import encode_example, load_gsm8k
 from study.tokenizer import has_tokenizer, load_tokenizer
 

@@ -118,7 +118,7 @@ def test_encoding_splits_solution_and_final_answer(dataset) -> None:
 def test_encoding_equals_lm_evals_whole_string_split(dataset) -> None:
     """lm-eval 0.4 encodes prompt + continuation as one string and splits it at the
     prompt's token count; the separate encoding gives the same ids (a sample of records;
-    all 8,792 agree, see study/stages/nll.py)."""
+    all 8,792 agree, see study/scoring.py)."""
     tokenizer = load_tokenizer()
     for example in [*dataset.test[:150], *dataset.train[:150]]:
         encoded = encode_example(tokenizer, example)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from scipy import stats
 
 from study.io import read_csv
 from study.models.generation import greedy_generate
@@ -17,8 +16,8 @@ from study.stages.exact_match import (
     GENERATION_FIELDS,
     score_generation,
     score_text,
-    wilson_interval,
 )
+from study.stats import wilson_interval
 from study.tasks.gsm8k import Example, extract_flexible, extract_strict, is_correct, normalize
 from tests.helpers_sweep import ScriptedModel, gpt2_tokenizer, make_context, one_thread
 
@@ -111,14 +110,6 @@ def test_score_generation_fields():
     record = score_generation("base", 2, example, " I think it is 4 apples, or 5")
     assert record["strict_answer"] is None and not record["strict_correct"]
     assert record["flexible_answer"] == "5" and not record["flexible_correct"]
-
-
-@pytest.mark.parametrize(("correct", "n"), [(0, 40), (7, 40), (40, 40), (1, 3)])
-def test_wilson_equals_scipy(correct, n):
-    direct = stats.binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
-    assert wilson_interval(correct, n) == (direct.low, direct.high)
-    low, high = wilson_interval(correct, n)
-    assert 0.0 <= low <= correct / n <= high <= 1.0
 
 
 def test_generation_stops_at_question():

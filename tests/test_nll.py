@@ -1,163 +1,20 @@
-"""Continuation scoring, the bootstrap statistics and the resumable NLL stage."""
+"""The resumable NLL stage (its scorer and statistics: tests/library/)."""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pandas as pd
 import pytest
-import torch
-from scipy import stats
-from torch import nn
 
 from study.io import read_csv
 from study.stages import nll as nll_stage
-from study.stages.nll import (
-    NLL_COLUMNS,
-    PREFERRED_COLUMNS,
-    SUMMARY_COLUMNS,
-    fit_to_window,
-    length_batches,
-    paired_depth_bootstrap,
-    ratio_ci,
-    ratio_of_sums,
-    score_continuations,
-)
-from study.tasks.gsm8k import EncodedExample
-from tests.helpers_sweep import make_context, one_thread, tiny_model
+from study.stages.nll import NLL_COLUMNS, PREFERRED_COLUMNS, SUMMARY_COLUMNS
+from tests.helpers_sweep import make_context, one_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
     with one_thread():
         yield
-
-
-class TableModel(nn.Module):
-    """Position-wise stub: the logits after token v are row v of a table (no attention),
-    so every expected log-prob can be written down by hand."""
-
-    def __init__(self, table: list[list[float]]) -> None:
-        super().__init__()
-        self.table = nn.Embedding.from_pretrained(torch.tensor(table))
-        self.lm_head = nn.Identity()
-        self.config = type("Config", (), {"model_type": "loopformer", "block_size": 16})()  # bind: a LoopFormer
-
-    def gpt(self, input_ids, **kwargs):
-        return type("Out", (), {"last_hidden_state": self.table(input_ids)})()
-
-
-NAN = float("nan")
-TABLE = [
-    [NAN, NAN, NAN, NAN],  # token 0 is the padding value: scoring a padded position would give NaN
-    [math.log(2), 0.0, 0.0, 0.0],  # after 1: p = 2/5, 1/5, 1/5, 1/5
-    [0.0, 0.0, 0.0, math.log(3)],  # after 2: p = 1/6, 1/6, 1/6, 1/2
-    [0.0, 0.0, 0.0, 0.0],  # after 3: uniform
-]
-
-
-def test_hand_computed_continuation_scores():
-    examples = [
-        EncodedExample(example_id=10, input_ids=[3, 1, 2, 3], answer_start=1, final_start=3),
-        EncodedExample(example_id=11, input_ids=[1, 3], answer_start=1, final_start=1),
-    ]
-    first, second = score_continuations(TableModel(TABLE), examples, batch_size=2)
-    # 1 after 3: 1/4; 2 after 1: 1/5; 3 after 2: 1/2 (the final answer)
-    assert first.example_id == 10 and (first.answer_tokens, first.final_tokens) == (3, 1)
-    assert first.nll_sum == pytest.approx(math.log(4) + math.log(5) + math.log(2), abs=1e-6)
-    assert first.final_nll_sum == pytest.approx(math.log(2), abs=1e-6)
-    # the short row is padded with token 0 (NaN logits): a finite score proves padding is never read
-    assert (second.answer_tokens, second.final_tokens) == (1, 1)
-    assert second.nll_sum == pytest.approx(math.log(5), abs=1e-6)
-    assert second.final_nll_sum == second.nll_sum
-
-
-def test_over_long_sequences_lose_their_earliest_tokens():
-    example = EncodedExample(example_id=1, input_ids=list(range(10)), answer_start=4, final_start=8)
-    assert fit_to_window(example, block_size=9) is example  # 9 inputs score all 10 tokens
-    assert fit_to_window(example, block_size=6) == EncodedExample(1, list(range(3, 10)), 1, 5)
-    assert fit_to_window(example, block_size=3) == EncodedExample(1, list(range(6, 10)), 1, 2)
-
-
-def test_length_batches_longest_first_and_stable():
-    assert length_batches([3, 5, 3, 9, 5], 2) == [[3, 1], [4, 0], [2]]
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model(seed=4, block_size=64)
-
-
-def random_examples(count: int, seed: int) -> list[EncodedExample]:
-    generator = torch.Generator().manual_seed(seed)
-    examples = []
-    for i in range(count):
-        length = int(torch.randint(8, 40, (1,), generator=generator))
-        ids = torch.randint(0, 50000, (length,), generator=generator).tolist()
-        answer_start = int(torch.randint(1, length - 2, (1,), generator=generator))
-        final_start = int(torch.randint(answer_start, length - 1, (1,), generator=generator))
-        examples.append(EncodedExample(i, ids, answer_start, final_start))
-    return examples
-
-
-@pytest.mark.parametrize("loops", [{"num_loops": 3}, {"schedule": [0.5, 0.25, 0.25]}], ids=["3", "schedule"])
-def test_scores_equal_full_forward_log_probs(model, loops):
-    examples = random_examples(5, seed=0)
-    scores = score_continuations(model, examples, batch_size=5, **loops)
-    with torch.no_grad():
-        for example, score in zip(examples, scores, strict=True):
-            logits = model(torch.tensor([example.input_ids]), use_cache=False, **loops).logits[0]
-            log_probs = torch.log_softmax(logits.double(), dim=-1)
-            token_nll = [-log_probs[t - 1, example.input_ids[t]].item() for t in range(len(example.input_ids))]
-            assert score.nll_sum == pytest.approx(sum(token_nll[example.answer_start :]), abs=1e-4)
-            assert score.final_nll_sum == pytest.approx(sum(token_nll[example.final_start :]), abs=1e-4)
-            assert score.answer_tokens == len(example.input_ids) - example.answer_start
-
-
-def test_batched_equals_one_at_a_time(model):
-    examples = random_examples(7, seed=1)
-    batched = score_continuations(model, examples, batch_size=4, num_loops=2)
-    alone = [score_continuations(model, [e], batch_size=1, num_loops=2)[0] for e in examples]
-    for a, b in zip(batched, alone, strict=True):
-        assert (a.example_id, a.answer_tokens, a.final_tokens) == (b.example_id, b.answer_tokens, b.final_tokens)
-        assert abs(a.nll_sum - b.nll_sum) <= 1e-5 * max(1.0, abs(b.nll_sum))
-        assert abs(a.final_nll_sum - b.final_nll_sum) <= 1e-5 * max(1.0, abs(b.final_nll_sum))
-
-
-def test_ratio_ci_equals_scipy():
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(20, 200, size=40)
-    nll = tokens * rng.uniform(0.5, 2.0, size=40)
-    ours = ratio_ci(nll, tokens, resamples=500, confidence=0.9, seed=3)
-    direct = stats.bootstrap(
-        (nll, tokens.astype(float)),
-        lambda a, b, axis: a.sum(axis=axis) / b.sum(axis=axis),
-        paired=True,
-        vectorized=True,
-        n_resamples=500,
-        confidence_level=0.9,
-        method="percentile",
-        rng=np.random.default_rng(3),
-    ).confidence_interval
-    assert ours == (direct.low, direct.high)
-    assert ours[0] < ratio_of_sums(nll, tokens) < ours[1]
-
-
-def test_paired_bootstrap_dominant_loop_always_wins():
-    rng = np.random.default_rng(1)
-    tokens = rng.integers(10, 100, size=30).astype(float)
-    base = tokens * rng.uniform(1.0, 3.0, size=30)
-    # loop index 1 is better on every single example, so it wins every resample
-    nll = np.stack([base + 0.2 * tokens, base, base + 0.05 * tokens, base + rng.uniform(0.01, 1.0, 30) * tokens])
-    result = paired_depth_bootstrap(nll, tokens, resamples=300, confidence=0.95, seed=5)
-    assert result.best_index == 1
-    assert result.p_best == [0.0, 1.0, 0.0, 0.0]
-    assert result.gap[1] == 0.0 and result.gap_ci[1] == (0.0, 0.0)
-    assert all(low > 0 for i, (low, _) in enumerate(result.gap_ci) if i != 1)
-    assert result.gap[2] == pytest.approx(0.05)
-    again = paired_depth_bootstrap(nll, tokens, resamples=300, confidence=0.95, seed=5)
-    assert again == result
 
 
 def recompute_summary_from_rows(ctx) -> None:

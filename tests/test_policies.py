@@ -22,10 +22,10 @@ from study.looping.policies import (
 from study.looping.schedules import compositions, enumerate_schedules, uniform_schedule
 from study.looping.spec import LoopSpec
 from study.models.backbones import BackboneError, bind
+from study.scoring import score_continuations
 from study.stages import exact_match as em_stage
 from study.stages import latency as latency_stage
 from study.stages import nll as nll_stage
-from study.stages.nll import score_continuations
 from study.tasks.gsm8k import encode_example
 from tests.helpers_looped import looped_context, tiny_llama
 from tests.helpers_sweep import make_context, one_thread, tiny_model

@@ -25,7 +25,7 @@ from study.config import load_config
 from study.io import atomic_write_text
 from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
 from study.pipeline import StudyError
-from study.stages.nll import paired_depth_bootstrap, ratio_ci
+from study.stats import paired_depth_bootstrap, ratio_ci
 from study.tasks.gsm8k import BUNDLED_DIR
 from study.tokenizer import load_tokenizer
 
@@ -116,8 +116,8 @@ def test_statistics_refuse_nan_instead_of_picking_an_argmin() -> None:
 
 
 def test_latency_and_exact_match_statistics_refuse_non_numbers() -> None:
-    from study.stages.exact_match import wilson_interval
     from study.stages.latency import fit_row
+    from study.stats import wilson_interval
 
     with pytest.raises(StudyError, match="NaN"):
         fit_row("base", [2, 4, 8], [0.1, float("nan"), 0.3])

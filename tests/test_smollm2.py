@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from study.looping import LoopSpec, loop_decoder
-from study.looping.__main__ import main, score
 from study.models import smollm2
+from study.pilot import looping_main as main
+from study.pilot import score_looped as score
 from study.tasks.gsm8k import encode_example, load_gsm8k
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +53,20 @@ def test_smollm2_shape_nll_and_the_plain_loop(loaded) -> None:
 @pytest.mark.slow
 @needs_gguf
 def test_cli_prints_one_line_per_strategy_and_loop_count() -> None:
-    command = [sys.executable, "-m", "study.looping", "--window", "12", "15", "--examples", "2", "--loops", "1", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "study.pilot",
+        "looping",
+        "--window",
+        "12",
+        "15",
+        "--examples",
+        "2",
+        "--loops",
+        "1",
+        "2",
+    ]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()

@@ -9,7 +9,8 @@ count, so its NLL at a budget is never above any fixed depth that fits the budge
 table has ``examples * max(loops) + 1`` entries: 300 examples at 16 loops is 4,801.
 
 The headline NLL is token-weighted (sum of NLL over sum of tokens), as in the NLL
-stage; an example's token count does not depend on depth.
+stage; an example's token count does not depend on depth. Its confidence intervals
+(paired gaps to fixed depths) are ``study.stats.paired_gap_ci``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+
+from study.stats import require_finite
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,7 @@ class OracleChoice:
 def _finite(nll: np.ndarray, tokens: np.ndarray, loops: np.ndarray) -> None:
     if nll.ndim != 2 or nll.shape != (len(tokens), len(loops)):
         raise ValueError(f"nll must be (examples, depths) = ({len(tokens)}, {len(loops)}); got {nll.shape}")
-    if not np.all(np.isfinite(nll)):
-        raise ValueError("oracle: the per-example NLL holds NaN or inf; refusing to pick depths from it")
+    require_finite("oracle: per-example NLL", nll)  # the study's one NaN policy (study.stats)
     if np.any(tokens <= 0) or np.any(loops <= 0):
         raise ValueError("oracle: token counts and loop counts must be positive")
 
@@ -96,31 +97,3 @@ def oracle_at_budget(frontier: list[OracleChoice], mean_loops: float) -> OracleC
     when none does)."""
     fitting = [p for p in frontier if p.mean_loops <= mean_loops + 1e-9]
     return fitting[-1] if fitting else frontier[0]
-
-
-def paired_gap_ci(
-    nll_a: np.ndarray, nll_b: np.ndarray, tokens: np.ndarray, resamples: int, confidence: float, seed: int
-) -> tuple[float, float, float]:
-    """NLL per token of A minus B on the same examples, with a paired percentile
-    bootstrap CI (examples resampled together)."""
-    nll_a, nll_b, tokens = (np.asarray(v, float) for v in (nll_a, nll_b, tokens))
-    if not (np.all(np.isfinite(nll_a)) and np.all(np.isfinite(nll_b))):
-        raise ValueError("paired gap: NLL holds NaN or inf")
-
-    def gap(a: np.ndarray, b: np.ndarray, t: np.ndarray, axis: int = -1) -> np.ndarray:
-        return (np.sum(a, axis=axis) - np.sum(b, axis=axis)) / np.sum(t, axis=axis)
-
-    point = float(gap(nll_a, nll_b, tokens))
-    if len(tokens) < 2 or np.all(nll_a == nll_b):
-        return point, point, point  # nothing to resample, or no difference at all
-    result = stats.bootstrap(
-        (nll_a, nll_b, tokens),
-        gap,
-        paired=True,
-        vectorized=True,
-        n_resamples=resamples,
-        confidence_level=confidence,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    return point, float(result.confidence_interval.low), float(result.confidence_interval.high)

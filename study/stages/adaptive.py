@@ -31,12 +31,13 @@ from typing import cast
 import numpy as np
 
 from study.io import atomic_write_csv, read_csv
-from study.looping.oracle import best_per_example, oracle_at_budget, oracle_frontier, paired_gap_ci
+from study.looping.oracle import best_per_example, oracle_at_budget, oracle_frontier
 from study.looping.policies import DepthPolicy, RungLadder
 from study.pipeline import RunContext, StudyError
-from study.stages.nll import SPLITS, NLLStore, ratio_ci, score_cell, split_of
+from study.stages.nll import SPLITS, NLLStore, score_cell, split_of
 from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
+from study.stats import paired_gap_ci, ratio_ci
 
 ADAPTIVE_COLUMNS = (
     "model", "split", "policy", "kind", "detail", "tau", "mean_loops", "nll_per_token", "ci_low", "ci_high",

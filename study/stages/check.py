@@ -17,7 +17,7 @@ import torch
 from study.io import atomic_write_json, read_json
 from study.models.backbones import bind
 from study.pipeline import RunContext, StudyError
-from study.stages.nll import score_continuations
+from study.scoring import score_continuations
 from study.stages.stage import Stage
 from study.tasks.gsm8k import encode_example
 

@@ -22,13 +22,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from scipy import stats
-
 from study.io import atomic_write_csv, atomic_write_jsonl
 from study.models.backbones import PolicyRunner
-from study.pipeline import RunContext, StudyError
+from study.pipeline import RunContext
 from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
+from study.stats import wilson_interval
 from study.tasks.gsm8k import EXTRACTIONS, Example, score_text  # score_text: public here too
 
 EM_COLUMNS = ("model", "policy", "inference_loops", "extraction", "correct", "n", "accuracy", "ci_low", "ci_high")
@@ -38,13 +37,6 @@ GENERATION_FIELDS = (
     *(f"{extraction}_correct" for extraction in EXTRACTIONS),
 )  # fmt: skip
 RECORD_FIELDS = ("policy", *GENERATION_FIELDS)  # a generations.jsonl record: the scored generation and its policy
-
-
-def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    if n < 1 or not 0 <= correct <= n:
-        raise StudyError(f"exact_match: {correct} correct of {n} is not a proportion; the interval is refused")
-    ci = stats.binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def score_generation(model: str, loops: int, example: Example, text: str, eos: str | None = None) -> dict:

@@ -1,14 +1,7 @@
 """NLL stage: teacher-forced NLL of the gold GSM8K solution at every inference depth.
 
-Scoring follows lm-eval's ``loglikelihood``: each continuation token is scored by the
-logits at the position before it. lm-eval 0.4 encodes prompt + continuation as one
-string and splits the ids at the prompt's token count; ``encode_example`` encodes the
-prompt, the solution and the final answer separately and joins them. On GSM8K both
-give the same ids, because every piece after the prompt starts with a space (``" {answer}"``,
-``"#### 18"`` split before ``" 18"``) and byte-level BPE never merges across that
-boundary: checked on all 8,792 bundled records with GPT-2's tokenizer and the mini
-model's (``tests/test_data.py`` keeps a sample of it). Two targets per example: the
-whole solution (tokens from ``answer_start``) and the final answer alone (from ``final_start``).
+Scoring is ``study.scoring.score_continuations`` (lm-eval's ``loglikelihood``: the whole
+solution and the final answer of each example); the statistics are ``study.stats``.
 
 For each model × split (``test``, ``train``) × depth policy of ``nll.inference_loops``
 (``M8`` for LoopFormer, ``euler-w12-15-K3`` for a looped decoder), one cell file
@@ -33,25 +26,20 @@ seeded numpy generators.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from numpy.typing import ArrayLike
 from scipy import stats
 
 from study.io import atomic_write_csv, read_csv
-from study.looping.policies import DepthPolicy, StepSchedule, UniformLoops
+from study.looping.policies import DepthPolicy, StepSchedule
 from study.looping.schedules import enumerate_schedules, uniform_schedule
-from study.models.backbones import PolicyRunner, bind
-from study.pipeline import RunContext, StudyError
+from study.pipeline import RunContext
+from study.scoring import score_continuations
 from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
-from study.tasks.gsm8k import EncodedExample, encode_example
+from study.stats import paired_depth_bootstrap, ratio_ci, ratio_of_sums
+from study.tasks.gsm8k import encode_example
 
 SPLITS = {"test": "nll_test", "train": "nll_train"}  # split column value -> ctx.examples subset
 NLL_COLUMNS = (
@@ -69,204 +57,6 @@ PREFERRED_COLUMNS = (
 SCHEDULE_COLUMNS = (
     "model", "split", "policy", "steps", "uniform", "nll_per_token", "ci_low", "ci_high", "rank",
 )  # fmt: skip
-
-
-# ---- scoring --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ContinuationScore:
-    example_id: int
-    answer_tokens: int  # tokens of the whole gold solution
-    nll_sum: float  # their summed NLL (nats)
-    final_tokens: int  # tokens of the final answer (after '####')
-    final_nll_sum: float
-    executed_loops: float = 0.0  # loops the policy ran for this example (its own count for a halting rule)
-
-
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length, longest first (so an out-of-memory
-    batch fails at once, not at the end); ties keep input order, so batching is fixed."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def fit_to_window(example: EncodedExample, block_size: int) -> EncodedExample:
-    """The last ``block_size + 1`` tokens, as lm-eval truncates: the final token is only
-    ever a target, so a window of ``block_size`` inputs scores ``block_size + 1`` tokens.
-    Only over-long sequences lose their earliest (prompt) tokens."""
-    cut = len(example.input_ids) - (block_size + 1)
-    if cut <= 0:
-        return example
-    return EncodedExample(
-        example.example_id,
-        example.input_ids[cut:],
-        max(example.answer_start - cut, 1),
-        max(example.final_start - cut, 1),
-    )
-
-
-def loopformer_policy(model, schedule: Sequence[float] | None, num_loops: int | None) -> DepthPolicy:
-    """The policy of LoopFormer's ``schedule``/``num_loops`` arguments (its train_loops when neither)."""
-    if schedule is not None:
-        return StepSchedule(tuple(schedule))
-    # neither: the model's own default depth (stand-in models without one loop once)
-    return UniformLoops(num_loops if num_loops is not None else int(getattr(model.config, "train_loops", 1)))
-
-
-@torch.inference_mode()
-def score_continuations(
-    model,
-    examples: Sequence[EncodedExample],
-    batch_size: int,
-    schedule: Sequence[float] | None = None,
-    num_loops: int | None = None,
-    progress=None,
-) -> list[ContinuationScore]:
-    """Summed NLL of each example's solution and final answer, in input order.
-
-    ``model`` is a ``PolicyRunner`` (any backbone at any depth policy) or a LoopFormer
-    run at ``schedule``/``num_loops``. ``progress(total=..., desc=...)`` may give a bar
-    over the examples.
-
-    Batches are right-padded and passed *without* an attention mask: attention is
-    causal, so a real token never sees the padding after it, positions are plain
-    ``arange`` as for an unpadded row, and SDPA keeps its fused causal kernel. The
-    padded positions are never gathered, so padding is never scored. Only the
-    positions that predict continuation tokens go through the LM head, and the last
-    token, which predicts nothing, is not fed at all."""
-    runner = model if isinstance(model, PolicyRunner) else bind(model, loopformer_policy(model, schedule, num_loops))
-    device = runner.device
-    examples = [fit_to_window(e, runner.context_limit) for e in examples]
-    scores: list[ContinuationScore | None] = [None] * len(examples)
-    bar = progress(total=len(examples), desc="examples", inner=True) if progress is not None else None
-    for batch in length_batches([len(e.input_ids) for e in examples], batch_size):
-        rows = [examples[i] for i in batch]
-        width = max(len(e.input_ids) for e in rows) - 1
-        input_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, example in enumerate(rows):
-            input_ids[r, : len(example.input_ids) - 1] = torch.tensor(example.input_ids[:-1])
-        prompt_lengths = torch.tensor([e.answer_start for e in rows])  # a halting policy decides from these
-        hidden, executed = runner.hidden(input_ids.to(device), prompt_lengths)  # [B, T, H], [B]
-        # token t (t >= answer_start) is predicted by the hidden state at t - 1
-        counts = [len(e.input_ids) - e.answer_start for e in rows]
-        row_index = torch.cat([torch.full((count,), r) for r, count in enumerate(counts)])
-        positions = torch.cat([torch.arange(e.answer_start - 1, len(e.input_ids) - 1) for e in rows])
-        targets = torch.cat([torch.tensor(e.input_ids[e.answer_start :]) for e in rows])
-        logits = runner.head(hidden[row_index.to(device), positions.to(device)])
-        token_nll = F.cross_entropy(logits.float(), targets.to(device), reduction="none").double().cpu()
-        for r, (example, index, nll) in enumerate(zip(rows, batch, token_nll.split(counts), strict=True)):
-            final_from = example.final_start - example.answer_start
-            scores[index] = ContinuationScore(
-                example_id=example.example_id,
-                answer_tokens=len(nll),
-                nll_sum=float(nll.sum()),
-                final_tokens=len(nll) - final_from,
-                final_nll_sum=float(nll[final_from:].sum()),
-                executed_loops=float(executed[r]),
-            )
-        if bar is not None:
-            bar.update(len(rows))
-    if bar is not None:
-        bar.close()
-    return scores  # type: ignore[return-value]
-
-
-# ---- statistics (plain arrays in, plain floats out) --------------------------------------
-
-
-def require_finite(what: str, *arrays: np.ndarray) -> None:
-    """Statistics of NaN or infinite NLL are not numbers to report: a diverged model, or
-    overflowing weights, must stop the run rather than win an argmin."""
-    bad = sum(int(np.size(a) - np.isfinite(a).sum()) for a in arrays)
-    if bad:
-        total = sum(int(np.size(a)) for a in arrays)
-        raise StudyError(
-            f"{what}: {bad} of {total} input values are NaN or infinite (a model that trained to NaN, or "
-            "overflowing weights); the statistic is refused. Check results/nll.csv and the SFT loss"
-        )
-
-
-def ratio_of_sums(nll: np.ndarray, tokens: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Token-weighted NLL: sum of NLL over sum of tokens (vectorised along ``axis``)."""
-    return np.sum(nll, axis=axis) / np.sum(tokens, axis=axis)
-
-
-def ratio_ci(nll: ArrayLike, tokens: ArrayLike, resamples: int, confidence: float, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap CI of sum(nll)/sum(tokens), resampling examples (pairs)."""
-    nll, tokens = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
-    require_finite("nll: bootstrap CI", nll, tokens)
-    if len(nll) < 2:
-        return float("nan"), float("nan")  # one example: no spread to resample
-    result = stats.bootstrap(
-        (nll, tokens),
-        ratio_of_sums,
-        paired=True,
-        vectorized=True,
-        n_resamples=resamples,
-        confidence_level=confidence,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
-@dataclass(frozen=True)
-class DepthPreference:
-    best_index: int  # into the loop axis
-    nll_per_token: list[float]
-    gap: list[float]  # nll_per_token - best
-    gap_ci: list[tuple[float, float]]
-    p_best: list[float]  # share of resamples in which each loop count has the lowest NLL
-
-
-def paired_depth_bootstrap(
-    nll: np.ndarray, tokens: np.ndarray, resamples: int, confidence: float, seed: int
-) -> DepthPreference:
-    """``nll`` is (loops, examples) summed NLL, ``tokens`` (examples,) token counts (the
-    same at every depth). scipy's paired bootstrap draws one set of example indices per
-    resample and scores every loop count on it, so gaps and wins are paired across depths."""
-    nll, tokens = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
-    require_finite("nll: preferred depth", nll, tokens)
-    loops = len(nll)
-    point = ratio_of_sums(nll, tokens)
-    best = int(np.argmin(point))
-    if nll.shape[1] < 2:  # one example: nothing to resample
-        return DepthPreference(
-            best_index=best,
-            nll_per_token=[float(v) for v in point],
-            gap=[float(v - point[best]) for v in point],
-            gap_ci=[(float("nan"), float("nan"))] * loops,
-            p_best=[float(i == best) for i in range(loops)],
-        )
-
-    def per_depth_and_gaps(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
-        *rows, counts = samples
-        ratios = np.stack([ratio_of_sums(row, counts, axis=axis) for row in rows])
-        return np.concatenate([ratios, ratios - ratios[best]])
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # the best's gap to itself is 0
-        result = stats.bootstrap(
-            (*nll, tokens),
-            per_depth_and_gaps,
-            paired=True,
-            vectorized=True,
-            n_resamples=resamples,
-            confidence_level=confidence,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        )
-    ratios = result.bootstrap_distribution[:loops]  # (loops, resamples)
-    low, high = result.confidence_interval.low[loops:], result.confidence_interval.high[loops:]
-    wins = np.bincount(np.argmin(ratios, axis=0), minlength=loops) / resamples
-    return DepthPreference(
-        best_index=best,
-        nll_per_token=[float(v) for v in point],
-        gap=[float(v - point[best]) for v in point],
-        gap_ci=[(float(a), float(b)) for a, b in zip(low, high, strict=True)],
-        p_best=[float(v) for v in wins],
-    )
 
 
 # ---- cells ---------------------------------------------------------------------------------

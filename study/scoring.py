@@ -1,0 +1,150 @@
+"""The continuation scorer: teacher-forced NLL of each example's gold solution.
+
+Scoring follows lm-eval's ``loglikelihood``: each continuation token is scored by the
+logits at the position before it. lm-eval 0.4 encodes prompt + continuation as one
+string and splits the ids at the prompt's token count; ``encode_example`` encodes the
+prompt, the solution and the final answer separately and joins them. On GSM8K both
+give the same ids, because every piece after the prompt starts with a space (``" {answer}"``,
+``"#### 18"`` split before ``" 18"``) and byte-level BPE never merges across that
+boundary: checked on all 8,792 bundled records with GPT-2's tokenizer and the mini
+model's (``tests/test_data.py`` keeps a sample of it). Two targets per example: the
+whole solution (tokens from ``answer_start``) and the final answer alone (from ``final_start``).
+
+- ``score_continuations``: any backbone at any depth policy (a ``PolicyRunner``), or a
+  LoopFormer at a schedule or loop count; what the NLL, check, bench and pilot tools score.
+- ``right_pad``, ``length_batches`` and ``gold_token_nll``: its pieces, for a forward
+  that is not a runner's (the training-free looping table of ``study.pilot``).
+
+Deterministic for a given input on CPU: fixed batching, float64 sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from study.looping.policies import DepthPolicy, StepSchedule, UniformLoops
+from study.models.backbones import PolicyRunner, bind
+from study.tasks.gsm8k import EncodedExample
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    example_id: int
+    answer_tokens: int  # tokens of the whole gold solution
+    nll_sum: float  # their summed NLL (nats)
+    final_tokens: int  # tokens of the final answer (after '####')
+    final_nll_sum: float
+    executed_loops: float = 0.0  # loops the policy ran for this example (its own count for a halting rule)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (so an out-of-memory
+    batch fails at once, not at the end); ties keep input order, so batching is fixed."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def fit_to_window(example: EncodedExample, block_size: int) -> EncodedExample:
+    """The last ``block_size + 1`` tokens, as lm-eval truncates: the final token is only
+    ever a target, so a window of ``block_size`` inputs scores ``block_size + 1`` tokens.
+    Only over-long sequences lose their earliest (prompt) tokens."""
+    cut = len(example.input_ids) - (block_size + 1)
+    if cut <= 0:
+        return example
+    return EncodedExample(
+        example.example_id,
+        example.input_ids[cut:],
+        max(example.answer_start - cut, 1),
+        max(example.final_start - cut, 1),
+    )
+
+
+def right_pad(rows: Sequence[EncodedExample]) -> tuple[Tensor, Tensor]:
+    """(input_ids, attention_mask) [B, T] of the rows without their last token (it only
+    ever is a target), padded on the right with token 0 (mask 0)."""
+    width = max(len(e.input_ids) for e in rows) - 1
+    input_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, example in enumerate(rows):
+        input_ids[r, : len(example.input_ids) - 1] = torch.tensor(example.input_ids[:-1])
+        attention_mask[r, : len(example.input_ids) - 1] = 1
+    return input_ids, attention_mask
+
+
+def gold_token_nll(hidden: Tensor, head: Callable[[Tensor], Tensor], rows: Sequence[EncodedExample]) -> list[Tensor]:
+    """Each row's per-token NLL of its continuation, float64 on the CPU.
+
+    ``hidden`` [B, T, H] is the forward of ``right_pad(rows)``. Token t (t >= answer_start)
+    is predicted by the hidden state at t - 1, so only those positions go through the
+    LM ``head``, and padded positions are never gathered."""
+    device = hidden.device
+    counts = [len(e.input_ids) - e.answer_start for e in rows]
+    row_index = torch.cat([torch.full((count,), r) for r, count in enumerate(counts)])
+    positions = torch.cat([torch.arange(e.answer_start - 1, len(e.input_ids) - 1) for e in rows])
+    targets = torch.cat([torch.tensor(e.input_ids[e.answer_start :]) for e in rows])
+    logits = head(hidden[row_index.to(device), positions.to(device)])  # [tokens, V]
+    token_nll = F.cross_entropy(logits.float(), targets.to(device), reduction="none").double().cpu()
+    return list(token_nll.split(counts))
+
+
+def loopformer_policy(model: Any, schedule: Sequence[float] | None, num_loops: int | None) -> DepthPolicy:
+    """The policy of LoopFormer's ``schedule``/``num_loops`` arguments (its train_loops when neither)."""
+    if schedule is not None:
+        return StepSchedule(tuple(schedule))
+    # neither: the model's own default depth (stand-in models without one loop once)
+    return UniformLoops(num_loops if num_loops is not None else int(getattr(model.config, "train_loops", 1)))
+
+
+@torch.inference_mode()
+def score_continuations(
+    model: Any,
+    examples: Sequence[EncodedExample],
+    batch_size: int,
+    schedule: Sequence[float] | None = None,
+    num_loops: int | None = None,
+    progress: Callable[..., Any] | None = None,
+) -> list[ContinuationScore]:
+    """Summed NLL of each example's solution and final answer, in input order.
+
+    ``model`` is a ``PolicyRunner`` (any backbone at any depth policy) or a LoopFormer
+    run at ``schedule``/``num_loops``. ``progress(total=..., desc=...)`` may give a bar
+    over the examples.
+
+    Batches are right-padded and passed *without* an attention mask: attention is
+    causal, so a real token never sees the padding after it, positions are plain
+    ``arange`` as for an unpadded row, and SDPA keeps its fused causal kernel. The
+    padded positions are never gathered, so padding is never scored. Only the
+    positions that predict continuation tokens go through the LM head, and the last
+    token, which predicts nothing, is not fed at all."""
+    runner = model if isinstance(model, PolicyRunner) else bind(model, loopformer_policy(model, schedule, num_loops))
+    device = runner.device
+    examples = [fit_to_window(e, runner.context_limit) for e in examples]
+    scores: list[ContinuationScore | None] = [None] * len(examples)
+    bar = progress(total=len(examples), desc="examples", inner=True) if progress is not None else None
+    for batch in length_batches([len(e.input_ids) for e in examples], batch_size):
+        rows = [examples[i] for i in batch]
+        input_ids, _ = right_pad(rows)
+        prompt_lengths = torch.tensor([e.answer_start for e in rows])  # a halting policy decides from these
+        hidden, executed = runner.hidden(input_ids.to(device), prompt_lengths)  # [B, T, H], [B]
+        token_nll = gold_token_nll(hidden, runner.head, rows)
+        for r, (example, index, nll) in enumerate(zip(rows, batch, token_nll, strict=True)):
+            final_from = example.final_start - example.answer_start
+            scores[index] = ContinuationScore(
+                example_id=example.example_id,
+                answer_tokens=len(nll),
+                nll_sum=float(nll.sum()),
+                final_tokens=len(nll) - final_from,
+                final_nll_sum=float(nll[final_from:].sum()),
+                executed_loops=float(executed[r]),
+            )
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    return scores  # type: ignore[return-value]

@@ -1,0 +1,175 @@
+"""The study's statistics: plain arrays in, plain floats out.
+
+Every interval over examples comes from one function, ``paired_bootstrap``: scipy's
+percentile bootstrap with the examples resampled together (paired) across all the
+arrays passed in, from a generator seeded with the run's seed. On it sit
+
+- ``ratio_ci``: the CI of a token-weighted NLL, sum(nll) / sum(tokens);
+- ``paired_gap_ci``: the gap between two depths' token-weighted NLL on the same examples;
+- ``paired_depth_bootstrap``: every depth at once, each one's gap to the best and how
+  often it wins a resample (``DepthPreference``);
+
+and beside it ``wilson_interval``, the Wilson score interval of an accuracy.
+
+One policy for inputs that carry no interval:
+
+- NaN or infinite inputs are refused with a ``StudyError`` (``require_finite``): a
+  diverged model or overflowing weights must stop the run, never win an argmin or
+  widen a CI silently. The depth oracle (``study.looping.oracle``) refuses the same way.
+- Fewer than two examples: there is no spread to resample, so every bootstrap CI bound
+  is NaN (the point values are still computed, and written as they are).
+- Identical paired inputs (a depth against itself) are not special: every resample
+  gives the same value, so the CI collapses onto the point.
+- ``wilson_interval`` needs at least one trial (``n >= 1``) and ``0 <= correct <= n``;
+  anything else is not a proportion and is refused with a ``StudyError``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
+
+from study.errors import StudyError  # a user-facing error: one line, a user-error exit code
+
+NAN_CI = (float("nan"), float("nan"))  # the interval of fewer than two examples
+
+
+def require_finite(what: str, *arrays: np.ndarray) -> None:
+    """Refuse NaN or infinite values: statistics of them are not numbers to report."""
+    bad = sum(int(np.size(a) - np.isfinite(a).sum()) for a in arrays)
+    if bad:
+        total = sum(int(np.size(a)) for a in arrays)
+        raise StudyError(
+            f"{what}: {bad} of {total} input values are NaN or infinite (a model that trained to NaN, or "
+            "overflowing weights); the statistic is refused. Check results/nll.csv and the SFT loss"
+        )
+
+
+def ratio_of_sums(nll: np.ndarray, tokens: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Token-weighted NLL: sum of NLL over sum of tokens (vectorised along ``axis``)."""
+    return np.sum(nll, axis=axis) / np.sum(tokens, axis=axis)
+
+
+def paired_bootstrap(
+    samples: Sequence[np.ndarray],
+    statistic: Callable[..., np.ndarray],
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> Any:  # scipy's BootstrapResult (not exported by name)
+    """scipy's percentile bootstrap, resampling examples together across ``samples``.
+
+    ``statistic(*samples, axis=-1)`` must be vectorised. Callers check finiteness and
+    the example count first (see the module docstring); a constant bootstrap
+    distribution (a depth's gap to itself) is expected, so scipy's warning about it is
+    silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        return stats.bootstrap(
+            tuple(samples),
+            statistic,
+            paired=True,
+            vectorized=True,
+            n_resamples=resamples,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+
+
+def ratio_ci(
+    nll: ArrayLike,
+    tokens: ArrayLike,
+    resamples: int,
+    confidence: float,
+    seed: int,
+    what: str = "nll: bootstrap CI",
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of sum(nll)/sum(tokens), resampling examples (pairs)."""
+    nll, tokens = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    require_finite(what, nll, tokens)
+    if len(nll) < 2:
+        return NAN_CI
+    result = paired_bootstrap((nll, tokens), ratio_of_sums, resamples, confidence, seed)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def _gap(a: np.ndarray, b: np.ndarray, tokens: np.ndarray, axis: int = -1) -> np.ndarray:
+    return (np.sum(a, axis=axis) - np.sum(b, axis=axis)) / np.sum(tokens, axis=axis)
+
+
+def paired_gap_ci(
+    nll_a: ArrayLike,
+    nll_b: ArrayLike,
+    tokens: ArrayLike,
+    resamples: int,
+    confidence: float,
+    seed: int,
+    what: str = "paired gap",
+) -> tuple[float, float, float]:
+    """NLL per token of A minus B on the same examples, and its paired percentile
+    bootstrap CI (examples resampled together): (point, low, high)."""
+    nll_a, nll_b, tokens = (np.asarray(v, dtype=float) for v in (nll_a, nll_b, tokens))
+    require_finite(what, nll_a, nll_b, tokens)
+    point = float(_gap(nll_a, nll_b, tokens))
+    if len(tokens) < 2:
+        return (point, *NAN_CI)
+    result = paired_bootstrap((nll_a, nll_b, tokens), _gap, resamples, confidence, seed)
+    return point, float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+@dataclass(frozen=True)
+class DepthPreference:
+    best_index: int  # into the loop axis
+    nll_per_token: list[float]
+    gap: list[float]  # nll_per_token - best
+    gap_ci: list[tuple[float, float]]
+    p_best: list[float]  # share of resamples in which each loop count has the lowest NLL
+
+
+def paired_depth_bootstrap(
+    nll: ArrayLike, tokens: ArrayLike, resamples: int, confidence: float, seed: int
+) -> DepthPreference:
+    """``nll`` is (loops, examples) summed NLL, ``tokens`` (examples,) token counts (the
+    same at every depth). One set of example indices is drawn per resample and every
+    loop count is scored on it, so gaps and wins are paired across depths."""
+    nll, tokens = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    require_finite("nll: preferred depth", nll, tokens)
+    loops = len(nll)
+    point = ratio_of_sums(nll, tokens)
+    best = int(np.argmin(point))
+    nll_per_token = [float(v) for v in point]
+    gap = [float(v - point[best]) for v in point]
+    if nll.shape[1] < 2:  # the best still wins its only "resample": the data as they are
+        return DepthPreference(best, nll_per_token, gap, [NAN_CI] * loops, [float(i == best) for i in range(loops)])
+
+    def per_depth_and_gaps(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        *rows, counts = samples
+        ratios = np.stack([ratio_of_sums(row, counts, axis=axis) for row in rows])
+        return np.concatenate([ratios, ratios - ratios[best]])
+
+    result = paired_bootstrap((*nll, tokens), per_depth_and_gaps, resamples, confidence, seed)
+    ratios = result.bootstrap_distribution[:loops]  # (loops, resamples)
+    low, high = result.confidence_interval.low[loops:], result.confidence_interval.high[loops:]
+    wins = np.bincount(np.argmin(ratios, axis=0), minlength=loops) / resamples
+    return DepthPreference(
+        best_index=best,
+        nll_per_token=nll_per_token,
+        gap=gap,
+        gap_ci=[(float(a), float(b)) for a, b in zip(low, high, strict=True)],
+        p_best=[float(v) for v in wins],
+    )
+
+
+def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of ``correct`` successes in ``n`` trials."""
+    if n < 1 or not 0 <= correct <= n:
+        raise StudyError(f"exact_match: {correct} correct of {n} is not a proportion; the interval is refused")
+    ci = stats.binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
