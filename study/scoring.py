@@ -7,7 +7,7 @@ prompt, the solution and the final answer separately and joins them. On GSM8K bo
 give the same ids, because every piece after the prompt starts with a space (``" {answer}"``,
 ``"#### 18"`` split before ``" 18"``) and byte-level BPE never merges across that
 boundary: checked on all 8,792 bundled records with GPT-2's tokenizer and the mini
-model's (``tests/test_data.py`` keeps a sample of it). Two targets per example: the
+model's (``tests/tasks/test_gsm8k.py`` keeps a sample of it). Two targets per example: the
 whole solution (tokens from ``answer_start``) and the final answer alone (from ``final_start``).
 
 - ``score_continuations``: any backbone at any depth policy (a ``PolicyRunner``), or a

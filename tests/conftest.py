@@ -4,9 +4,12 @@ the one way a test may look at ``../shared`` (and it skips when that is absent).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.helpers_sweep import one_thread
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "loopformer-conformance"
@@ -27,3 +30,11 @@ def shared_dir() -> Path:
 @pytest.fixture
 def conformance_dir() -> Path:
     return FIXTURE_DIR
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    """Every test module runs torch on one thread: the tests' models are tiny, and on a
+    shared 2-core machine a thread pool only adds barriers (the previous count is restored)."""
+    with one_thread():
+        yield

@@ -9,16 +9,9 @@ import pytest
 
 from study import pilot
 from study.io import read_csv
-from tests.helpers_looped import looped_context
-from tests.helpers_sweep import one_thread
+from tests.support.helpers_looped import looped_context
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
 
 
 def test_window_pilot_scores_each_setting_once_on_a_tiny_looped_decoder(tmp_path, monkeypatch, capsys):

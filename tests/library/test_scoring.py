@@ -18,14 +18,8 @@ from study.scoring import (
     score_continuations,
 )
 from study.tasks.gsm8k import EncodedExample
-from tests.helpers_looped import tiny_llama
-from tests.helpers_sweep import one_thread, tiny_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
+from tests.support.helpers_looped import tiny_llama
+from tests.support.helpers_sweep import tiny_model
 
 
 class TableModel(nn.Module):

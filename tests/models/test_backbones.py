@@ -26,18 +26,11 @@ from study.models.entries.looped_decoder import HaltingWindowRunner, LoopedDecod
 from study.models.entries.loopformer import LadderRunner, LoopFormerRunner
 from study.models.loopformer import LoopFormerForCausalLM
 from study.pipeline import EMBEDDED_DIR
-from tests.helpers_looped import tiny_llama
-from tests.helpers_sweep import one_thread
+from tests.support.helpers_looped import tiny_llama
 
 STUDY_MODELS = Path(__file__).resolve().parents[2] / "study" / "models"
 CPU = torch.device("cpu")
 WINDOW = WindowFamily(window=(2, 3), strategy="euler")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

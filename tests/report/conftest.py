@@ -10,8 +10,7 @@ import torch
 from study.pipeline import RunContext
 from study.report import load_results
 from study.stages import report as report_stage
-
-from ..fake_run import make_fake_run
+from tests.support.fake_run import make_fake_run
 
 
 @pytest.fixture(scope="package")

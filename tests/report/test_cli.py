@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from study import report
-
-from ..fake_run import make_fake_run
+from tests.support.fake_run import make_fake_run
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from study import report
+from tests.support.fake_run import make_fake_run
 
-from ..fake_run import make_fake_run
 from .helpers import PNG_MAGIC
 
 

@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 
 from study import report
 from study.report.style import colors, missing_inputs
+from tests.support.fake_run import make_fake_run
 
-from ..fake_run import make_fake_run
 from .helpers import PNG_MAGIC, curves, legend_texts
 
 ALL_FIGURES = (

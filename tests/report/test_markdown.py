@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from study import report
+from tests.support.fake_run import make_fake_run
 
-from ..fake_run import make_fake_run
 from .helpers import section, table_row
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from study.report import RESULT_FILES, load_results
-
-from ..fake_run import make_fake_run
+from tests.support.fake_run import make_fake_run
 
 
 def test_every_results_file_loads_with_the_run_models(fake_run: Path) -> None:

@@ -17,13 +17,7 @@ from study.stages.latency import (
     latency_row,
     token_flops,
 )
-from tests.helpers_sweep import make_context, one_thread
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
+from tests.support.helpers_sweep import make_context
 
 
 def test_token_flops_by_hand():

@@ -8,13 +8,7 @@ import pytest
 from study.io import read_csv
 from study.stages import nll as nll_stage
 from study.stages.nll import NLL_COLUMNS, PREFERRED_COLUMNS, SUMMARY_COLUMNS
-from tests.helpers_sweep import make_context, one_thread
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
+from tests.support.helpers_sweep import make_context
 
 
 def recompute_summary_from_rows(ctx) -> None:

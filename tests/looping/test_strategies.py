@@ -17,10 +17,9 @@ from study.looping import STRATEGIES, Halting, LoopSpec, loop_decoder
 from study.looping import strategies as S
 from study.models.hf_compat import cache_kwargs
 from study.models.looped_decoder import LoopedDecoder
+from tests.conftest import shared_dir
 
-from .conftest import shared_dir
-
-FIXTURE = Path(__file__).parent / "fixtures" / "tfloop-conformance"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tfloop-conformance"
 SETTINGS = json.loads((FIXTURE / "settings.json").read_text())
 EXPECTED = load_file(FIXTURE / "expected.safetensors")
 IDS = EXPECTED["input_ids"]  # [2, 8]

@@ -14,8 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import study.models  # noqa: F401  (registers the Auto classes)
 from study.models.loopformer import CheckpointError, LoopFormerConfig, LoopFormerForCausalLM, resolve_schedule
 from study.tokenizer import load_tokenizer
-
-from .conftest import shared_dir
+from tests.conftest import shared_dir
 
 # max-abs logit error against the authors' implementation, measured on this CPU (torch 2.13):
 # sdpa 1.04e-6, eager 1.16e-6 (logits reach 0.58, so ~16 float32 ulps); the bound leaves room
@@ -134,7 +133,7 @@ def test_num_loops_is_the_uniform_schedule(conformance_dir: Path) -> None:
 def test_vendored_fixture_matches_shared() -> None:
     source = shared_dir() / "fixtures" / "loopformer-conformance"
     for name in ("config.json", "model.safetensors", "expected.safetensors", "schedules.json"):
-        vendored = Path(__file__).parent / "fixtures" / "loopformer-conformance" / name
+        vendored = Path(__file__).resolve().parents[1] / "fixtures" / "loopformer-conformance" / name
         assert vendored.read_bytes() == (source / name).read_bytes(), name
 
 

@@ -27,14 +27,8 @@ from study.stages import exact_match as em_stage
 from study.stages import latency as latency_stage
 from study.stages import nll as nll_stage
 from study.tasks.gsm8k import encode_example
-from tests.helpers_looped import looped_context, tiny_llama
-from tests.helpers_sweep import make_context, one_thread, tiny_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
+from tests.support.helpers_looped import looped_context, tiny_llama
+from tests.support.helpers_sweep import make_context, tiny_model
 
 
 def test_policy_ids_and_loop_counts():

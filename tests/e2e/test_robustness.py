@@ -13,8 +13,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from study.tasks.gsm8k import BUNDLED_DIR
-
-from .study_runner import REPO_ROOT, run_study
+from tests.support.study_runner import REPO_ROOT, run_study
 
 pytestmark = pytest.mark.slow
 MINI_BASE = REPO_ROOT / "study" / "assets" / "mini-base"

@@ -17,7 +17,7 @@ from study.pilot import looping_main as main
 from study.pilot import score_looped as score
 from study.tasks.gsm8k import encode_example, load_gsm8k
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 needs_gguf = pytest.mark.skipif(
     importlib.util.find_spec(smollm2.GGUF_PACKAGE) is None,
     reason=f"the SmolLM2 GGUF package is not installed (make venv installs it; by hand: {smollm2.INSTALL})",

@@ -13,8 +13,7 @@ from study.io import read_csv
 from study.models.loopformer import LoopFormerConfig, LoopFormerModel
 from study.pipeline import RunContext
 from study.stages.sft import build_trainer, last_complete_checkpoint, run, sft_progress, trainer_dir
-
-from .helpers_sweep import one_thread, tiny_model
+from tests.support.helpers_sweep import one_thread, tiny_model
 
 
 def _context(tmp_path: Path, **sft) -> RunContext:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # results that must be byte-identical between two runs of one config and seed on CPU
 DETERMINISTIC_RESULTS = (
     "checks.json",

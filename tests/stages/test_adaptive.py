@@ -18,8 +18,8 @@ from study.models.backbones import bind
 from study.pipeline import StudyError
 from study.stages import adaptive, nll
 from study.stages.adaptive import ADAPTIVE_COLUMNS
-from tests.helpers_looped import tiny_llama
-from tests.helpers_sweep import make_context, one_thread, tiny_model
+from tests.support.helpers_looped import tiny_llama
+from tests.support.helpers_sweep import make_context, one_thread, tiny_model
 
 SPEC = LoopSpec(window=(2, 3), loops=6, strategy="euler")
 

@@ -16,8 +16,7 @@ from study.pipeline import RunContext
 from study.stages import stage_named
 from study.stages.keys import refresh_model_outputs, stage_key
 from study.validation import validate_before_writing
-
-from .helpers_looped import looped_context
+from tests.support.helpers_looped import looped_context
 
 
 @pytest.fixture

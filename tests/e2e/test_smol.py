@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from .study_runner import project_deprecations, run_study
+from tests.support.study_runner import project_deprecations, run_study
 
 pytestmark = pytest.mark.slow
 

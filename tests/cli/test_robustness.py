@@ -21,45 +21,17 @@ import torch
 from safetensors.torch import save_file
 
 import run_study
-from study.config import load_config
 from study.io import atomic_write_text
 from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
 from study.pipeline import StudyError
 from study.stats import paired_depth_bootstrap, ratio_ci
 from study.tasks.gsm8k import BUNDLED_DIR
 from study.tokenizer import load_tokenizer
-
-from .study_runner import REPO_ROOT, study_command
+from tests.support.cli import fails, files_of
+from tests.support.study_runner import REPO_ROOT, study_command
 
 SMOKE = ["--version", "smoke", "--seed", "2026"]
 MINI_BASE = REPO_ROOT / "study" / "assets" / "mini-base"
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _fails(capsys, argv: list[str], *expected: str) -> str:
-    code = run_study.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    assert len(err) < 300, (len(err), err)
-    for text in expected:
-        assert text in err, err
-    return err
-
-
-@pytest.fixture
-def existing_run(tmp_path: Path) -> Path:
-    """A run directory of the smoke config holding results a failed command must not touch."""
-    run_dir = tmp_path / "run"
-    (run_dir / "results").mkdir(parents=True)
-    config = load_config("smoke")
-    manifest = {"config": config.model_dump(mode="json"), "config_hash": config.identity_hash(), "stages": {}}
-    (run_dir / "manifest.json").write_text(json.dumps(manifest))
-    (run_dir / "results" / "nll.csv").write_text("model,split\nbase,test\n")
-    return run_dir
 
 
 @pytest.fixture
@@ -84,19 +56,19 @@ def base_copy(tmp_path: Path) -> Path:
     ],
 )
 def test_non_finite_config_numbers_are_refused(capsys, existing_run: Path, override: str, named: str) -> None:
-    before = _files(existing_run)
-    _fails(capsys, [*SMOKE, "--output-dir", str(existing_run), "--set", override], named)
-    assert _files(existing_run) == before
+    before = files_of(existing_run)
+    fails(capsys, [*SMOKE, "--output-dir", str(existing_run), "--set", override], named)
+    assert files_of(existing_run) == before
 
 
 @pytest.mark.parametrize("seed", [str(2**32), str(2**64)])
 def test_seed_outside_32_bits_is_refused(capsys, tmp_path: Path, seed: str) -> None:
-    _fails(capsys, ["--version", "smoke", "--seed", seed, "--output-dir", str(tmp_path / "r")], "seed")
+    fails(capsys, ["--version", "smoke", "--seed", seed, "--output-dir", str(tmp_path / "r")], "seed")
     assert not (tmp_path / "r").exists()
 
 
 def test_cross_field_config_error_names_fields_not_the_whole_config(capsys, tmp_path: Path) -> None:
-    err = _fails(
+    err = fails(
         capsys,
         [*SMOKE, "--output-dir", str(tmp_path / "r"), "--set", "data.nll_train_examples=100"],
         "data.nll_train_examples (100)",
@@ -126,15 +98,14 @@ def test_latency_and_exact_match_statistics_refuse_non_numbers() -> None:
 
 
 def _sft_context(tmp_path: Path, **sft):
-    from .test_sft import _context
+    from tests.stages.test_sft import _context
 
     return _context(tmp_path, **sft)
 
 
 def test_sft_stops_with_one_line_when_the_loss_becomes_non_finite(tmp_path: Path) -> None:
     from study.stages.sft import train_one
-
-    from .helpers_sweep import one_thread
+    from tests.support.helpers_sweep import one_thread
 
     ctx = _sft_context(tmp_path, learning_rate=1e30, grad_accum=1, save_steps=100)
     with one_thread(), pytest.raises(StudyError) as caught:
@@ -162,8 +133,7 @@ def test_non_finite_loss_callback_stops_at_the_first_bad_log(loss: float) -> Non
 
 def test_full_disk_during_sft_checkpointing_is_one_line_and_resumable(tmp_path: Path, monkeypatch) -> None:
     from study.stages import sft as sft_stage
-
-    from .helpers_sweep import one_thread
+    from tests.support.helpers_sweep import one_thread
 
     ctx = _sft_context(tmp_path, save_steps=1)
 
@@ -188,8 +158,7 @@ def test_full_disk_while_writing_the_trainer_state_is_one_line(tmp_path: Path, m
     from transformers.trainer_callback import TrainerState
 
     from study.stages import sft as sft_stage
-
-    from .helpers_sweep import one_thread
+    from tests.support.helpers_sweep import one_thread
 
     ctx = _sft_context(tmp_path, save_steps=1)
 
@@ -275,7 +244,7 @@ def _bad_offsets(path: Path) -> None:
 def test_corrupt_safetensors_is_one_line(capsys, tmp_path: Path, base_copy: Path, corrupt, named: str) -> None:
     corrupt(base_copy / "model.safetensors")
     run_dir = tmp_path / "run"
-    _fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--model", str(base_copy)], named)
+    fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--model", str(base_copy)], named)
     assert not run_dir.exists()
 
 
@@ -323,15 +292,15 @@ def test_bad_model_config_is_one_line_before_anything_is_written(
 ) -> None:
     write(base_copy)
     run_dir = tmp_path / "run"
-    _fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--model", str(base_copy)], "config.json", named)
+    fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--model", str(base_copy)], "config.json", named)
     assert not run_dir.exists()
 
 
 def test_bad_model_config_leaves_an_existing_run_untouched(capsys, existing_run: Path, base_copy: Path) -> None:
     _edit_config(base_copy, lambda c: c.update(n_head=5))
-    before = _files(existing_run)
-    _fails(capsys, [*SMOKE, "--output-dir", str(existing_run), "--model", str(base_copy)], "n_head")
-    assert _files(existing_run) == before
+    before = files_of(existing_run)
+    fails(capsys, [*SMOKE, "--output-dir", str(existing_run), "--model", str(base_copy)], "n_head")
+    assert files_of(existing_run) == before
 
 
 @pytest.mark.parametrize("via", ["model-folder", "set-tokenizer"])
@@ -348,7 +317,7 @@ def test_broken_tokenizer_json_is_one_line(capsys, tmp_path: Path, base_copy: Pa
         argv = ["--set", f"model.tokenizer={folder}"]
         named = "model.tokenizer"
     run_dir = tmp_path / "run"
-    _fails(capsys, [*SMOKE, "--output-dir", str(run_dir), *argv], named, "tokenizer")
+    fails(capsys, [*SMOKE, "--output-dir", str(run_dir), *argv], named, "tokenizer")
     assert not run_dir.exists()
 
 
@@ -375,7 +344,7 @@ def _gsm8k_dir(tmp_path: Path, test_bytes: bytes) -> Path:
 def test_undecodable_or_empty_data_file_is_named(capsys, tmp_path: Path, content: bytes, named: str) -> None:
     folder = _gsm8k_dir(tmp_path, content)
     run_dir = tmp_path / "run"
-    _fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--set", f"data.directory={folder}"], named)
+    fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--set", f"data.directory={folder}"], named)
     assert not run_dir.exists()
 
 
@@ -385,7 +354,7 @@ def test_undecodable_config_file_is_named_with_its_line(capsys, tmp_path: Path) 
     lines = text.split(b"\n")
     lines[2] = lines[2] + b" \xff"
     path.write_bytes(b"\n".join(lines))
-    _fails(capsys, ["--version", str(path), "--output-dir", str(tmp_path / "x")], "mine.yaml:3: not UTF-8")
+    fails(capsys, ["--version", str(path), "--output-dir", str(tmp_path / "x")], "mine.yaml:3: not UTF-8")
     assert not (tmp_path / "x").exists()
 
 
@@ -394,7 +363,7 @@ def test_undecodable_config_file_is_named_with_its_line(capsys, tmp_path: Path) 
 
 def test_lora_target_that_matches_nothing_is_refused_before_writing(capsys, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    _fails(
+    fails(
         capsys,
         [*SMOKE, "--output-dir", str(run_dir), "--set", "sft.lora={target_modules: [c_attn, q_proj]}"],
         "sft.lora.target_modules",
@@ -405,9 +374,9 @@ def test_lora_target_that_matches_nothing_is_refused_before_writing(capsys, tmp_
 
 def test_run_name_too_long_for_the_file_system(capsys, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    _fails(capsys, [*SMOKE, "--set", "name=" + "n" * 300], "name", "file system")
+    fails(capsys, [*SMOKE, "--set", "name=" + "n" * 300], "name", "file system")
     assert not (tmp_path / "runs").exists()
-    _fails(capsys, [*SMOKE, "--output-dir", str(tmp_path / ("d" * 260))], "--output-dir", "file system")
+    fails(capsys, [*SMOKE, "--output-dir", str(tmp_path / ("d" * 260))], "--output-dir", "file system")
 
 
 @pytest.mark.parametrize(
@@ -417,10 +386,10 @@ def test_run_name_too_long_for_the_file_system(capsys, tmp_path: Path, monkeypat
 )
 def test_run_dir_with_a_broken_manifest(capsys, existing_run: Path, content: bytes, named: str) -> None:
     (existing_run / "manifest.json").write_bytes(content)
-    before = _files(existing_run)
-    _fails(capsys, [*SMOKE, "--output-dir", str(existing_run)], "manifest.json", named, "--force")
-    assert _files(existing_run) == before
-    _fails(capsys, ["compare", str(existing_run), str(existing_run), "--out", str(existing_run.parent / "c")], named)
+    before = files_of(existing_run)
+    fails(capsys, [*SMOKE, "--output-dir", str(existing_run)], "manifest.json", named, "--force")
+    assert files_of(existing_run) == before
+    fails(capsys, ["compare", str(existing_run), str(existing_run), "--out", str(existing_run.parent / "c")], named)
     assert not (existing_run.parent / "c").exists()
 
 
@@ -456,12 +425,12 @@ def test_stages_that_use_the_base_run_the_gate_first(capsys, tmp_path: Path) -> 
     folder = _random_base(tmp_path)
     run_dir = tmp_path / "run"
     argv = [*SMOKE, "--output-dir", str(run_dir), "--model", str(folder)]
-    _fails(capsys, [*argv, "--stages", "sft"], "sanity checks failed", "base NLL")
+    fails(capsys, [*argv, "--stages", "sft"], "sanity checks failed", "base NLL")
     assert not (run_dir / "models").exists() and not (run_dir / "sft").exists()
     # a failure recorded under --skip-checks still stops a later run without it
     assert run_study.main([*argv, "--stages", "check", "--skip-checks"]) == 0
     capsys.readouterr()
-    _fails(capsys, [*argv, "--stages", "sft"], "sanity checks failed")
+    fails(capsys, [*argv, "--stages", "sft"], "sanity checks failed")
     assert not (run_dir / "models").exists()
 
 
@@ -484,7 +453,7 @@ def test_second_run_on_a_locked_directory_is_refused_and_a_dead_holder_taken_ove
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert holder.stdout.readline().strip() == "held"
-        err = _fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--stages", "check"], "in use by another run")
+        err = fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--stages", "check"], "in use by another run")
         assert f"pid {holder.pid}" in err and "started" in err
         assert not run_dir.exists()
     finally:

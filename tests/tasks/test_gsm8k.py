@@ -17,8 +17,7 @@ from study.tasks.gsm8k import (
     read_jsonl,
 )
 from study.tokenizer import load_tokenizer
-
-from .conftest import shared_dir
+from tests.conftest import shared_dir
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from study.stages import PIPELINE_ORDER, stage_named
-
-from .study_runner import (
+from tests.support.study_runner import (
     DETERMINISTIC_RESULTS,
     any_file,
     copy_run,
@@ -244,7 +243,7 @@ def test_two_launched_processes_write_the_results_of_one(smoke_run: Path, tmp_pa
     import subprocess
     import sys
 
-    from .study_runner import REPO_ROOT
+    from tests.support.study_runner import REPO_ROOT
 
     run_dir = tmp_path / "two"
     command = [

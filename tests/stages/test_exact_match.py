@@ -19,13 +19,7 @@ from study.stages.exact_match import (
 )
 from study.stats import wilson_interval
 from study.tasks.gsm8k import Example, extract_flexible, extract_strict, is_correct, normalize
-from tests.helpers_sweep import ScriptedModel, gpt2_tokenizer, make_context, one_thread
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
+from tests.support.helpers_sweep import ScriptedModel, gpt2_tokenizer, make_context
 
 
 @pytest.mark.parametrize(
@@ -147,7 +141,7 @@ def test_run_writes_results_and_resumes(tmp_path, monkeypatch):
     assert {name: ctx.results_path(name).read_bytes() for name in first} == first
 
 
-LM_EVAL_CASES = Path(__file__).parent / "fixtures" / "lm_eval_gsm8k_cases.jsonl"
+LM_EVAL_CASES = Path(__file__).resolve().parents[1] / "fixtures" / "lm_eval_gsm8k_cases.jsonl"
 
 
 def test_lm_eval_verdicts_equal_lm_evals_own_on_fuzzed_generations():

@@ -16,7 +16,7 @@ from study.models.generation import (
     recompute_generate,
 )
 from study.models.loopformer import resolve_schedule
-from tests.helpers_sweep import ScriptedModel, gpt2_tokenizer, one_thread, tiny_model
+from tests.support.helpers_sweep import ScriptedModel, gpt2_tokenizer, tiny_model
 
 SCHEDULES = [{"num_loops": 1}, {"num_loops": 3}, {"num_loops": 8}, {"schedule": [0.5, 0.25, 0.25]}]
 PROMPTS = [
@@ -24,12 +24,6 @@ PROMPTS = [
     "Question: What is 2 + 2?\nAnswer:",
     "Question: A train travels 60 miles per hour for 2.5 hours. How far does it go in total?\nAnswer:",
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +58,7 @@ def test_cached_incremental_logits_match_full_forward(model, loops, preallocated
         prefill = model(ids[:, :8], attention_mask=mask[:, :8], cache=cache, use_cache=True, **loops)
         steps = [prefill.logits]
         for t in range(8, 20):
-            out = model(
-                ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=cache, use_cache=True, **loops
-            )
+            out = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=cache, use_cache=True, **loops)
             steps.append(out.logits)
     incremental = torch.cat(steps, dim=1)
     real = mask.bool()  # padded positions' outputs are never read

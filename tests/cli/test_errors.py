@@ -12,41 +12,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import run_study
-from study.config import load_config
 from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
 from study.tasks.gsm8k import BUNDLED_DIR
 from study.tokenizer import load_tokenizer
-
-from .conftest import FIXTURE_DIR
+from tests.conftest import FIXTURE_DIR
+from tests.support.cli import fails, files_of
 
 SMOKE = ["--version", "smoke", "--seed", "2026"]
-
-
-@pytest.fixture
-def existing_run(tmp_path: Path) -> Path:
-    """A run directory of the smoke config holding results a failed command must not touch."""
-    run_dir = tmp_path / "run"
-    (run_dir / "results").mkdir(parents=True)
-    config = load_config("smoke")
-    manifest = {"config": config.model_dump(mode="json"), "config_hash": config.identity_hash(), "stages": {}}
-    (run_dir / "manifest.json").write_text(json.dumps(manifest))
-    (run_dir / "results" / "nll.csv").write_text("model,split\nbase,test\n")
-    return run_dir
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _fails(capsys, argv: list[str], *expected: str) -> str:
-    code = run_study.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    assert len(err) < 300, err
-    for text in expected:
-        assert text in err, err
-    return err
 
 
 @pytest.mark.parametrize(
@@ -66,37 +38,37 @@ def _fails(capsys, argv: list[str], *expected: str) -> str:
     ],
 )
 def test_bad_config_values(capsys, existing_run: Path, override: str, named: str) -> None:
-    before = _files(existing_run)
-    _fails(capsys, [*SMOKE, "--output-dir", str(existing_run), "--set", override], named)
-    assert _files(existing_run) == before
+    before = files_of(existing_run)
+    fails(capsys, [*SMOKE, "--output-dir", str(existing_run), "--set", override], named)
+    assert files_of(existing_run) == before
 
 
 def test_unknown_version(capsys, tmp_path: Path) -> None:
-    _fails(capsys, ["--version", "v99", "--output-dir", str(tmp_path / "x")], "--version", "v99")
+    fails(capsys, ["--version", "v99", "--output-dir", str(tmp_path / "x")], "--version", "v99")
     assert not (tmp_path / "x").exists()
 
 
 def test_config_file_with_unknown_key(capsys, tmp_path: Path) -> None:
     path = tmp_path / "mine.yaml"
     path.write_text((run_study.Path("configs/smoke.yaml").read_text()).replace("seed: 2026", "seed: 2026\nsede: 1"))
-    _fails(capsys, ["--version", str(path), "--output-dir", str(tmp_path / "x")], "mine.yaml", "sede: unknown key")
+    fails(capsys, ["--version", str(path), "--output-dir", str(tmp_path / "x")], "mine.yaml", "sede: unknown key")
 
 
 def test_output_dir_of_another_config_is_refused_then_forced(capsys, existing_run: Path) -> None:
-    before = _files(existing_run)
+    before = files_of(existing_run)
     argv = [*SMOKE, "--output-dir", str(existing_run), "--set", "name=other"]
-    _fails(capsys, argv, "--output-dir", "another config", "--force")
-    assert _files(existing_run) == before
+    fails(capsys, argv, "--output-dir", "another config", "--force")
+    assert files_of(existing_run) == before
     # --force keeps the earlier run beside the new one, which then runs (its checks pass)
     assert run_study.main([*argv, "--force", "--stages", "check"]) == 0
     assert (existing_run / "stages" / "check.json").is_file()
     aside = [p for p in existing_run.parent.iterdir() if p.name.startswith("run.replaced-")]
-    assert len(aside) == 1 and _files(aside[0]) == before
+    assert len(aside) == 1 and files_of(aside[0]) == before
 
 
 def test_non_empty_folder_without_manifest_is_refused(capsys, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    _fails(capsys, [*SMOKE, "--output-dir", str(tmp_path)], "--output-dir", "no manifest.json")
+    fails(capsys, [*SMOKE, "--output-dir", str(tmp_path)], "--output-dir", "no manifest.json")
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
@@ -117,10 +89,10 @@ def _gsm8k_dir(tmp_path: Path, test_lines: list[str] | None) -> Path:
         (['{"question": "q", "answer": "no final"}'], "test.jsonl:1: 'answer' has no '#### <number>'"),
     ],
 )
-def test_bad_gsm8k_files(capsys, tmp_path: Path, lines, named: str) -> None:
+def test_bad_gsm8kfiles_of(capsys, tmp_path: Path, lines, named: str) -> None:
     folder = _gsm8k_dir(tmp_path, lines)
     run_dir = tmp_path / "run"
-    _fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--set", f"data.directory={folder}"], named)
+    fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--set", f"data.directory={folder}"], named)
     assert not run_dir.exists()
 
 
@@ -165,13 +137,13 @@ def test_bad_checkpoints(capsys, tmp_path: Path, kind: str, named: str) -> None:
         "pickle": lambda: _checkpoint(tmp_path, pickle_only=True),
     }[kind]()
     run_dir = tmp_path / "run"
-    _fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--model", str(folder)], named)
+    fails(capsys, [*SMOKE, "--output-dir", str(run_dir), "--model", str(folder)], named)
     assert not (run_dir / "results" / "nll.csv").exists()
 
 
 def test_tokenizer_that_does_not_fit_the_model(capsys, tmp_path: Path) -> None:
     folder = _checkpoint(tmp_path)  # vocab 97, GPT-2's tokenizer has 50257 tokens
-    _fails(
+    fails(
         capsys,
         [*SMOKE, "--output-dir", str(tmp_path / "run"), "--model", str(folder), "--set", "model.tokenizer=gpt2"],
         "tokenizer has 50257 tokens; the model's embedding has 97 rows",
@@ -182,11 +154,11 @@ def test_tokenizer_that_does_not_fit_the_model(capsys, tmp_path: Path) -> None:
 
 def test_missing_model_folder(capsys, tmp_path: Path) -> None:
     argv = [*SMOKE, "--output-dir", str(tmp_path / "r"), "--model", str(tmp_path / "nope")]
-    _fails(capsys, argv, "model.source: ", "is neither a local folder nor a hub id")
+    fails(capsys, argv, "model.source: ", "is neither a local folder nor a hub id")
 
 
 def test_no_hub_fails_fast_with_what_to_do(capsys, tmp_path: Path) -> None:
-    err = _fails(capsys, ["--version", "v17", "--output-dir", str(tmp_path / "r")], "hub")
+    err = fails(capsys, ["--version", "v17", "--output-dir", str(tmp_path / "r")], "hub")
     assert "--model" in err or "data.source=bundled" in err
     assert not (tmp_path / "r").exists()
 
@@ -195,15 +167,15 @@ def test_no_hub_fails_fast_with_what_to_do(capsys, tmp_path: Path) -> None:
 def test_full_or_read_only_output_dir(capsys, monkeypatch, existing_run: Path, target: str, code: int) -> None:
     import study.io
 
-    before = _files(existing_run)
+    before = files_of(existing_run)
 
     def broken(*args, **kwargs):
         raise OSError(code, "No space left on device" if code == errno.ENOSPC else "Read-only file system")
 
     monkeypatch.setattr(study.io.os if target == "fsync" else study.io.tempfile, target, broken)
-    _fails(capsys, [*SMOKE, "--output-dir", str(existing_run)], str(existing_run))
+    fails(capsys, [*SMOKE, "--output-dir", str(existing_run)], str(existing_run))
     monkeypatch.undo()
-    assert _files(existing_run) == before  # atomic writes: the old manifest and results are intact
+    assert files_of(existing_run) == before  # atomic writes: the old manifest and results are intact
     assert not [p for p in existing_run.rglob("*.tmp")]
 
 
@@ -220,7 +192,7 @@ def test_random_base_is_refused_by_the_gate_unless_skipped(capsys, tmp_path: Pat
     LoopFormerForCausalLM(config).save_pretrained(folder)
     load_tokenizer().save_pretrained(folder)
     argv = [*SMOKE, "--output-dir", str(tmp_path / "run"), "--model", str(folder), "--stages", "check"]
-    _fails(capsys, argv, "base NLL", "ln(50304) = 10.826", "weights not loaded", "--skip-checks")
+    fails(capsys, argv, "base NLL", "ln(50304) = 10.826", "weights not loaded", "--skip-checks")
     assert run_study.main([*argv, "--skip-checks"]) == 0
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     checks = json.loads((tmp_path / "run" / "results" / "checks.json").read_text())
@@ -228,14 +200,14 @@ def test_random_base_is_refused_by_the_gate_unless_skipped(capsys, tmp_path: Pat
 
 
 def test_sweep_stage_without_sft_is_refused(capsys, tmp_path: Path) -> None:
-    _fails(capsys, [*SMOKE, "--output-dir", str(tmp_path / "r"), "--stages", "nll"], "--stages nll", "add sft")
+    fails(capsys, [*SMOKE, "--output-dir", str(tmp_path / "r"), "--stages", "nll"], "--stages nll", "add sft")
     assert not (tmp_path / "r").exists()
 
 
 def test_compare_two_runs_from_the_command_line(capsys, tmp_path: Path) -> None:
-    from .fake_run import make_fake_run
+    from tests.support.fake_run import make_fake_run
 
     first, second = make_fake_run(tmp_path / "v16-seed2026"), make_fake_run(tmp_path / "v17-seed2026")
     assert run_study.main(["compare", str(first), str(second), "--out", str(tmp_path / "cmp")]) == 0
     assert (tmp_path / "cmp" / "compare.md").is_file() and (tmp_path / "cmp" / "compare.csv").is_file()
-    _fails(capsys, ["compare", str(first), str(tmp_path / "nothing")], "nothing", "not a run directory")
+    fails(capsys, ["compare", str(first), str(tmp_path / "nothing")], "nothing", "not a run directory")
