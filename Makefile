@@ -56,10 +56,10 @@ typecheck: venv
 lock: | $(BIN)/python
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
 	printf 'torch==2.13.0+cpu\n' > $(VENV)/torch-constraint.txt
-	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes $(LOCK_TARGET) \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --upgrade --generate-hashes $(LOCK_TARGET) \
 		--find-links $(TORCH_FIND_LINKS) --constraint $(VENV)/torch-constraint.txt --no-emit-package torch \
 		--custom-compile-command 'make lock' --quiet --output-file $(VENV)/lock-main.txt
-	printf '%s\n' $(NO_DEPS) | $(BIN)/uv pip compile - --no-deps --generate-hashes $(LOCK_TARGET) \
+	printf '%s\n' $(NO_DEPS) | $(BIN)/uv pip compile - --no-deps --upgrade --generate-hashes $(LOCK_TARGET) \
 		--no-header --quiet --output-file $(VENV)/lock-no-deps.txt
 	cat $(VENV)/lock-main.txt > $(LOCK).tmp
 	printf '\n# Installed without their declared dependencies, which the study does not use:\n' >> $(LOCK).tmp
