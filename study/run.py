@@ -244,13 +244,14 @@ class StageLoop:
 
         ctx, args = self.ctx, self.args
         self._manifest = distributed.run_on_main(lambda: prepare_run_dir(ctx.run_dir, ctx.config, args.force))
-        distributed.run_on_main(lambda: start_manifest(self.manifest, ctx, self.argv, args))
         self.say(f"loopdepth: {ctx.config.name} (seed {ctx.config.seed}) on {ctx.device} -> {ctx.run_dir}")
+        # before the manifest records this invocation: a refusal (--no-recompute) changes nothing
+        wanted, gate_added = self.check_outputs(wanted, gate_added)
+        distributed.run_on_main(lambda: start_manifest(self.manifest, ctx, self.argv, args))
         if gate_added:
             self.say("[check] added: the sanity gate runs before any stage that uses the base")
         elif args.skip_checks and all(s.name != "check" for s in wanted):
             self.say("[check] not run (--skip-checks): the base is not gated; the manifest and report say so")
-        wanted, gate_added = self.check_outputs(wanted, gate_added)
         if distributed.num_processes() > 1:
             print(
                 f"  process {distributed.process_index()} of {distributed.num_processes()} on {ctx.device}", flush=True
