@@ -107,7 +107,7 @@ def test_the_folder_of_a_replaced_model_file_is_removed_and_results_files_kept(t
     (tmp_path / "models" / "train8").mkdir()  # another, untouched model
     changes = outputs.stage_changes(tmp_path, ["nll"])["nll"]
     removed = outputs.remove_changed_folders(tmp_path, ("results/nll.csv", "models/train*"), changes)
-    assert removed == [tmp_path / "models" / "train4"]
+    assert removed == [tmp_path / "models" / "train4"] and not removed[0].exists()
     assert (tmp_path / "models" / "train8").is_dir() and (tmp_path / "results" / "nll.csv").is_file()
 
 
