@@ -205,7 +205,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     # under accelerate launch every process runs this; the main one alone holds the run
-    # directory's lock (the others are the same run) and prepares the directory
+    # directory's lock and prepares the directory, and the others check that the lock's
+    # holder is their own launch's main process (not a launch that got there first)
     launch = distributed.launch_identity()
     lock = distributed.run_on_main(lambda: RunLock(run_dir, launch=launch).acquire())
     try:
