@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--skip-checks", action="store_true", help="go on when the sanity checks fail (the report then says so)"
     )
+    parser.add_argument(
+        "--no-recompute",
+        action="store_true",
+        help="a finished stage's output file that is missing or changed ends the run, naming the file "
+        "(default: the stage that wrote it reruns and writes it again)",
+    )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for user errors too")
     return parser
 

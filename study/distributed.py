@@ -37,6 +37,15 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launch_identity() -> str | None:
+    """What every process of one launch shares and no other launch does: the rendezvous
+    address and port (one port serves one launch at a time) and torchrun's run id. None in
+    a single process."""
+    if not launched():
+        return None
+    return "/".join(os.environ.get(name, "?") for name in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"))
+
+
 @cache
 def state():
     """accelerate's ``PartialState`` (initialises the process group once, when launched).
@@ -102,6 +111,17 @@ def run_everywhere(work: Callable[[], T]) -> T | None:
 def run_on_main(work: Callable[[], T]) -> T | None:
     """Run ``work`` in the main process only; the others wait for it (and fail with it)."""
     return run_everywhere(work if is_main() else (lambda: None))
+
+
+def from_main(work: Callable[[], T]) -> T | None:
+    """Run ``work`` in the main process and give its result to every process (so all of
+    them act on one answer, e.g. which finished stages must be recomputed)."""
+    result = run_on_main(work)
+    if num_processes() == 1:
+        return result
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([result], from_process=0)[0]
 
 
 def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:

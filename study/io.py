@@ -8,6 +8,7 @@ leaves a half-written file that a later stage would read.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -17,6 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import OutputError as OutputError  # re-exported: raised here
+
+# sha256 of each file written here, keyed by resolved path and valid for the (size, mtime_ns)
+# it had just after the write: a stage's output fingerprints (study.outputs) then cost no
+# second read of bytes that were in memory anyway
+_written: dict[str, tuple[int, int, str]] = {}
+
+
+def written_digest(path: Path, size: int, mtime_ns: int) -> str | None:
+    """The sha256 of ``path`` as this process wrote it, while its size and mtime are unchanged."""
+    known = _written.get(str(Path(path).resolve()))
+    return known[2] if known is not None and known[:2] == (size, mtime_ns) else None
 
 
 def current_umask() -> int:
@@ -48,6 +60,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
+        status = path.stat()
+        _written[str(path.resolve())] = (status.st_size, status.st_mtime_ns, hashlib.sha256(data).hexdigest())
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
         raise OutputError(f"{path}: write failed ({error.strerror or error})") from None

@@ -7,8 +7,11 @@ run is free: the next run takes it over and says whose it was. The file records 
 holder's pid, host and start time, which a refused second run prints.
 
 Only ``run_study.py`` takes the lock. The processes it spawns (one SFT or sweep worker
-per GPU) and ``accelerate launch`` ranks work inside the run that holds it and take
-none (``subprocess`` does not pass the locked descriptor on).
+per GPU) work inside the run that holds it and take none (``subprocess`` does not pass
+the locked descriptor on). Under ``accelerate launch`` rank 0 takes it as a single process
+does, recording the launch's identity (``distributed.launch_identity``: what all ranks of
+one launch share); every other rank then checks that the lock is held by its own launch
+(``check_held``), so no rank of a second launch writes a directory another launch is using.
 """
 
 from __future__ import annotations
@@ -41,6 +44,35 @@ def _pid_alive(pid: object) -> bool:
     return True
 
 
+def _who(holder: dict[str, Any]) -> str:
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
+
+
+def check_held(run_dir: Path, launch: str) -> None:
+    """For a rank other than 0 of an ``accelerate launch``: the run directory's lock must be
+    held, and by this launch's rank 0 (its record names this launch). ``RunLockError`` otherwise."""
+    path = lock_path(Path(run_dir))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        raise RunLockError(f"--output-dir: {run_dir} is not locked by this launch's rank 0 (no lock file)") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)  # held: by whom?
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)  # free: rank 0 of this launch does not hold it
+            raise RunLockError(f"--output-dir: {run_dir} is not locked by this launch's rank 0 (nobody holds it)")
+    finally:
+        os.close(fd)
+    if holder.get("launch") != launch:
+        raise RunLockError(
+            f"--output-dir: {run_dir} is in use by another run ({_who(holder)}), not by this launch's rank 0; "
+            "wait for it to end, or use another --output-dir"
+        )
+
+
 def _read_holder(fd: int) -> dict[str, Any]:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
@@ -54,8 +86,9 @@ class RunLock:
     """``with RunLock(run_dir):`` holds the directory's lock; ``acquire`` raises
     ``RunLockError`` naming the holder when another live process has it."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, launch: str | None = None) -> None:
         self.run_dir = Path(run_dir)
+        self.launch = launch  # the accelerate launch this process belongs to (None: a single process)
         self.path = lock_path(self.run_dir)
         self._fd: int | None = None
         self.taken_over: dict[str, Any] | None = None  # the dead holder whose lock we took
@@ -68,9 +101,8 @@ class RunLock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
             raise RunLockError(
-                f"--output-dir: {self.run_dir} is in use by another run ({who}); wait for it to end, "
+                f"--output-dir: {self.run_dir} is in use by another run ({_who(holder)}); wait for it to end, "
                 "or use another --output-dir"
             ) from None
         previous = _read_holder(fd)
@@ -82,6 +114,8 @@ class RunLock:
             "host": socket.gethostname(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if self.launch is not None:
+            record["launch"] = self.launch
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode())

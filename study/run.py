@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -172,7 +173,7 @@ def stages_to_run(requested: list[str], skip_checks: bool) -> tuple[list[Stage],
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     quiet_libraries()
     from study import distributed
-    from study.lock import RunLock
+    from study.lock import RunLock, check_held
     from study.pipeline import RunContext, configure_torch, resolve_device
     from study.stages import stage_named
     from study.stages.keys import stage_done
@@ -204,9 +205,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     # under accelerate launch every process runs this; the main one alone holds the run
-    # directory's lock (the others are the same run) and prepares the directory
-    lock = distributed.run_on_main(lambda: RunLock(run_dir).acquire())
+    # directory's lock and prepares the directory, and the others check that the lock's
+    # holder is their own launch's main process (not a launch that got there first)
+    launch = distributed.launch_identity()
+    lock = distributed.run_on_main(lambda: RunLock(run_dir, launch=launch).acquire())
     try:
+        if launch is not None:  # the other ranks: is it our own launch's rank 0 that holds it?
+            distributed.run_everywhere(lambda: None if distributed.is_main() else check_held(run_dir, launch))
         if lock is not None and lock.takeover_note():
             print(lock.takeover_note(), flush=True)
         return StageLoop(ctx, args, argv).run(wanted, gate_added)
@@ -224,6 +229,7 @@ class StageLoop:
         self.ctx, self.args, self.argv = ctx, args, argv
         self.main_process = distributed.is_main()
         self._manifest: Manifest | None = None
+        self.recompute: set[str] = set()  # finished stages whose recorded outputs changed
 
     @property
     def manifest(self) -> Manifest:
@@ -239,8 +245,10 @@ class StageLoop:
 
         ctx, args = self.ctx, self.args
         self._manifest = distributed.run_on_main(lambda: prepare_run_dir(ctx.run_dir, ctx.config, args.force))
-        distributed.run_on_main(lambda: start_manifest(self.manifest, ctx, self.argv, args))
         self.say(f"loopdepth: {ctx.config.name} (seed {ctx.config.seed}) on {ctx.device} -> {ctx.run_dir}")
+        # before the manifest records this invocation: a refusal (--no-recompute) changes nothing
+        wanted, gate_added = self.check_outputs(wanted, gate_added)
+        distributed.run_on_main(lambda: start_manifest(self.manifest, ctx, self.argv, args))
         if gate_added:
             self.say("[check] added: the sanity gate runs before any stage that uses the base")
         elif args.skip_checks and all(s.name != "check" for s in wanted):
@@ -260,13 +268,43 @@ class StageLoop:
             self.say(f"report: {report}")
         return 0
 
+    def check_outputs(self, wanted: list[Stage], gate_added: bool) -> tuple[list[Stage], bool]:
+        """Check the recorded outputs of every stage up to the last wanted one: the wanted
+        ones may be reused, the earlier ones are read. A missing or changed file reruns the
+        stage that wrote it (added to the run if it was not asked for), so its outputs come
+        back as they were; with --no-recompute the run ends in one line naming the file."""
+        from study import distributed
+        from study.outputs import describe, remove_changed_folders, stage_changes
+        from study.stages import PIPELINE_ORDER, stage_named
+
+        run_dir = self.ctx.run_dir
+        checked = PIPELINE_ORDER[: max(PIPELINE_ORDER.index(s.name) for s in wanted) + 1]
+        # decided once, by the main process, so every process runs the same stages
+        changes = distributed.from_main(lambda: stage_changes(run_dir, checked)) or {}
+        if not changes:
+            return wanted, gate_added
+        if getattr(self.args, "no_recompute", False):
+            name, found = next(iter(changes.items()))
+            raise StudyError(
+                f"{run_dir}: {describe(found)}; not recomputed (--no-recompute): "
+                f"rerun without --no-recompute to rerun {name}"
+            )
+        for name, found in changes.items():
+            self.say(f"{describe(found)}: rerunning {name}")
+            # a folder it keeps when present (sft's models) must go, or it would not be written anew
+            distributed.run_on_main(partial(remove_changed_folders, run_dir, stage_named(name).outputs, found))
+        self.recompute = set(changes)
+        names = sorted({s.name for s in wanted} | self.recompute)
+        more, gate = stages_to_run(names, self.args.skip_checks)
+        return more, gate_added or gate
+
     def skip(self, stage: Stage, key: dict[str, object]) -> bool:
         """Is the stage finished for this config and these inputs? A check gate that
         recorded failures still stops a run without --skip-checks."""
         from study.stages.check import gate_error, recorded_failures
         from study.stages.keys import stage_done
 
-        done = not stage.always_reruns and stage_done(self.ctx, stage, key)
+        done = not stage.always_reruns and stage.name not in self.recompute and stage_done(self.ctx, stage, key)
         failures = recorded_failures(self.ctx) if done and stage.name == "check" else []
         if failures and not self.args.skip_checks:
             raise gate_error(failures)  # a failure recorded under --skip-checks still gates a run without it
@@ -327,7 +365,7 @@ class StageLoop:
             print(f"interrupted during {stage.name}: finished work is kept. Resume with: {resume}", file=sys.stderr)
             return INTERRUPTED_EXIT
         if self.main_process:
-            mark_stage_done(ctx, stage, key)
+            outputs = mark_stage_done(ctx, stage, key)
             config = ctx.config.model_dump(mode="json")
             sections = stage.sections or tuple(config)
             self.manifest.stage(
@@ -337,6 +375,7 @@ class StageLoop:
                 # provenance of this stage's results, kept until the stage itself reruns
                 config={k: v for k, v in config.items() if k in sections},
                 **key,
+                outputs=outputs,  # the bytes it wrote: checked before they are reused or read
             )
             self.say(f"[{stage.name}] finished in {time.time() - started:.1f} s")
         return None
@@ -375,12 +414,14 @@ def start_manifest(manifest, ctx, argv: list[str], args: argparse.Namespace) -> 
 
 def compare(args: argparse.Namespace) -> int:
     from study.manifest import read_manifest
+    from study.outputs import verify_results
     from study.report import compare as compare_runs
 
     for run_dir in args.run_dirs:
         if not (run_dir / "manifest.json").is_file():
             raise StudyError(f"{run_dir}: not a run directory (no manifest.json)")
         read_manifest(run_dir / "manifest.json")  # garbage, empty or not an object: one line naming it
+        verify_results(run_dir)  # results files that are not the bytes their stages wrote: one line
     compare_runs(list(args.run_dirs), args.out)
     print(f"comparison: {args.out}")
     return 0

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from study.config import EMBEDDED_BASE, StudyConfig, sft_model_name
 from study.io import read_json
+from study.outputs import verify_results
 
 TEST, TRAIN = "test", "train"
 # results file -> (Results attribute, the stage that writes it, columns the report needs)
@@ -193,6 +194,7 @@ def load_results(
     config in the manifest (base first, then one SFT model per ``sft.train_loops``).
     """
     run_dir = Path(run_dir)
+    verify_results(run_dir)  # results files that are not the bytes their stages wrote: one line (study.outputs)
     results = Results(run_dir=run_dir)
     manifest_path = run_dir / "manifest.json"
     if manifest_path.is_file():

@@ -18,6 +18,7 @@ from study.errors import BackboneError, StudyError
 from study.fingerprint import file_digest, model_fingerprint, tokenizer_fingerprint
 from study.io import atomic_write_json, read_json
 from study.models import smollm2
+from study.outputs import Fingerprints, fingerprint_outputs, recorded_outputs
 from study.pipeline import BASE, ModelSpec, RunContext
 from study.stages.stage import Stage
 from study.tokenizer import GPT2_DIR
@@ -94,8 +95,11 @@ def changed_inputs(ctx: RunContext, stage: Stage, key: Key) -> list[str]:
     return changed + sorted(name for name in set(old) | set(new) if old.get(name) != new.get(name))
 
 
-def mark_stage_done(ctx: RunContext, stage: Stage, key: Key) -> None:
-    atomic_write_json(stage_marker(ctx.run_dir, stage), {"stage": stage.name, **key})
+def mark_stage_done(ctx: RunContext, stage: Stage, key: Key) -> Fingerprints:
+    """Record the stage's key and the fingerprints of the files it wrote; returns those."""
+    outputs = fingerprint_outputs(ctx.run_dir, stage.outputs, previous=recorded_outputs(ctx.run_dir, stage.name))
+    atomic_write_json(stage_marker(ctx.run_dir, stage), {"stage": stage.name, **key, "outputs": outputs})
+    return outputs
 
 
 # ---- per-model outputs keyed by their inputs -------------------------------------------------

@@ -66,7 +66,24 @@ def test_config_change_in_one_section_redoes_only_its_stages(run: Run) -> None:
     assert {p.name: p.read_bytes() for p in (run.dir / "results" / "cells" / "nll").glob("*.csv")} == cells
 
 
+def test_overwritten_sft_weights_are_written_again_by_sft(run: Run) -> None:
+    """sft recorded the bytes of its models (issue 22): weights changed in place are the
+    run's own output damaged, so sft writes them again and no cell that read them is redone."""
+    weights = run.dir / "models" / "train4" / "model.safetensors"
+    original = weights.read_bytes()
+    _perturb_in_place(weights, 1.01)
+    result = run.study("--stages", "nll")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "models/train4/model.safetensors changed since sft wrote it: rerunning sft" in result.stdout
+    assert weights.read_bytes() == original
+    assert "nll train4-test-M2:" not in result.stdout  # the same weights: no cell of theirs is redone
+
+
 def test_overwritten_sft_weights_redo_only_that_models_cells(run: Run) -> None:
+    """A run whose sft marker records no outputs (finished before issue 22): the changed
+    weights are an input of nll like any other."""
+    marker = run.dir / "stages" / "sft.json"
+    marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "outputs"}))
     cells = run.dir / "results" / "cells" / "nll"
     base_cells = {p.name: p.read_bytes() for p in cells.glob("base-*.csv")}
     _perturb_in_place(run.dir / "models" / "train4" / "model.safetensors", 1.01)
