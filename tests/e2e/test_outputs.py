@@ -16,8 +16,7 @@ import pytest
 
 from study import outputs
 from study.lock import RunLock
-
-from ..study_runner import REPO_ROOT, run_study
+from tests.support.study_runner import REPO_ROOT, run_study
 
 pytestmark = pytest.mark.slow
 SMOKE = ("--version", "smoke", "--seed", "2026")
