@@ -161,12 +161,13 @@ def stages_to_run(requested: list[str], skip_checks: bool) -> tuple[list[Stage],
     """The stages of ``--stages`` in pipeline order, with the check gate put in front of
     any stage that uses the base (only ``--skip-checks`` passes it by). Returns the stages
     and whether the gate was added."""
-    from study.stages import STAGES
+    from study.stages import STAGES, stage_named
 
     wanted = [s for s in STAGES if "all" in requested or s.name in requested]
-    gate_added = not skip_checks and all(s.name != "check" for s in wanted) and any(s.uses_base for s in wanted)
+    gate = stage_named("check")
+    gate_added = not skip_checks and gate not in wanted and any(s.uses_base for s in wanted)
     if gate_added:
-        wanted.insert(0, STAGES[0])
+        wanted.insert(0, gate)  # the gate comes first in PIPELINE_ORDER too
     return wanted, gate_added
 
 
