@@ -1,5 +1,6 @@
 """report.md: the run's header and manifest, the sanity checks, Table 1 and one section
-per stage, each with its figures (``figures.FIGURES`` numbers them) and sources.
+per stage, each with its figures (``figures.FIGURES`` numbers them) and sources. The
+depth-shift test and replication sections live in ``shift_sections``.
 
 A section whose results file is missing says "Not run" and names the stage to run.
 """
@@ -18,6 +19,7 @@ from study.io import atomic_write_text
 from study.report.figures import FIGURES, figure_number, figure_spec, write_figures
 from study.report.formats import format_nll, format_percent, format_seconds, gaps_text, markdown_table, yes_no
 from study.report.results import ADAPTIVE_FILES, TEST, Results, load_results
+from study.report.shift_sections import depth_shift_section, replication_section
 from study.report.tables import row_at, table1
 from study.tasks.gsm8k import EXTRACTIONS
 
@@ -452,6 +454,10 @@ def render_report(results: Results, figures: Figures, figures_rel: str = "figure
     lines += _exact_match_section(results, figures, figures_rel)
     lines += _latency_section(results, figures, figures_rel)
     lines += _sft_section(results, figures, figures_rel)
+    # what SFT at a depth did to the preferred depth: the depth-shift test, then each model across seeds
+    lines += depth_shift_section(results)
+    lines += _figure_block(results, "depth_shift", figures, figures_rel)
+    lines += replication_section(results)
     lines += _schedules_section(results, figures, figures_rel)
     lines += _adaptive_section(results, figures, figures_rel)
     return "\n".join(lines).rstrip() + "\n"

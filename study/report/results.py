@@ -19,6 +19,14 @@ from study.io import read_json
 from study.outputs import verify_results
 
 TEST, TRAIN = "test", "train"
+REPLICATION_NEEDS = (
+    "model", "seed", "split", "train_loops", "inference_loops", "best_loops", "gap_to_best", "gap_ci_low",
+    "gap_ci_high", "best_is_train_loops", "seeds_best_at_train", "seeds", "note",
+)  # fmt: skip
+DEPTH_SHIFT_NEEDS = (
+    "model_a", "model_b", "train_loops_a", "train_loops_b", "split", "seed", "statistic", "inference_loops", "value",
+    "ci_low", "ci_high", "p_value", "seeds", "note",
+)  # fmt: skip
 # results file -> (Results attribute, the stage that writes it, columns the report needs)
 RESULT_FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "checks.json": ("checks", "check", ()),
@@ -48,10 +56,17 @@ RESULT_FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "oracle_frontier.csv": ("oracle_frontier", "adaptive", ("model", "split", "mean_loops", "nll_per_token")),
     "adaptive_depths.csv": ("adaptive_depths", "adaptive", ("model", "split", "policy", "chosen_depth")),
+    # replicate seeds and the depth-shift test (study.stages.nll_shift); older runs have neither
+    "replication.csv": ("replication", "nll", REPLICATION_NEEDS),
+    "depth_shift.csv": ("depth_shift", "nll", DEPTH_SHIFT_NEEDS),
 }
 # the adaptive stage writes these together; its figures and report section need all three
 ADAPTIVE_FILES = ("adaptive.csv", "oracle_frontier.csv", "adaptive_depths.csv")
+# the files the depth-shift figure and report sections read (the nll stage writes them together)
+SHIFT_FILES = ("depth_shift.csv", "replication.csv")
 BOOL_COLUMNS = ("is_best", "train_test_match", "uniform")
+# read as text, an empty field as "": seeds ("all", "2026", "" for the base), notes and three-way flags
+TEXT_COLUMNS = ("seed", "note", "best_is_train_loops", "pairing")
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,8 @@ class Results:
     adaptive: pd.DataFrame | None = None
     oracle_frontier: pd.DataFrame | None = None
     adaptive_depths: pd.DataFrame | None = None
+    replication: pd.DataFrame | None = None
+    depth_shift: pd.DataFrame | None = None
     problems: list[str] = field(default_factory=list)  # files present but unreadable
 
     @property
@@ -166,7 +183,7 @@ def _read_frame(path: Path, columns: Sequence[str], problems: list[str], label: 
     if not path.is_file():
         return None
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype={column: str for column in TEXT_COLUMNS})
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
         problems.append(f"{label}: {type(error).__name__}: {error}")
         return None
@@ -176,6 +193,9 @@ def _read_frame(path: Path, columns: Sequence[str], problems: list[str], label: 
         return None
     if "model" in frame.columns:
         frame["model"] = frame["model"].astype(str)
+    for column in TEXT_COLUMNS:
+        if column in frame.columns:
+            frame[column] = frame[column].fillna("")
     for column in BOOL_COLUMNS:
         if column in frame.columns and frame[column].dtype != bool:
             frame[column] = frame[column].astype(str).str.strip().str.lower().isin(("true", "1", "yes"))

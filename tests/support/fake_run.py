@@ -30,6 +30,13 @@ from study.stages.exact_match import EM_COLUMNS  # noqa: E402
 from study.stages.latency import FIT_COLUMNS, LATENCY_COLUMNS  # noqa: E402
 from study.stages.nll import PREFERRED_COLUMNS  # noqa: E402
 from study.stages.nll import SUMMARY_COLUMNS as NLL_COLUMNS  # noqa: E402
+from study.stages.nll_shift import (  # noqa: E402
+    DEPTH_SHIFT_COLUMNS,
+    REPLICATION_COLUMNS,
+    DepthCurves,
+    depth_shift_rows,
+    replication_rows,
+)
 from study.stages.sft import LOSS_COLUMNS as SFT_COLUMNS  # noqa: E402
 from study.tasks.gsm8k import EXTRACTIONS  # noqa: E402
 
@@ -45,6 +52,8 @@ RESULT_FILES = (
     "adaptive.csv",
     "oracle_frontier.csv",
     "adaptive_depths.csv",
+    "replication.csv",
+    "depth_shift.csv",
 )
 
 
@@ -296,6 +305,7 @@ def make_fake_run(
         ["model", "split", "policy", "steps", "uniform", "nll_per_token", "ci_low", "ci_high", "rank"],
     )
     _write_adaptive(write, models, rng)
+    _write_shift(write, models, grid, np.random.default_rng(seed + 1))  # its own stream: the numbers above stay
     return run_dir
 
 
@@ -342,6 +352,41 @@ def _write_adaptive(
     write("adaptive.csv", rows, ADAPTIVE_COLUMNS)
     write("oracle_frontier.csv", frontier, FRONTIER_COLUMNS)
     write("adaptive_depths.csv", depths, DEPTH_COLUMNS)
+
+
+def _write_shift(
+    write: Callable[[str, list[dict], Sequence[str]], None],
+    models: list[str],
+    grid: list[int],
+    rng: np.random.Generator,
+) -> None:
+    """replication.csv and depth_shift.csv, computed by study.stages.nll_shift from synthetic
+    per-question NLL: three seeds per SFT model (the base once), 40 questions, each model's
+    curve bottoming out at its OPTIMA depth, so train4 - train8 has a clear shift."""
+    questions, seeds = 40, [2026, 2027, 2028]
+    tokens = rng.integers(20, 80, questions).astype(float)
+    difficulty = rng.uniform(1.2, 2.0, questions)
+    curves = []
+    for split in ("test", "heldout"):
+        for model in models:
+            optimum, train_loops = OPTIMA[model]
+            replicates = [None] if model == "base" else seeds
+            per_token = np.stack(
+                [
+                    [
+                        difficulty + 0.05 * math.log(loops / optimum) ** 2 + rng.normal(0, 0.01, questions)
+                        for loops in grid
+                    ]
+                    for _ in replicates
+                ]
+            )
+            curves.append(
+                DepthCurves(
+                    model, train_loops, split, grid, replicates, list(range(questions)), per_token * tokens, tokens
+                )
+            )
+    write("replication.csv", replication_rows(curves, 200, 0.95, 2026), REPLICATION_COLUMNS)
+    write("depth_shift.csv", depth_shift_rows(curves, 200, 0.95, 2026), DEPTH_SHIFT_COLUMNS)
 
 
 def _manifest(config: StudyConfig, checks_skipped: bool) -> dict:
