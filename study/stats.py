@@ -11,6 +11,11 @@ arrays passed in, from a generator seeded with the run's seed. On it sit
 
 and beside it ``wilson_interval``, the Wilson score interval of an accuracy.
 
+Where training randomness varies too (replicate seeds), ``two_level_bootstrap`` resamples
+seeds, then questions (one question resample shared by every seed and curve of a draw),
+with ``percentile_interval`` and ``bootstrap_p_value`` on its distribution; with one seed
+it is the question bootstrap above, draw for draw.
+
 One policy for inputs that carry no interval:
 
 - NaN or infinite inputs are refused with a ``StudyError`` (``require_finite``): a

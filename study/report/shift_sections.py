@@ -72,7 +72,7 @@ def _verdict(row: pd.Series, loops_a: int, loops_b: int) -> str:
         return f"shift towards {loops_a}: training at {loops_a} favours depth {loops_a} relative to {loops_b}"
     if row["ci_low"] > 0:
         return f"shift against the hypothesis: training at {loops_a} favours depth {loops_b} relative to {loops_a}"
-    return f"no shift detected; |S| above {max(abs(row['ci_low']), abs(row['ci_high'])):.4f} is excluded"
+    return f"no shift detected; S beyond ±{max(abs(row['ci_low']), abs(row['ci_high'])):.4f} is excluded"
 
 
 def depth_shift_section(results: Results) -> list[str]:
@@ -134,9 +134,11 @@ def depth_shift_section(results: Results) -> list[str]:
         "What these numbers cannot support:",
         "",
         f"- With {seeds} seed pair{'s' if seeds != 1 else ''}, the seed level of the bootstrap draws from "
-        f"{seeds} value{'s' if seeds != 1 else ''}: the between-seed variance is poorly estimated and, if anything, "
-        "understated (a bootstrap of n values has (n − 1)/n of their variance, and only a few distinct seed draws "
-        "exist), so the CIs are optimistic about training randomness. The per-seed signs are the plainer evidence.",
+        f"{seeds} value{'s' if seeds != 1 else ''}: the between-seed variance is poorly estimated. Where seeds differ "
+        "much more than question noise explains, the CIs are too narrow (on synthetic curves with 3 seeds and no "
+        "true shift, the 95% CI of S covered 0 in 87% of data sets when seed offsets were 2.5 times the question "
+        "noise of a seed's mean); where they differ little, the CIs are wide (resampling both levels counts each "
+        "seed's question noise twice). The per-seed signs are the plainer evidence.",
         "- A CI that covers 0 bounds the shift; it does not show that there is none.",
         "- S compares two depths only: it says nothing about which depth either model prefers (see the replication "
         "section), nor about depths outside the grid.",

@@ -99,16 +99,24 @@ def test_sections_say_not_in_grid_no_ci_and_not_in_this_run(tmp_path: Path) -> N
     run_dir = make_fake_run(tmp_path / "run")
     path = run_dir / "results" / "depth_shift.csv"
     rows = [row for row in read_csv(path) if row["seed"] == "all"]
-    for row in rows:
-        if row["statistic"] == "S" and row["split"] == "test":  # a training depth off the grid
+    seen = [{**row, "split": "seen"} for row in rows if row["split"] == "heldout"]
+    for row in rows + seen:
+        if row["statistic"] != "S":
+            continue
+        if row["split"] == "test":  # a training depth off the grid
             row.update(value="", ci_low="", ci_high="", p_value="", note="not in grid")
-        elif row["statistic"] == "S":  # one seed pair
+        elif row["split"] == "heldout":  # a CI across 0
+            row.update(value="0.004", ci_low="-0.01", ci_high="0.02", p_value="0.6")
+        else:  # one seed pair
             row.update(ci_low="", ci_high="", p_value="", note="1 seed")
-    atomic_write_csv(path, rows, DEPTH_SHIFT_COLUMNS)
+    atomic_write_csv(path, rows + seen, DEPTH_SHIFT_COLUMNS)
     text = report.render_report(report.load_results(run_dir), {})
-    test_row, held_row = (line for line in text.splitlines() if line.startswith("| Train8 − Train4"))
+    test_row, held_row, seen_row = (line for line in text.splitlines() if line.startswith("| Train8 − Train4"))
     assert " | — | — | 3 | — | not testable: a training depth is not in the grid |" in test_row
-    assert "(no CI) | — | 3 | — | no CI (1 seed) |" in held_row
+    assert (
+        "| +0.0040 [-0.0100, +0.0200] | 0.600 | 3 | — | no shift detected; S beyond ±0.0200 is excluded |" in held_row
+    )
+    assert "| seen (SFT data) | " in seen_row and "(no CI) | — | 3 | — | no CI (1 seed) |" in seen_row
     assert "nan" not in text.lower()
 
     old = make_fake_run(tmp_path / "old", skip=("replication.csv", "depth_shift.csv"))
