@@ -12,8 +12,9 @@ vocabulary (same lengths, shapes and work; the JSON says which). ``--shape tiny-
 runs every measurement on a few-thousand-parameter Llama, for the tests.
 
 "Chosen" settings are ``--threads`` (``auto``: ``study.threads``' rule) and prefix sharing
-(the grouped K-sweep, ``score_sweep(grouped=True)``) when the tree has it. Written to
-``--out``:
+(the grouped K-sweep, ``score_sweep(grouped=True)``) when the tree has it (``GROUPED_SWEEP``,
+the marked plug-in point; until then the sweep runs separate cells and says so, and at 1
+thread the chosen fp32 sweep *is* the baseline, not run twice). Written to ``--out``:
 
 - ``smol_nll_roofline_fraction``: useful GFLOP/s of the NLL scorer at K = ``--loops`` (4)
   on ``--nll-examples`` questions of neighbouring length (the stage sorts by length) in
@@ -41,6 +42,7 @@ import copy
 import math
 import platform
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -78,6 +80,13 @@ DEVICE = torch.device("cpu")
 
 class GroupedSweepUnavailable(RuntimeError):
     """This tree has no grouped K-sweep (prefix sharing) yet."""
+
+
+# >>> PLUG-IN POINT (issue 23, prefix sharing): the grouped K-sweep of study.scoring, called as
+# GROUPED_SWEEP(model, policies, encoded, batch_size) -> {policy id: [ContinuationScore]} with the
+# separate cells' results (the bench records the largest difference). None: not in this tree yet.
+GroupedSweep = Callable[[nn.Module, list[DepthPolicy], list[EncodedExample], int], dict[str, list[ContinuationScore]]]
+GROUPED_SWEEP: GroupedSweep | None = None
 
 
 # ---- the model, the tokenizer, the questions ------------------------------------------------
@@ -173,10 +182,9 @@ def score_sweep(
     window run once per batch and only the window and the layers after it per K; raises
     ``GroupedSweepUnavailable`` until the grouped scorer is in the tree."""
     if grouped:
-        # >>> PLUG-IN POINT (issue 23, prefix sharing): call the grouped K-sweep of
-        # study.scoring / study.stages here and return the same {policy id: scores}; its
-        # results must equal the separate cells' (the bench records the largest difference).
-        raise GroupedSweepUnavailable("no grouped K-sweep (prefix sharing) in this tree yet")
+        if GROUPED_SWEEP is None:
+            raise GroupedSweepUnavailable("no grouped K-sweep (prefix sharing) in this tree yet")
+        return GROUPED_SWEEP(model, policies, encoded, batch_size)
     return {policy.id: score_continuations(bind(model, policy), encoded, batch_size) for policy in policies}
 
 
@@ -281,7 +289,10 @@ def measure_sweep(model, family, encoded, threads: int, args) -> dict[str, Any]:
     policies = [family.policy(k) for k in args.sweep_grid]
     work = len(encoded) * len(policies)  # questions x K
     base_s, base, _ = timed_sweep(model, policies, encoded, 1, grouped=False)
-    fp32_s, fp32, fp32_how = timed_sweep(model, policies, encoded, threads, grouped=True)
+    if threads == 1 and GROUPED_SWEEP is None:  # the chosen settings are the baseline's (a loaded machine)
+        fp32_s, fp32, fp32_how = base_s, base, "the baseline itself (1 thread, prefix sharing not available)"
+    else:
+        fp32_s, fp32, fp32_how = timed_sweep(model, policies, encoded, threads, grouped=True)
     bf16_model = cast_weights(copy.deepcopy(model), torch.bfloat16)
     bf16_s, bf16, bf16_how = timed_sweep(bf16_model, policies, encoded, threads, grouped=True)
     del bf16_model
