@@ -21,7 +21,8 @@ from tests.support.helpers_sweep import one_thread
 
 
 def with_dtype(ctx: RunContext, dtype: str) -> RunContext:
-    return RunContext(config=ctx.config.model_copy(update={"sweep_dtype": dtype}), run_dir=ctx.run_dir, device=ctx.device)
+    config = ctx.config.model_copy(update={"sweep_dtype": dtype})
+    return RunContext(config=config, run_dir=ctx.run_dir, device=ctx.device)
 
 
 def run_nll(ctx: RunContext) -> tuple[list[str], dict[tuple[str, str, str, str], float]]:
@@ -50,7 +51,7 @@ def test_bf16_nll_is_close_to_fp32_and_cells_are_never_reused_across_dtypes(tmp_
         assert max(differences) > 0  # really computed in bf16
         assert max(differences) < 0.05 * max(fp32.values())  # and close: bf16 keeps 8 bits of mantissa
         discarded, again = run_nll(fp32_ctx)
-        assert discarded == ["base", "train2"]  # nor the bf16 cells fp32 results
+        assert discarded == ["base", "train2"] and again == fp32  # nor the bf16 cells fp32 results
     assert fp32_ctx.results_path("nll.csv").read_bytes() == fp32_bytes
 
 
@@ -89,3 +90,17 @@ def test_cast_weights_keeps_tied_weights_tied() -> None:
     model = cast_weights(tiny_llama(0), torch.bfloat16)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert model.lm_head.weight.dtype == torch.bfloat16
+
+
+def test_the_report_says_when_the_sweeps_ran_in_bf16(tmp_path) -> None:
+    from study import report
+    from study.io import atomic_write_json, read_json
+    from tests.support.fake_run import make_fake_run
+
+    run_dir = make_fake_run(tmp_path / "fake")
+    assert "Sweeps in" not in report.render_report(report.load_results(run_dir), {})  # fp32: nothing to say
+    manifest = read_json(run_dir / "manifest.json")
+    manifest["config"]["sweep_dtype"] = "bfloat16"
+    atomic_write_json(run_dir / "manifest.json", manifest)
+    text = report.render_report(report.load_results(run_dir), {})
+    assert "- **Sweeps in bfloat16** (`sweep_dtype`; SFT in float32): a fast look" in text
