@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from study.errors import ConfigError as ConfigError  # re-exported: raised here
 
@@ -69,7 +69,9 @@ class SFTConfig(Section):
     grad_accum: PositiveInt = 8
     learning_rate: float = Field(5.0e-6, gt=0.0)
     max_length: PositiveInt = 256
-    dtype: Literal["float32"] = "float32"
+    dtype: Literal["float32"] = Field(
+        "float32", description="SFT trains in float32 only (bfloat16 is for the sweeps: see sweep_dtype)"
+    )
     deterministic: bool = True
     save_steps: PositiveInt = Field(16, description="optimizer steps between resumable checkpoints")
     lora: LoraConfig | None = None
@@ -173,8 +175,15 @@ class StudyConfig(Section):
     description: str = ""
     seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 2026
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    torch_threads: PositiveInt | None = Field(
-        None, description="CPU threads for torch (None: torch's default); 1 is fastest for the tiny model"
+    torch_threads: PositiveInt | Literal["auto"] | None = Field(
+        None,
+        description="CPU threads for torch (None: torch's default); 1 is fastest for the tiny model; 'auto': "
+        "2 when the machine is idle, else 1 (study.threads, decided once per process at start)",
+    )
+    sweep_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="dtype of the weights in the sweeps (nll, adaptive, exact_match, latency; never sft): "
+        "bfloat16 is a measured fast look (python -m study.bench bf16-deviation); scores still sum in float64",
     )
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
@@ -186,6 +195,14 @@ class StudyConfig(Section):
     looping: LoopingConfig | None = Field(None, description="looped_decoder only: window, strategy, ...")
     schedules: SchedulesConfig | None = Field(None, description="LoopFormer only: all schedules of M steps")
     adaptive: AdaptiveConfig | None = Field(None, description="halting policies against the best fixed depth")
+
+    @field_validator("torch_threads", mode="before")
+    @classmethod
+    def _threads(cls, value: Any) -> Any:
+        # one line instead of pydantic's error per member of the union
+        if value is None or value == "auto" or (type(value) is int and value > 0):
+            return value
+        raise ValueError(f"expected a positive integer, 'auto' or null (got {_short(value)})")
 
     @model_validator(mode="after")
     def _backbone_sections(self) -> StudyConfig:

@@ -35,13 +35,16 @@ from study.errors import StudyError as StudyError  # re-exported: raised here
 from study.io import read_json
 from study.looping.policies import DepthPolicy, policies_for
 from study.models import smollm2
+from study.models.backbone import cast_weights
 from study.models.backbones import Backbone, get_backbone
 from study.tasks.gsm8k import Dataset, Example, Subsets, load_gsm8k, make_subsets
+from study.threads import ThreadChoice, choose_threads, record
 from study.tokenizer import has_tokenizer, load_tokenizer
 
 EMBEDDED_DIR = Path(__file__).parent / "assets" / "mini-base"
 BASE = "base"
 RESOLVED_CONFIG = "config.resolved.json"  # the run's validated config, for worker processes
+SWEEP_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # the config's sweep_dtype
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,19 @@ class ModelSpec:
     revision: str | None = None
 
 
-def configure_torch(config: StudyConfig) -> None:
-    if config.torch_threads is not None:
+def configure_torch(config: StudyConfig) -> ThreadChoice:
+    """Threads (``study.threads``: a number, or ``auto`` by the machine's load) and the
+    determinism settings of a run; the thread choice is remembered for the manifest."""
+    choice = choose_threads(config.torch_threads)
+    record(choice)
+    if choice.threads is not None:
         # tiny models run fastest on one thread: OpenMP barriers cost more than they share
-        torch.set_num_threads(config.torch_threads)
+        torch.set_num_threads(choice.threads)
     if config.sft.deterministic:
         # the Trainer's full_determinism sets this too, but cuBLAS reads it once, at its first
         # call: in a run the check stage has used the GPU by then
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    return choice
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -208,6 +216,13 @@ class RunContext:
             return self.backbone.load(spec.source, spec.revision, self.device)
         except (CheckpointError, BackboneError) as error:
             raise StudyError(str(error)) from None
+
+    def load_sweep_model(self, spec: ModelSpec) -> PreTrainedModel:
+        """The model of ``spec`` as the sweeps run it: in ``sweep_dtype`` (SFT and the check
+        gate always load fp32 through ``load_model``)."""
+        model = self.load_model(spec)
+        dtype = SWEEP_DTYPES[self.config.sweep_dtype]
+        return model if dtype == torch.float32 else cast_weights(model, dtype)  # type: ignore[return-value]
 
     # ---- interruption ---------------------------------------------------------------
     def stop_requested(self) -> bool:

@@ -120,3 +120,13 @@ class Backbone(ABC):
         """Names of a model's modules, which ``sft.lora.target_modules`` must match; None:
         the backbone takes no LoRA (the config refuses ``sft.lora`` for it)."""
         return None
+
+
+def cast_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``model`` with every parameter in ``dtype`` (in place; tied weights stay tied). Buffers
+    keep theirs: a Llama's rotary ``inv_freq`` stays fp32, as transformers keeps it when it
+    loads a model in bfloat16 (rounded to bf16 it would shift every position's angle)."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.data = parameter.data.to(dtype)
+    return model

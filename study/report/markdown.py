@@ -90,6 +90,11 @@ def _what_was_run(results: Results) -> list[str]:
         + (", ".join(f"{k} {v}" for k, v in sorted((manifest.get("versions") or {}).items())) or "—"),
         f"- **Code:** git commit `{manifest.get('git_commit') or 'unknown'}`",
     ]
+    if config.get("sweep_dtype", "float32") != "float32":  # never a silent bf16 result
+        lines.append(
+            f"- **Sweeps in {config['sweep_dtype']}** (`sweep_dtype`; SFT in float32): a fast look, not the "
+            "fp32 figures (`python -m study.bench bf16-deviation` measures the difference)"
+        )
     invocations = manifest.get("invocations") or []
     if invocations:
         lines.append(

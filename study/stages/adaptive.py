@@ -205,7 +205,7 @@ def summarize(
 STAGE = Stage(
     name="adaptive",
     run=run,
-    sections=("seed", "model", "data", "sft", "nll", "looping", "adaptive"),
+    sections=("seed", "model", "data", "sft", "nll", "looping", "adaptive", "sweep_dtype"),
     splits=("train", "test"),  # nll.csv of both splits; its halting cells score the test slice
     needs_sft=True,
     outputs=("results/adaptive.csv", "results/oracle_frontier.csv", "results/adaptive_depths.csv"),

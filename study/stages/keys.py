@@ -121,6 +121,8 @@ def model_output_key(ctx: RunContext, stage: Stage, spec: ModelSpec) -> Key:
         "backbone": ctx.config.model.backbone,
         "looping": None if ctx.config.looping is None else ctx.config.looping.model_dump(mode="json"),
         "device": str(ctx.device) if stage.name == "latency" else None,  # timings belong to their device
+        # the weights' dtype of the sweeps (bf16 cells are never reused for fp32); absent for sft
+        **({"sweep_dtype": ctx.config.sweep_dtype} if "sweep_dtype" in stage.sections else {}),
         **model_inputs(ctx, source),
     }
 

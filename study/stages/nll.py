@@ -281,7 +281,7 @@ def write_schedules(
 STAGE = Stage(
     name="nll",
     run=run,
-    sections=("seed", "model", "data", "sft", "nll", "looping", "schedules"),
+    sections=("seed", "model", "data", "sft", "nll", "looping", "schedules", "sweep_dtype"),
     splits=("train", "test"),
     needs_sft=True,
     outputs=("results/nll.csv", "results/nll_summary.csv", "results/preferred_depth.csv", "results/schedules.csv"),

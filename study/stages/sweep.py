@@ -9,10 +9,10 @@ is computed once and written atomically to ``results/cells/<stage>/<name><suffix
 2. splits the unfinished ones between the processes of the run
    (``accelerate launch``; a single process keeps them all), keeping each model's
    cells together so it is loaded once per process;
-3. computes its share, model by model, loading a model only when a cell of it is
-   missing, checking for Ctrl-C between cells, with a progress bar over cells (and
-   one over examples inside a cell, from the stage) on a terminal, and one plain
-   log line per finished cell everywhere;
+3. computes its share, model by model, loading a model (in the config's ``sweep_dtype``)
+   only when a cell of it is missing, checking for Ctrl-C between cells, with a
+   progress bar over cells (and one over examples inside a cell, from the stage) on a
+   terminal, and one plain log line per finished cell everywhere;
 4. waits for every process and returns every cell's value (in the main process).
 
 A stage then aggregates the values into its results files in the main process. The
@@ -152,7 +152,7 @@ class Sweep(Generic[V]):
                     loaded = None  # free the previous model before loading the next
                     if self.ctx.device.type == "cuda":
                         torch.cuda.empty_cache()
-                    model, tokenizer = self.ctx.load_model(cell.model), self.ctx.load_tokenizer(cell.model)
+                    model, tokenizer = self.ctx.load_sweep_model(cell.model), self.ctx.load_tokenizer(cell.model)
                     loaded = Loaded(cell.model, model, tokenizer, {})
                 start = time.perf_counter()
                 bar.set_postfix_str(cell.name)
