@@ -12,9 +12,7 @@ vocabulary (same lengths, shapes and work; the JSON says which). ``--shape tiny-
 runs every measurement on a few-thousand-parameter Llama, for the tests.
 
 "Chosen" settings are ``--threads`` (``auto``: ``study.threads``' rule) and prefix sharing
-(the grouped K-sweep, ``score_sweep(grouped=True)``) when the tree has it (``GROUPED_SWEEP``,
-the marked plug-in point; until then the sweep runs separate cells and says so, and at 1
-thread the chosen fp32 sweep *is* the baseline, not run twice). Written to ``--out``:
+(the grouped K-sweep, ``score_sweep(grouped=True)``). Written to ``--out``:
 
 - ``smol_nll_roofline_fraction``: useful GFLOP/s of the NLL scorer at K = ``--loops`` (4)
   on ``--nll-examples`` questions of neighbouring length (the stage sorts by length) in
@@ -42,7 +40,6 @@ import copy
 import math
 import platform
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -55,7 +52,7 @@ from study.looping.policies import DepthPolicy, LoopedWindow, WindowFamily
 from study.models.backbone import cast_weights
 from study.models.backbones import bind
 from study.models.entries.looped_decoder import WINDOW_EVALUATIONS_PER_LOOP, decoder_layer_flops
-from study.scoring import ContinuationScore, fit_to_window, score_continuations
+from study.scoring import ContinuationScore, fit_to_window, score_continuations, score_policies
 from study.sft_cost import encode_sft, sft_step
 from study.tasks.gsm8k import EncodedExample, encode_example, load_gsm8k
 from study.threads import choose_threads
@@ -76,17 +73,6 @@ LLAMA_SHAPES: dict[str, tuple[dict[str, Any], tuple[int, int]]] = {
 }  # fmt: skip
 STRATEGY = "euler"
 DEVICE = torch.device("cpu")
-
-
-class GroupedSweepUnavailable(RuntimeError):
-    """This tree has no grouped K-sweep (prefix sharing) yet."""
-
-
-# >>> PLUG-IN POINT (issue 23, prefix sharing): the grouped K-sweep of study.scoring, called as
-# GROUPED_SWEEP(model, policies, encoded, batch_size) -> {policy id: [ContinuationScore]} with the
-# separate cells' results (the bench records the largest difference). None: not in this tree yet.
-GroupedSweep = Callable[[nn.Module, list[DepthPolicy], list[EncodedExample], int], dict[str, list[ContinuationScore]]]
-GROUPED_SWEEP: GroupedSweep | None = None
 
 
 # ---- the model, the tokenizer, the questions ------------------------------------------------
@@ -177,15 +163,11 @@ def score_sweep(
 ) -> dict[str, list[ContinuationScore]]:
     """Every policy's scores of ``encoded``, by policy id.
 
-    ``grouped=False``: separate cells, one ``score_continuations`` per policy, as the NLL
-    stage computes them today. ``grouped=True``: one cell group, the layers before the
-    window run once per batch and only the window and the layers after it per K; raises
-    ``GroupedSweepUnavailable`` until the grouped scorer is in the tree."""
-    if grouped:
-        if GROUPED_SWEEP is None:
-            raise GroupedSweepUnavailable("no grouped K-sweep (prefix sharing) in this tree yet")
-        return GROUPED_SWEEP(model, policies, encoded, batch_size)
-    return {policy.id: score_continuations(bind(model, policy), encoded, batch_size) for policy in policies}
+    ``grouped=False``: separate cells, one ``score_continuations`` per policy, as separate
+    NLL cells compute them. ``grouped=True``: one cell group (``study.scoring.score_policies``),
+    the layers before the window run once per batch and only the window and the layers
+    after it per K, as the NLL stage's cell groups do."""
+    return score_policies(model, policies, encoded, batch_size, share_prefix=grouped)
 
 
 def timed_sweep(
@@ -197,11 +179,7 @@ def timed_sweep(
     batch = len(encoded)
     with torch_threads(threads):
         score_continuations(bind(model, policies[0]), encoded, batch)  # warm-up
-        try:
-            seconds, scores, _ = best_time(lambda: score_sweep(model, policies, encoded, batch, grouped), 1, DEVICE)
-        except GroupedSweepUnavailable as error:
-            how = f"separate cells (prefix sharing not available: {error})"
-            seconds, scores, _ = best_time(lambda: score_sweep(model, policies, encoded, batch, False), 1, DEVICE)
+        seconds, scores, _ = best_time(lambda: score_sweep(model, policies, encoded, batch, grouped), 1, DEVICE)
     return seconds, scores, how
 
 
@@ -289,10 +267,7 @@ def measure_sweep(model, family, encoded, threads: int, args) -> dict[str, Any]:
     policies = [family.policy(k) for k in args.sweep_grid]
     work = len(encoded) * len(policies)  # questions x K
     base_s, base, _ = timed_sweep(model, policies, encoded, 1, grouped=False)
-    if threads == 1 and GROUPED_SWEEP is None:  # the chosen settings are the baseline's (a loaded machine)
-        fp32_s, fp32, fp32_how = base_s, base, "the baseline itself (1 thread, prefix sharing not available)"
-    else:
-        fp32_s, fp32, fp32_how = timed_sweep(model, policies, encoded, threads, grouped=True)
+    fp32_s, fp32, fp32_how = timed_sweep(model, policies, encoded, threads, grouped=True)
     bf16_model = cast_weights(copy.deepcopy(model), torch.bfloat16)
     bf16_s, bf16, bf16_how = timed_sweep(bf16_model, policies, encoded, threads, grouped=True)
     del bf16_model

@@ -65,9 +65,8 @@ def test_figures_are_recomputable_from_their_inputs(results: dict) -> None:
     assert results["smol_nll_sweep_speedup_bf16"] == pytest.approx(sweep["baseline_s"] / sweep["bf16_s"])
     assert sweep["work"] == sweep["questions"] * len(sweep["grid"]) == 4
     assert sweep["per_second"]["fp32"] == pytest.approx(sweep["work"] / sweep["fp32_s"])
-    # until the grouped sweep is plugged in, at 1 thread the chosen fp32 sweep is the baseline itself
-    assert "prefix sharing not available" in sweep["fp32_ran_as"] and sweep["fp32_s"] == sweep["baseline_s"]
-    assert "prefix sharing not available" in sweep["bf16_ran_as"]
+    # the chosen settings run the grouped K-sweep (prefix shared), fp32 and bf16
+    assert sweep["fp32_ran_as"] == sweep["bf16_ran_as"] == "grouped (prefix shared)"
     assert sweep["fp32_max_abs_diff_per_token"] == 0.0 < sweep["bf16_max_abs_diff_per_token"] < 0.5
     bound = decode["total_bytes"] / (decode["stream_copy_gbs"] * 1e9)
     assert decode["bound_per_token_s"] == pytest.approx(bound)
@@ -118,21 +117,17 @@ def test_nll_flops_sum_every_position_of_every_pass() -> None:
     assert bench_smol.looped_nll_flops(config, passes, [length], [scored]) == pytest.approx(expected)
 
 
-def test_the_grouped_sweep_is_marked_unavailable_and_separate_cells_are_the_scorer(monkeypatch) -> None:
+def test_the_grouped_sweep_gives_the_separate_cells_scores_bit_for_bit() -> None:
     model = bench_smol.random_llama("tiny-llama")
     tokenizer = bench_smol.FoldedTokenizer(load_tokenizer(None), 512)
     encoded = [encode_example(tokenizer, e) for e in load_gsm8k().test[:2]]
-    policies = [bench_smol.looped_family("tiny-llama").policy(k) for k in (1, 2)]
+    policies = [bench_smol.looped_family("tiny-llama").policy(k) for k in (1, 2, 3)]
     with one_thread():
-        with pytest.raises(bench_smol.GroupedSweepUnavailable):
-            bench_smol.score_sweep(model, policies, encoded, 2, grouped=True)
-        sweep = bench_smol.score_sweep(model, policies, encoded, 2, grouped=False)
+        separate = bench_smol.score_sweep(model, policies, encoded, 2, grouped=False)
         direct = score_continuations(bench_smol.bind(model, policies[1]), encoded, 2)
-        # once plugged in, grouped=True is the grouped sweep, and the timed sweep says it ran grouped
-        monkeypatch.setattr(bench_smol, "GROUPED_SWEEP", lambda *args: bench_smol.score_sweep(*args, grouped=False))
         _, grouped, how = bench_smol.timed_sweep(model, policies, encoded, 1, grouped=True)
-    assert list(sweep) == [p.id for p in policies] and sweep[policies[1].id] == direct
-    assert grouped == sweep and how == "grouped (prefix shared)"
+    assert list(separate) == [p.id for p in policies] and separate[policies[1].id] == direct
+    assert grouped == separate and how == "grouped (prefix shared)"
 
 
 def test_folded_ids_fit_the_vocabulary_and_keep_gpt2_lengths() -> None:

@@ -6,7 +6,9 @@ solution and the final answer of each example); the statistics are ``study.stats
 For each model × split (``test``, ``train``) × depth policy of ``nll.inference_loops``
 (``M8`` for LoopFormer, ``euler-w12-15-K3`` for a looped decoder), one cell file
 ``results/cells/nll/<model>-<split>-<policy>.csv`` is written by the one sweep-cell
-loop (``study.stages.sweep``: resume, Ctrl-C, processes). With a ``schedules``
+loop (``study.stages.sweep``: resume, Ctrl-C, processes); the K cells of a looped
+decoder on one split form a cell group that runs the layers before the window once
+per batch (``score_continuations_group``: the same rows bit for bit). With a ``schedules``
 section (LoopFormer), every schedule of M steps is one more test cell per model,
 summarised in ``schedules.csv`` (this stage owns it: same scorer, same loop). Then:
 
@@ -35,7 +37,7 @@ from study.io import atomic_write_csv, read_csv
 from study.looping.policies import DepthPolicy, StepSchedule
 from study.looping.schedules import enumerate_schedules, uniform_schedule
 from study.pipeline import RunContext
-from study.scoring import score_continuations
+from study.scoring import ContinuationScore, score_continuations, score_continuations_group
 from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
 from study.stats import paired_depth_bootstrap, ratio_ci, ratio_of_sums
@@ -115,11 +117,28 @@ def read_cell(path: Path, example_ids: list[int], policy: str | None = None) -> 
     return rows if [r["example_id"] for r in rows] == example_ids else None
 
 
-def score_cell(cell: Cell, loaded: Loaded, examples: list, batch_size: int, progress=None) -> list[dict]:
+def encoded_split(cell: Cell, loaded: Loaded, examples: list) -> list:
     encoded = loaded.cache.get(split_of(cell))
     if encoded is None:  # each split is encoded once per model
         encoded = loaded.cache[split_of(cell)] = [encode_example(loaded.tokenizer, e) for e in examples]
-    scores = score_continuations(loaded.runner(cell.policy), encoded, batch_size, progress=progress)
+    return encoded
+
+
+def score_cell(cell: Cell, loaded: Loaded, examples: list, batch_size: int, progress=None) -> list[dict]:
+    encoded = encoded_split(cell, loaded, examples)
+    return cell_rows(cell, score_continuations(loaded.runner(cell.policy), encoded, batch_size, progress=progress))
+
+
+def score_cell_group(cells: list[Cell], loaded: Loaded, examples: list, batch_size: int, progress=None) -> list:
+    """``score_cell`` of each cell of one model and split whose policies share their first
+    layers (the sweep's cell group), those layers computed once per batch; same rows."""
+    encoded = encoded_split(cells[0], loaded, examples)
+    runners = [loaded.runner(cell.policy) for cell in cells]
+    scores = score_continuations_group(runners, encoded, batch_size, progress=progress)
+    return [cell_rows(cell, cell_scores) for cell, cell_scores in zip(cells, scores, strict=True)]
+
+
+def cell_rows(cell: Cell, scores: list[ContinuationScore]) -> list[dict]:
     return [
         {
             "model": cell.model.name,
@@ -161,11 +180,15 @@ def run(ctx: RunContext) -> None:
     def compute(cell: Cell, loaded: Loaded, progress) -> list[dict]:
         return score_cell(cell, loaded, examples[split_of(cell)], config.batch_size, progress)
 
+    def compute_group(cells: list[Cell], loaded: Loaded, progress) -> list[list[dict]]:
+        # the sweep groups cells of one split only (its default group key)
+        return score_cell_group(cells, loaded, examples[split_of(cells[0])], config.batch_size, progress)
+
     def describe(cell: Cell, rows: list[dict]) -> str:
         return f"{sum(r['nll_sum'] for r in rows) / sum(r['answer_tokens'] for r in rows):.4f} nats/token"
 
     store = NLLStore({split: [e.id for e in subset] for split, subset in examples.items()})
-    values = Sweep(ctx, "nll", store, compute, describe).run(cells)
+    values = Sweep(ctx, "nll", store, compute, describe, compute_group=compute_group).run(cells)
     if values is None:  # another process of the run aggregates
         return
     by_key = {(c.model.name, split_of(c), c.policy.id): rows for c, rows in values.items()}
