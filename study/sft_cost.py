@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer, model = ctx.load_tokenizer(), ctx.load_model(ctx.base_spec).train()
     runner = bind(model, ctx.loop_family.policy(args.loops))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.sft.learning_rate)
-    examples = ctx.examples("sft")[: args.steps + 1]
+    examples = ctx.sft_examples(config.replicates[0])[: args.steps + 1]
     seconds, lengths = [], []
     for index, example in enumerate(examples):
         ids, labels = encode_sft(tokenizer, example, config.sft.max_length)

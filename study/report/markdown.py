@@ -82,6 +82,7 @@ def _what_was_run(results: Results) -> list[str]:
         + (f" from `{data['directory']}`" if data.get("directory") else "")
         + "; sha256: "
         + (", ".join(f"{k} `{v}`" for k, v in sorted((data.get("sha256") or {}).items())) or "not recorded"),
+        *_slices(data.get("subsets")),
         f"- **Model:** `{model.get('source', config.get('model', {}).get('source', '?'))}`{label_note}; "
         f"revision {model.get('revision') or '—'}; resolved commit {model.get('resolved_commit') or '—'}",
         f"- **Device:** {hardware.get('device', '?')}; GPUs: {', '.join(hardware.get('gpus') or []) or 'none'}; "
@@ -110,6 +111,23 @@ def _what_was_run(results: Results) -> list[str]:
             rows.append([name, stage.get("started", "—"), finished or "not finished", _duration(stage)])
         lines += ["", markdown_table(["Stage", "Started (UTC)", "Finished (UTC)", "Duration"], rows)]
     return [*lines, "", "Source: `manifest.json`.", ""]
+
+
+def _slices(subsets: Any) -> list[str]:
+    """The run's slices and SFT subsets as one line (none for a manifest without them)."""
+    if not isinstance(subsets, dict) or not isinstance(subsets.get("sft"), dict) or not subsets["sft"]:
+        return []
+    sft = subsets["sft"]
+    first = next(iter(sft))
+
+    def count(key: str) -> int:
+        return len(subsets.get(key) or [])
+
+    return [
+        f"- **Slices:** test {count('nll_test')} test questions; heldout {count('nll_heldout')} train questions "
+        f"that no SFT subset contains; seen (SFT data) {count('nll_seen')} questions of seed {first}'s SFT subset; "
+        f"SFT {len(sft[first])} train questions per replicate seed ({', '.join(sft)}); ids in `manifest.json`"
+    ]
 
 
 def _checks_section(results: Results) -> list[str]:
@@ -180,16 +198,16 @@ def _table1_section(results: Results) -> list[str]:
                 "—" if pd.isna(row["train_loops"]) else int(row["train_loops"]),
                 "—" if pd.isna(row["best_test_loops"]) else int(row["best_test_loops"]),
                 format_nll(row["best_test_nll"]) + ci,
-                "—" if pd.isna(row["best_train_loops"]) else int(row["best_train_loops"]),
-                format_nll(row["best_train_nll"]),
+                "—" if pd.isna(row["best_heldout_loops"]) else int(row["best_heldout_loops"]),
+                format_nll(row["best_heldout_nll"]),
                 yes_no(None if pd.isna(row["train_test_match"]) else bool(row["train_test_match"])),
                 "—" if p_train is None or pd.isna(p_train) else f"{p_train:.2f}",
                 gaps_text(row["neighbour_gaps"]),
             ]
         )
     headers = [
-        "Model", "Train loops", "Best test loops", f"Test NLL at best [{confidence} CI]", "Best train loops",
-        "Train NLL at best", "Train/test argmin match", "P(argmin = train loops), test",
+        "Model", "Train loops", "Best test loops", f"Test NLL at best [{confidence} CI]", "Best heldout loops",
+        "Heldout NLL at best", "Test/heldout argmin match", "P(argmin = train loops), test",
         "Gap to neighbouring loop counts, test [CI]",
     ]  # fmt: skip
     lines.append(markdown_table(headers, rows))
@@ -198,7 +216,8 @@ def _table1_section(results: Results) -> list[str]:
         "",
         f"NLL in nats/token. CIs are bootstrap {confidence} intervals{resamples}; gaps are NLL(loops) − NLL(best) "
         'with paired-bootstrap CIs ("tied" when the CI contains 0). P(argmin = train loops) is the bootstrap '
-        "share of resamples whose argmin is the training loop count.",
+        "share of resamples whose argmin is the training loop count. Heldout: GSM8K train questions that no SFT "
+        "subset of the run contains; the seen slice (SFT data) is in `results/preferred_depth.csv` only.",
         "",
         "Sources: `results/preferred_depth.csv` (best loops, match, P, gaps) and `results/nll_summary.csv` (CIs).",
         "",

@@ -114,6 +114,9 @@ def model_output_key(ctx: RunContext, stage: Stage, spec: ModelSpec) -> Key:
     return {
         "stage": stage.name,
         "seed": ctx.config.seed,
+        # an SFT model's replicate seed (its SFT subset, its training seed): with one replicate
+        # the name carries no seed, and another seed must not reuse its weights or cells
+        "replicate": spec.seed,
         "data": ctx.config.data.model_dump(mode="json"),
         "data_sha256": {split: ctx.dataset.sha256[split] for split in stage.splits},
         "settings": {k: v for k, v in settings.items() if k not in stage.cell_neutral},
@@ -142,7 +145,7 @@ def refresh_model_outputs(ctx: RunContext, stage: Stage) -> list[str]:
     Returns the names of the models whose outputs were discarded."""
     if stage.cell_neutral is None:
         return []
-    specs = [ctx.sft_spec(loops) for loops in ctx.config.sft.train_loops] if stage.name == "sft" else ctx.model_specs()
+    specs = ctx.sft_specs() if stage.name == "sft" else ctx.model_specs()
     discarded = []
     for spec in specs:
         sidecar = ctx.cells_dir(stage.name) / f"{spec.name}.inputs.json"
