@@ -24,6 +24,10 @@ replicate's SFT subset: SFT data, labelled so wherever it is shown). Then:
   paired bootstrap (the same resampled examples for every loop count), each loop's
   gap to the best with its CI and how often it wins; ``train_test_match``: whether the
   argmins on ``test`` and ``heldout`` (train-split questions) agree;
+- ``replication.csv`` and ``depth_shift.csv`` (``study.stages.nll_shift``): per model
+  family, split and replicate seed the argmin depth and every depth's gap to it, across
+  seeds with a two-level (seeds, then questions) bootstrap; and for every two training
+  depths the paired curve D(K) = NLL_a(K) - NLL_b(K) and the shift S = D(K_a) - D(K_b);
 - ``schedules.csv``: per (model, schedule) on the test slice, NLL per token with its
   bootstrap CI and its rank among the schedules (1 = lowest NLL).
 
@@ -38,11 +42,19 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from study.config import sft_model_name
 from study.io import atomic_write_csv, read_csv
 from study.looping.policies import DepthPolicy, StepSchedule
 from study.looping.schedules import enumerate_schedules, uniform_schedule
 from study.pipeline import RunContext
 from study.scoring import ContinuationScore, score_continuations, score_continuations_group
+from study.stages.nll_shift import (
+    DEPTH_SHIFT_COLUMNS,
+    REPLICATION_COLUMNS,
+    DepthCurves,
+    depth_shift_rows,
+    replication_rows,
+)
 from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
 from study.stats import paired_depth_bootstrap, ratio_ci, ratio_of_sums
@@ -286,6 +298,49 @@ def write_results(ctx: RunContext, cells: dict[tuple[str, str, str], list[dict]]
                     }
                 )
     atomic_write_csv(ctx.results_path("preferred_depth.csv"), preferred, PREFERRED_COLUMNS)
+    write_shift(ctx, rows_of, grid)
+
+
+def depth_curves(
+    ctx: RunContext, rows_of: dict[tuple[str, str, DepthPolicy], list[dict]], grid: list[DepthPolicy]
+) -> list[DepthCurves]:
+    """One ``DepthCurves`` per model family (the base; each training depth over its
+    replicate seeds) and split, from the cells' rows: NLL sums [seeds, depths, questions]."""
+    families: dict[str, list] = {}
+    for spec in ctx.model_specs():
+        family = spec.name if spec.seed is None else sft_model_name(spec.train_loops)
+        families.setdefault(family, []).append(spec)
+    curves = []
+    for family, specs in families.items():
+        for split in SPLITS:
+            first = rows_of[specs[0].name, split, grid[0]]
+            nll = [[[r["nll_sum"] for r in rows_of[spec.name, split, policy]] for policy in grid] for spec in specs]
+            curves.append(
+                DepthCurves(
+                    model=family,
+                    train_loops=specs[0].train_loops,
+                    split=split,
+                    inference_loops=[policy.inference_loops for policy in grid],
+                    seeds=[spec.seed for spec in specs],
+                    example_ids=[r["example_id"] for r in first],
+                    nll=np.array(nll, dtype=np.float64),
+                    tokens=np.array([r["answer_tokens"] for r in first]),
+                )
+            )
+    return curves
+
+
+def write_shift(
+    ctx: RunContext, rows_of: dict[tuple[str, str, DepthPolicy], list[dict]], grid: list[DepthPolicy]
+) -> None:
+    """``replication.csv`` and ``depth_shift.csv`` (``study.stages.nll_shift``): each depth's
+    gap to the argmin per seed and across seeds, and the paired shift between two
+    training depths' curves, with two-level (seeds, then questions) bootstrap CIs."""
+    config = ctx.config.nll
+    curves = depth_curves(ctx, rows_of, grid)
+    args = (config.bootstrap_resamples, config.confidence, ctx.config.seed)
+    atomic_write_csv(ctx.results_path("replication.csv"), replication_rows(curves, *args), REPLICATION_COLUMNS)
+    atomic_write_csv(ctx.results_path("depth_shift.csv"), depth_shift_rows(curves, *args), DEPTH_SHIFT_COLUMNS)
 
 
 def write_schedules(
@@ -324,6 +379,13 @@ STAGE = Stage(
     sections=("seed", "replicates", "model", "data", "sft", "nll", "looping", "schedules", "sweep_dtype"),
     splits=("train", "test"),  # GSM8K's files: heldout and seen questions come from train
     needs_sft=True,
-    outputs=("results/nll.csv", "results/nll_summary.csv", "results/preferred_depth.csv", "results/schedules.csv"),
+    outputs=(
+        "results/nll.csv",
+        "results/nll_summary.csv",
+        "results/preferred_depth.csv",
+        "results/replication.csv",
+        "results/depth_shift.csv",
+        "results/schedules.csv",
+    ),
     cell_neutral=("inference_loops", "bootstrap_resamples", "confidence"),
 )

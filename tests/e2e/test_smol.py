@@ -3,6 +3,7 @@ Slow (minutes on 2 CPU cores): marked, and run in CI."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -38,6 +39,14 @@ def test_smol_smoke_runs_offline_end_to_end(tmp_path: Path) -> None:
     assert all(not set(subsets["nll_heldout"]) & set(ids) for ids in subsets["sft"].values())
     preferred = (run_dir / "results" / "preferred_depth.csv").read_text().splitlines()
     assert preferred[0].startswith("model,seed,split,") and any(",heldout," in row for row in preferred[1:])
+    # replicate seeds and the depth-shift test: Train4 vs Train2 pooled over both seeds, on test and heldout
+    shift = list(csv.DictReader((run_dir / "results" / "depth_shift.csv").open()))
+    pooled_s = {(r["model_a"], r["model_b"], r["split"]) for r in shift if r["statistic"] == "S" and r["seed"] == "all"}
+    assert {("train4", "train2", "test"), ("train4", "train2", "heldout")} <= pooled_s
+    assert all(r["ci_low"] and float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"])
+               for r in shift if r["statistic"] == "S" and r["seed"] == "all")  # fmt: skip
+    replication = list(csv.DictReader((run_dir / "results" / "replication.csv").open()))
+    assert {r["seed"] for r in replication if r["model"] == "train4"} == {"2026", "2027", "all"}
     for model, loops in (("train2-s2026", 2), ("train2-s2027", 2), ("train4-s2026", 4), ("train4-s2027", 4)):
         folder = run_dir / "models" / model
         assert json.loads((folder / "loop_policy.json").read_text())["train_loops"] == loops

@@ -137,3 +137,30 @@ def test_check_stop_between_cells(tmp_path, monkeypatch):
     with pytest.raises(Interrupted):
         nll_stage.run(ctx)
     assert not ctx.cells_dir("nll").exists()
+
+
+def test_replication_and_depth_shift_are_written_from_the_cells_of_every_seed(tmp_path):
+    """The stage groups each training depth's replicate seeds into one family and writes
+    replication.csv and depth_shift.csv from the same per-question sums as nll.csv: the
+    pooled D(K) is the mean over seed pairs of the per-seed NLL-per-token differences."""
+    ctx = make_context(tmp_path, nll_loops=(1, 2), sft_loops=(1, 2), replicates=(7, 8))
+    nll_stage.run(ctx)
+    nll = pd.read_csv(ctx.results_path("nll.csv"))
+    per_token = nll.groupby(["model", "split", "inference_loops"]).apply(
+        lambda g: g["nll_sum"].sum() / g["answer_tokens"].sum(), include_groups=False
+    )
+    shift = pd.read_csv(ctx.results_path("depth_shift.csv"), keep_default_na=False)
+    pooled = shift[(shift["seed"] == "all") & (shift["split"] == "test")]
+    assert set(pooled["model_a"]) == {"train2"} and set(pooled["model_b"]) == {"train1"}  # the base is in no pair
+    d = {}
+    for k in (1, 2):
+        d[k] = sum(per_token[f"train2-s{s}", "test", k] - per_token[f"train1-s{s}", "test", k] for s in (7, 8)) / 2
+        row = pooled[(pooled["statistic"] == "D") & (pooled["inference_loops"] == str(k))]
+        assert float(row["value"].iloc[0]) == pytest.approx(d[k], rel=1e-9)
+    s_row = pooled[pooled["statistic"] == "S"]
+    assert float(s_row["value"].iloc[0]) == pytest.approx(d[2] - d[1], rel=1e-9)
+    assert float(s_row["ci_low"].iloc[0]) <= float(s_row["value"].iloc[0]) <= float(s_row["ci_high"].iloc[0])
+    replication = pd.read_csv(ctx.results_path("replication.csv"), keep_default_na=False)
+    assert set(replication["model"]) == {"base", "train1", "train2"}
+    assert set(replication[replication["model"] == "train2"]["seed"]) == {"7", "8", "all"}
+    assert set(replication["split"]) == {"test", "heldout", "seen"}
