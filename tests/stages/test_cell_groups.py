@@ -64,9 +64,9 @@ def test_groups_write_the_cells_of_separate_cells_byte_for_byte(tmp_path: Path, 
     with one_thread():
         nll_stage.run(ctx)
     policies = [policy.id for policy in ctx.policies(list(LOOPS))]
-    assert spy.groups == [policies] * 4 and spy.singles == []  # (base, train2) x (test, train), all K at once
+    assert spy.groups == [policies] * 6 and spy.singles == []  # (base, train2) x (test, heldout, seen), all K at once
     cells = cell_bytes(ctx)
-    assert len(cells) == 12 and cells == cell_bytes(separate)
+    assert len(cells) == 18 and cells == cell_bytes(separate)
     assert result_bytes(ctx) == result_bytes(separate)
     assert len({cells[name] for name in cells if name.startswith("base-test-")}) == len(LOOPS)  # K matters
 
@@ -79,7 +79,7 @@ def test_a_cut_group_recomputes_only_its_missing_cells(tmp_path: Path, separate,
     spy = Spy(monkeypatch)
     nll_stage.cell_path(ctx, "base", "test", k1).unlink()
     nll_stage.cell_path(ctx, "base", "test", k3).unlink()
-    nll_stage.cell_path(ctx, "train2", "train", k2).unlink()
+    nll_stage.cell_path(ctx, "train2", "heldout", k2).unlink()
     with one_thread():
         nll_stage.run(ctx)
     assert spy.groups == [[k1, k3]]  # the finished K2 is not recomputed
@@ -93,7 +93,7 @@ def test_groups_form_per_model_and_split_and_stay_in_one_process(tmp_path: Path,
     base, train = ctx.model_specs()
     windows = ctx.policies(list(LOOPS))
     loopformer = [UniformLoops(2), StepSchedule((0.5, 0.5))]  # no shared prefix: alone
-    cells = [Cell(spec, p, split) for spec in (base, train) for split in ("test", "train") for p in windows]
+    cells = [Cell(spec, p, split) for spec in (base, train) for split in ("test", "heldout") for p in windows]
     cells += [Cell(base, p, "test") for p in loopformer]
 
     def no_compute(cell, loaded, progress):
