@@ -48,10 +48,20 @@ RESULT_FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "oracle_frontier.csv": ("oracle_frontier", "adaptive", ("model", "split", "mean_loops", "nll_per_token")),
     "adaptive_depths.csv": ("adaptive_depths", "adaptive", ("model", "split", "policy", "chosen_depth")),
+    "benchmarks.csv": (
+        "benchmarks",
+        "benchmarks",
+        ("model", "inference_loops", "task", "metric", "value", "ci_low", "ci_high", "n"),
+    ),
+    "benchmarks_depth.csv": (
+        "benchmarks_depth",
+        "benchmarks",
+        ("model", "task", "metric", "inference_loops", "preferred", "difference", "diff_ci_low", "diff_ci_high"),
+    ),
 }
 # the adaptive stage writes these together; its figures and report section need all three
 ADAPTIVE_FILES = ("adaptive.csv", "oracle_frontier.csv", "adaptive_depths.csv")
-BOOL_COLUMNS = ("is_best", "train_test_match", "uniform")
+BOOL_COLUMNS = ("is_best", "train_test_match", "uniform", "preferred")
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,8 @@ class Results:
     adaptive: pd.DataFrame | None = None
     oracle_frontier: pd.DataFrame | None = None
     adaptive_depths: pd.DataFrame | None = None
+    benchmarks: pd.DataFrame | None = None
+    benchmarks_depth: pd.DataFrame | None = None
     problems: list[str] = field(default_factory=list)  # files present but unreadable
 
     @property

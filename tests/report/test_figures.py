@@ -20,8 +20,8 @@ from tests.support.fake_run import make_fake_run
 from .helpers import PNG_MAGIC, curves, legend_texts
 
 ALL_FIGURES = (
-    "nll_vs_loops", "exact_match", "latency", "frontier", "sft_loss", "schedules", "adaptive_frontier",
-    "adaptive_depths",
+    "nll_vs_loops", "exact_match", "latency", "frontier", "sft_loss", "schedules", "benchmarks",
+    "adaptive_frontier", "adaptive_depths",
 )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from study.report.figures import (
     adaptive_depths,
     adaptive_frontier,
+    benchmarks,
     exact_match,
     frontier,
     latency,
@@ -29,6 +30,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     frontier.FIGURE,
     sft_loss.FIGURE,
     schedules.FIGURE,
+    benchmarks.FIGURE,
     adaptive_frontier.FIGURE,
     adaptive_depths.FIGURE,
 )
