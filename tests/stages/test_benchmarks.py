@@ -200,6 +200,18 @@ def test_benchmark_tasks_are_the_offline_copies_that_score_accuracy():
     assert set(BENCHMARK_TASKS) == copies - {"nq_open"}  # nq_open is generative (exact match)
 
 
+def test_readme_gives_each_benchmark_task_its_split_and_licence():
+    import re
+
+    from study.eval.offline_tasks import table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = re.findall(r"^\| (\w+) \| (\w+) \| ([^|(]+?)(?: \([^)]*\))? \|$", readme, flags=re.M)
+    documented = {task: (split, licence) for task, split, licence in rows if task in BENCHMARK_TASKS}
+    expected = {row["task"]: (row["split"], row["licence"]) for row in table() if row["task"] in BENCHMARK_TASKS}
+    assert documented == expected and len(documented) == len(BENCHMARK_TASKS)
+
+
 def test_missing_offline_copies_stop_the_run_before_it_writes(tmp_path, monkeypatch):
     from study.validation import check_benchmark_data
 
