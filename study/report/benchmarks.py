@@ -93,11 +93,11 @@ def findings(results: Results, depth: pd.DataFrame) -> list[str]:
             verdict = (
                 "worse at " + ", ".join(f"{int(r['inference_loops'])} loops" for _, r in worse.iterrows())
                 if not worse.empty
-                else "no other depth is distinguishable from it"
+                else "no other depth differs from it"
             )
             lines.append(
                 f"- {results.model(name).label}, {task}: most accurate at {int(best['inference_loops'])} loops "
-                f"({100 * best['value']:.1f}% acc); {verdict} (McNemar p < {SIGNIFICANCE})."
+                f"({100 * best['value']:.1f}% acc); {verdict} at McNemar p < {SIGNIFICANCE}."
             )
     return lines
 

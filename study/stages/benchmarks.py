@@ -154,7 +154,8 @@ def evaluate_cell(loaded: Loaded, policy: DepthPolicy, section: BenchmarksConfig
                 lm=lm, task_dict=load_tasks(section.tasks), limit=section.limit, bootstrap_iters=0, log_samples=True
             )
         finally:  # the CLI's record of executed loops: not needed here, not kept for the run's length
-            LoopDepthLM.executed_logs.remove(lm.executed_loops)
+            logs = LoopDepthLM.executed_logs
+            logs[:] = [log for log in logs if log is not lm.executed_loops]  # by identity: empty lists are equal
     if results is None or "samples" not in results:
         raise StudyError(f"benchmarks: lm-eval returned no samples for {policy.id}")
     return question_records(results["samples"], policy.id, section.tasks)
