@@ -127,7 +127,7 @@ def test_stage_declarations_are_consistent() -> None:
         if stage.cell_neutral is not None:  # per-model outputs are keyed by the stage's config section
             assert stage.name in stage.sections
     assert [s.name for s in STAGES if s.main_process_only] == ["check", "report"]
-    assert [s.name for s in STAGES if s.uses_base] == ["sft", "nll", "adaptive", "exact_match", "latency"]
+    assert [s.name for s in STAGES if s.uses_base] == ["sft", "nll", "adaptive", "exact_match", "latency", "benchmarks"]
 
 
 def test_the_gate_is_put_in_front_of_stages_that_use_the_base() -> None:

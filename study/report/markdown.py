@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from study.io import atomic_write_text
+from study.report.benchmarks import benchmarks_section
 from study.report.figures import FIGURES, figure_number, figure_spec, write_figures
 from study.report.formats import format_nll, format_percent, format_seconds, gaps_text, markdown_table, yes_no
 from study.report.results import ADAPTIVE_FILES, TEST, Results, load_results
@@ -52,7 +53,7 @@ def _header(results: Results) -> list[str]:
 
 
 def _stage_order(name: str) -> tuple[int, str]:
-    known = ("check", "sft", "nll", "exact_match", "latency", "report")  # the pipeline's order
+    known = ("check", "sft", "nll", "exact_match", "latency", "benchmarks", "report")  # the pipeline's order
     return (known.index(name) if name in known else len(known), name)
 
 
@@ -483,6 +484,7 @@ def render_report(results: Results, figures: Figures, figures_rel: str = "figure
     lines += _figure_block(results, "depth_shift", figures, figures_rel)
     lines += replication_section(results)
     lines += _schedules_section(results, figures, figures_rel)
+    lines += benchmarks_section(results, lambda name: _figure_block(results, name, figures, figures_rel))
     lines += _adaptive_section(results, figures, figures_rel)
     return "\n".join(lines).rstrip() + "\n"
 
