@@ -16,7 +16,8 @@ summarised in ``schedules.csv`` (this stage owns it: same scorer, same loop). Th
   headline) with a percentile bootstrap CI over examples;
 - ``preferred_depth.csv``: per (model, split), the best loop count and, from a
   paired bootstrap (the same resampled examples for every loop count), each loop's
-  gap to the best with its CI and how often it wins;
+  gap to the best with its CI and how often it wins (``p_best_is_train_loops`` is
+  ``not in grid`` when the training depth is not a loop count of the grid);
 - ``schedules.csv``: per (model, schedule) on the test slice, NLL per token with its
   bootstrap CI and its rank among the schedules (1 = lowest NLL).
 
@@ -38,7 +39,7 @@ from study.pipeline import RunContext
 from study.scoring import score_continuations
 from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
-from study.stats import paired_depth_bootstrap, ratio_ci, ratio_of_sums
+from study.stats import ci_cells, paired_depth_bootstrap, ratio_ci, ratio_of_sums
 from study.tasks.gsm8k import encode_example
 
 SPLITS = {"test": "nll_test", "train": "nll_train"}  # split column value -> ctx.examples subset
@@ -54,6 +55,7 @@ PREFERRED_COLUMNS = (
     "model", "split", "train_loops", "policy", "inference_loops", "nll_per_token", "best_loops", "best_nll",
     "is_best", "gap_to_best", "gap_ci_low", "gap_ci_high", "p_best", "p_best_is_train_loops", "train_test_match",
 )  # fmt: skip
+NOT_IN_GRID = "not in grid"  # p_best_is_train_loops of a model whose training depth the grid lacks
 SCHEDULE_COLUMNS = (
     "model", "split", "policy", "steps", "uniform", "nll_per_token", "ci_low", "ci_high", "rank",
 )  # fmt: skip
@@ -180,8 +182,9 @@ def cell_summary(rows: list[dict], resamples: int, confidence: float, seed: int)
     tokens = np.array([r["answer_tokens"] for r in rows])
     final_nll = np.array([r["final_nll_sum"] for r in rows])
     final_tokens = np.array([r["final_tokens"] for r in rows])
-    ci = ratio_ci(nll, tokens, resamples, confidence, seed)
-    final_ci = ratio_ci(final_nll, final_tokens, resamples, confidence, seed)
+    # one example has no interval: empty cells (study.stats.ci_cells), never NaN
+    ci = ci_cells(*ratio_ci(nll, tokens, resamples, confidence, seed))
+    final_ci = ci_cells(*ratio_ci(final_nll, final_tokens, resamples, confidence, seed))
     return {
         "executed_loops": float(np.mean([r["executed_loops"] for r in rows])),
         "examples": len(rows),
@@ -223,9 +226,10 @@ def write_results(ctx: RunContext, cells: dict[tuple[str, str, str], list[dict]]
         match = loops[results["test"].best_index] == loops[results["train"].best_index]
         for split, result in results.items():
             best = result.best_index
-            # a train depth outside the grid never wins a resample
-            p_train = result.p_best[loops.index(spec.train_loops)] if spec.train_loops in loops else 0.0
+            # a train depth outside the grid has no share to report: said in words, never as 0.0
+            p_train = result.p_best[loops.index(spec.train_loops)] if spec.train_loops in loops else NOT_IN_GRID
             for i, policy in enumerate(grid):
+                gap_ci = ci_cells(*result.gap_ci[i])
                 preferred.append(
                     {
                         "model": spec.name,
@@ -238,8 +242,8 @@ def write_results(ctx: RunContext, cells: dict[tuple[str, str, str], list[dict]]
                         "best_nll": result.nll_per_token[best],
                         "is_best": i == best,
                         "gap_to_best": result.gap[i],
-                        "gap_ci_low": result.gap_ci[i][0],
-                        "gap_ci_high": result.gap_ci[i][1],
+                        "gap_ci_low": gap_ci[0],
+                        "gap_ci_high": gap_ci[1],
                         "p_best": result.p_best[i],
                         "p_best_is_train_loops": p_train,
                         "train_test_match": match,

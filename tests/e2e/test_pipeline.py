@@ -65,6 +65,7 @@ def test_smoke_run_writes_every_output(smoke_run: Path) -> None:
     assert manifest["versions"]["torch"] and manifest["hardware"]["device"] == "cpu"
     assert set(manifest["stages"]) == {"check", "sft", "nll", "adaptive", "exact_match", "latency", "report"}
     assert all("finished" in stage for stage in manifest["stages"].values())
+    assert manifest["model"]["tokenizer"]["vocab_size"] == 2048 and manifest["hardware"]["cpu_model"]
     assert (smoke_run / "report.md").is_file()
     assert "not the released model" in (smoke_run / "report.md").read_text()
     assert len(list((smoke_run / "figures").glob("*.png"))) >= 5
