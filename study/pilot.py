@@ -1,17 +1,21 @@
-"""Pilots: what to loop, chosen before a study on data the study does not report.
+"""Pilots: what to loop and how to train, tried before a study.
 
 ``python -m study.pilot`` (a looped-decoder config's window and strategy) scores the
 gold-answer NLL (``study.scoring``, the NLL stage's own scorer) of the base at every
 (window, strategy, K) on GSM8K *train* questions that are outside the config's SFT
 subset (so also outside its train diagnostics), and prints NLL per token with a
-bootstrap CI, the executed loops and seconds per example::
+bootstrap CI, the executed loops and seconds per example. It reads no test question;
+whether a window was chosen blind to test data depends on what else was run before it
+(the README says so for smol's 12-15, which the ``looping`` tool below had scored on test
+questions first)::
 
     python -m study.pilot --version smol --examples 16 --windows 8-11 12-15 16-19 \\
         --strategies euler naive --loops 1 2 4 --out runs/pilot-smol.csv
 
 ``python -m study.pilot looping`` (once ``python -m study.looping``) is training-free
 looping on a pretrained SmolLM2, without a config: the gold-answer NLL of the first
-``--examples`` GSM8K *test* questions per strategy and loop count::
+``--examples`` GSM8K *test* questions per strategy and loop count (so anything chosen
+after looking at it was not chosen on held-out data only)::
 
     python -m study.pilot looping --model smollm2 --window 12 15 --loops 1 2 3 4 \\
         --strategy euler naive --examples 50
@@ -20,6 +24,12 @@ For every (strategy, K): the token-weighted NLL of the gold GSM8K solutions
 (``Question: {q}\\nAnswer:`` then the solution, teacher-forced, no BOS; sum of NLL over
 sum of tokens), a seeded percentile bootstrap 95% CI over examples, the mean executed
 loops, and seconds per example.
+
+``python -m study.pilot lr`` (``study.pilot_lr``) chooses the SFT learning rate: a short
+SFT per (learning rate, training depth) with the SFT stage's trainer, scored on held-out
+train questions (never test)::
+
+    python -m study.pilot lr --version smol --lrs 1e-5,2e-5,5e-5 --steps 100
 """
 
 from __future__ import annotations
@@ -44,11 +54,16 @@ from study.models.backbones import bind
 from study.pipeline import RunContext, StudyError, configure_torch, resolve_device
 from study.scoring import gold_token_nll, length_batches, right_pad, score_continuations
 from study.stages.sweep import progress
-from study.stats import ratio_ci, ratio_of_sums
+from study.stats import NO_CI, ci_cells, ratio_ci, ratio_of_sums
 from study.tasks.gsm8k import EncodedExample, encode_example, load_gsm8k
 
 COLUMNS = ("window", "strategy", "loops", "policy", "examples", "nll_per_token", "ci_low", "ci_high",
            "executed_loops", "seconds_per_example")  # fmt: skip
+
+
+def ci_text(low: float | str, high: float | str) -> str:
+    """A CI as the pilots print it: ``[low, high]``, or ``no CI (n < 2)`` (``ci_cells``' empty cells)."""
+    return NO_CI if low == "" or high == "" else f"[{low:.4f}, {high:.4f}]"
 
 
 def pilot_examples(ctx: RunContext, count: int):
@@ -61,10 +76,14 @@ def pilot_examples(ctx: RunContext, count: int):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m study.pilot [looping] ...``: the first word picks the tool."""
+    """``python -m study.pilot [looping|lr] ...``: the first word picks the tool."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["looping"]:
         return looping_main(argv[1:])
+    if argv[:1] == ["lr"]:
+        from study.pilot_lr import lr_main  # trl and the SFT stage load only for this tool
+
+        return lr_main(argv[1:])
     return window_main(argv)
 
 
@@ -75,7 +94,8 @@ def window_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m study.pilot",
         description="Choose a looped decoder's window and strategy on train data.",
-        epilog="python -m study.pilot looping --help: training-free looping of SmolLM2 (no config).",
+        epilog="python -m study.pilot looping --help: training-free looping of SmolLM2 (no config); "
+        "python -m study.pilot lr --help: the SFT learning rate, on held-out train questions.",
     )
     parser.add_argument("--version", default="smol", help="a looped_decoder config (its base, data and seed)")
     parser.add_argument("--examples", type=int, default=16)
@@ -126,7 +146,7 @@ def window_main(argv: Sequence[str] | None = None) -> int:
         seconds = (time.perf_counter() - start) / len(encoded)
         nll = np.array([s.nll_sum for s in scores])
         tokens = np.array([s.answer_tokens for s in scores])
-        low, high = ratio_ci(nll, tokens, 2000, 0.95, config.seed)
+        low, high = ci_cells(*ratio_ci(nll, tokens, 2000, 0.95, config.seed))  # empty for one example
         row = {
             "window": f"{window[0]}-{window[1]}", "strategy": strategy, "loops": loops, "policy": policy.id,
             "examples": len(scores), "nll_per_token": float(ratio_of_sums(nll, tokens)), "ci_low": low,
@@ -135,7 +155,7 @@ def window_main(argv: Sequence[str] | None = None) -> int:
         }  # fmt: skip
         rows.append(row)
         print(
-            f"{row['policy']:<24} NLL {row['nll_per_token']:.4f} [{low:.4f}, {high:.4f}]  "
+            f"{row['policy']:<24} NLL {row['nll_per_token']:.4f} {ci_text(low, high)}  "
             f"executed {row['executed_loops']:.1f}  {seconds:.2f} s/example",
             flush=True,
         )
@@ -249,10 +269,10 @@ def looping_main(argv: Sequence[str] | None = None) -> int:
             start = time.perf_counter()
             nll, tokens, loops = score_looped(looped, examples, args.batch_size, bar)
             seconds = (time.perf_counter() - start) / len(examples)
-        low, high = ratio_ci(nll, tokens, args.resamples, 0.95, args.seed)
+        low, high = ci_cells(*ratio_ci(nll, tokens, args.resamples, 0.95, args.seed))
         print(
             f"{spec.strategy:<16}{spec.loops:>3}{nll.sum() / tokens.sum():>11.4f}  "
-            f"[{low:.4f}, {high:.4f}]  {loops.mean():>5.2f}{seconds:>11.3f}",
+            f"{ci_text(low, high):<18}{loops.mean():>5.2f}{seconds:>11.3f}",
             flush=True,
         )
     return 0
