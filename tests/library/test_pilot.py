@@ -1,5 +1,5 @@
 """study.pilot: the window pilot on a tiny looped decoder, the looping tool's arguments, both --help texts,
-and the learning-rate pilot (study.pilot_lr) on the embedded mini model."""
+and the learning-rate pilot on the embedded mini model."""
 
 from __future__ import annotations
 
@@ -62,14 +62,13 @@ def test_help_of_both_tools(capsys):
         assert exited.value.code == 0 and wanted in capsys.readouterr().out
 
 
-# ---- the learning-rate pilot (study.pilot_lr) -------------------------------------------
+# ---- the learning-rate pilot (python -m study.pilot lr) ---------------------------------
 
 
 def test_lr_pilot_trains_with_the_sft_stage_and_scores_held_out_train_questions(tmp_path, monkeypatch, capsys):
     """Each (lr, depth) is one short SFT through the SFT stage's trainer at that lr, scored
     on train questions outside the SFT subset; the CSVs, the chosen lr and the ordering
     check come out, and a rerun reuses every finished pair."""
-    from study import pilot_lr
     from study.config import load_config
     from study.pipeline import RunContext
     from study.stages import sft
@@ -89,7 +88,7 @@ def test_lr_pilot_trains_with_the_sft_stage_and_scores_held_out_train_questions(
     assert pilot.main(argv) == 0
     assert built == [(1e-4, 8), (1e-4, 4), (1e-3, 8), (1e-3, 4)]  # smoke's depths, each at each lr
     rows = read_csv(run_dir / "lr_pilot.csv")
-    assert tuple(rows[0]) == pilot_lr.LR_COLUMNS
+    assert tuple(rows[0]) == pilot.LR_COLUMNS
     assert [(r["lr"], r["train_loops"], r["policy"], r["steps"]) for r in rows] == [
         ("0.0001", "8", "M8", "1"), ("0.0001", "4", "M4", "1"), ("0.001", "8", "M8", "1"), ("0.001", "4", "M4", "1")
     ]  # fmt: skip
@@ -103,7 +102,7 @@ def test_lr_pilot_trains_with_the_sft_stage_and_scores_held_out_train_questions(
     scored = read_json(run_dir / "cells" / "lr0.0001-train8.json")["example_ids"]
     assert len(scored) == 3 and not set(scored) & set(ctx.subsets.sft)  # train questions held out from SFT
     out = capsys.readouterr().out
-    chosen, same, _ = pilot_lr.summarize([{**r, "lr": float(r["lr"]), "nll_per_token": float(r["nll_per_token"])}
+    chosen, same, _ = pilot.summarize([{**r, "lr": float(r["lr"]), "nll_per_token": float(r["nll_per_token"])}
                                           for r in rows])  # fmt: skip
     assert f"chosen lr: {chosen:g}" in out
     assert "same ordering at every lr: " + ("yes" if same else "no") in out
@@ -114,21 +113,19 @@ def test_lr_pilot_trains_with_the_sft_stage_and_scores_held_out_train_questions(
 
 
 def test_lr_pilot_summary_and_arguments(capsys):
-    from study import pilot_lr
-
     rows = [
         {"lr": 1e-5, "train_loops": 2, "nll_per_token": 1.50}, {"lr": 1e-5, "train_loops": 4, "nll_per_token": 1.40},
         {"lr": 2e-5, "train_loops": 2, "nll_per_token": 1.45}, {"lr": 2e-5, "train_loops": 4, "nll_per_token": 1.30},
         {"lr": 5e-5, "train_loops": 2, "nll_per_token": 1.20}, {"lr": 5e-5, "train_loops": 4, "nll_per_token": 1.60},
     ]  # fmt: skip
-    chosen, same, rankings = pilot_lr.summarize(rows)
+    chosen, same, rankings = pilot.summarize(rows)
     assert chosen == 2e-5  # mean 1.375, against 1.45 and 1.40
     assert not same and rankings == {1e-5: [4, 2], 2e-5: [4, 2], 5e-5: [2, 4]}
-    assert pilot_lr.summarize(rows[:4])[1]  # the first two agree
-    assert pilot_lr.parse_lrs("1e-5, 2e-5") == [1e-5, 2e-5]
+    assert pilot.summarize(rows[:4])[1]  # the first two agree
+    assert pilot.parse_lrs("1e-5, 2e-5") == [1e-5, 2e-5]
     for bad in ("", "x", "1e-5,1e-5", "0", "-1e-5", "inf"):
         with pytest.raises(ValueError, match="--lrs"):
-            pilot_lr.parse_lrs(bad)
+            pilot.parse_lrs(bad)
     for argv in (["lr", "--lrs", "2e-5,2e-5"], ["lr", "--steps", "0"]):
         with pytest.raises(SystemExit) as exited:
             pilot.main(argv)
