@@ -7,10 +7,10 @@ matmuls, causal attention and the tied LM head; norms, activations and the adaLN
 conditioning are left out) on GSM8K's mean token counts under the vendored GPT-2 BPE
 (the released checkpoint's vocabulary), at the released shape (``--shape``):
 
-- SFT: per SFT model, ``epochs x sft_examples`` sequences (prompt + solution + EOS, cut
-  at ``max_length``) at its training depth; forward and backward = 3 forwards, the head
-  on every position;
-- the NLL depth grid: every model x (test + train slice) x every depth of
+- SFT: per SFT model (every training depth and replicate seed), ``epochs x sft_examples``
+  sequences (prompt + solution + EOS, cut at ``max_length``) at its training depth;
+  forward and backward = 3 forwards, the head on every position;
+- the NLL depth grid: every model x (test + heldout + seen slices) x every depth of
   ``nll.inference_loops``, the head on the scored (answer) tokens only, as the scorer;
 - the schedule sweep: every model x test slice x every schedule of ``schedules.loops``
   steps (each runs that many loops);
@@ -75,7 +75,9 @@ def generation_flops(shape: LoopFormerConfig, loops: int, prompt: float, new_tok
 
 def study_flops(config: StudyConfig, shape: LoopFormerConfig, counts: TokenCounts) -> dict[str, float]:
     """FLOPs of each part of a LoopFormer study (see the module docstring)."""
-    data, models = config.data, 1 + len(config.sft.train_loops)
+    sft_models = config.sft_models()
+    data, models = config.data, 1 + len(sft_models)  # the base and every SFT model (each replicate)
+    slices = data.nll_test_examples + data.nll_heldout_examples + data.nll_seen_examples
 
     def scored(loops: int) -> float:  # one gold answer scored at ``loops``
         return sequence_flops(shape, loops, counts.sequence, counts.answer)
@@ -92,11 +94,9 @@ def study_flops(config: StudyConfig, shape: LoopFormerConfig, counts: TokenCount
     sft_sequences = config.sft.epochs * data.sft_examples
     return {
         "sft": sum(
-            3 * sft_sequences * sequence_flops(shape, k, counts.sft, counts.sft) for k in config.sft.train_loops
+            3 * sft_sequences * sequence_flops(shape, m.train_loops, counts.sft, counts.sft) for m in sft_models
         ),
-        "nll_depth_grid": models
-        * (data.nll_test_examples + data.nll_train_examples)
-        * sum(scored(k) for k in config.nll.inference_loops),
+        "nll_depth_grid": models * slices * sum(scored(k) for k in config.nll.inference_loops),
         "schedules": schedules,
         "exact_match": models
         * data.em_examples

@@ -26,7 +26,7 @@ sum of tokens), a seeded percentile bootstrap 95% CI over examples, the mean exe
 loops, and seconds per example.
 
 ``python -m study.pilot lr`` chooses the SFT learning rate: a short
-SFT per (learning rate, training depth) with the SFT stage's trainer, scored on held-out
+SFT per (learning rate, training depth) with the SFT stage's trainer, scored on the heldout
 train questions (never test)::
 
     python -m study.pilot lr --version smol --lrs 1e-5,2e-5,5e-5 --steps 100
@@ -67,9 +67,9 @@ def ci_text(low: float | str, high: float | str) -> str:
 
 
 def pilot_examples(ctx: RunContext, count: int):
-    """``count`` train-split questions outside the SFT subset, drawn with the config's seed."""
+    """``count`` train-split questions outside every SFT subset, drawn with the config's seed."""
     train = ctx.dataset.split("train")
-    used = set(ctx.subsets.sft)
+    used = ctx.subsets.sft_union
     pool = [i for i in range(len(train)) if i not in used]
     chosen = np.random.default_rng(ctx.config.seed + 1).choice(pool, size=count, replace=False)
     return [train[int(i)] for i in sorted(chosen)]
@@ -285,9 +285,9 @@ def looping_main(argv: Sequence[str] | None = None) -> int:
 # build_trainer``: the same SFT subset, collator, completion-only loss, seeds and
 # callbacks; only the learning rate and the number of optimizer steps, ``--steps``,
 # differ), then the gold-answer NLL of the trained model at its training depth (the NLL
-# stage's scorer, ``study.scoring.score_continuations``) on GSM8K *train* questions that
-# are outside the SFT subset (``pilot_examples``: a held-out slice; no test
-# question is read)::
+# stage's scorer, ``study.scoring.score_continuations``) on the run's heldout slice
+# (``data.nll_heldout_examples`` GSM8K *train* questions that no SFT subset contains, the
+# calibration set for anything tuned; no test question is read)::
 #
 #     python -m study.pilot lr --version smol --lrs 1e-5,2e-5,5e-5 --steps 100
 #
@@ -330,7 +330,7 @@ def train_and_score(
 
     from study.stages.sft import build_trainer
 
-    trainer = build_trainer(ctx, train_loops)
+    trainer = build_trainer(ctx, ctx.sft_spec(train_loops))  # the first replicate's seed and SFT subset
     trainer.args.max_steps = steps  # overrides the epochs: the same number of updates at every lr
     trainer.args.save_strategy = SaveStrategy.NO  # a pilot keeps no checkpoints
     trainer.train()
@@ -379,13 +379,13 @@ def parse_lr_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", default="smol", help="a config (its base, SFT subset, training depths, seed)")
     parser.add_argument("--lrs", default="1e-5,2e-5,5e-5", help="comma-separated learning rates")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps per (lr, training depth)")
-    parser.add_argument("--examples", type=int, default=100, help="held-out train questions scored")
+    parser.add_argument("--examples", type=int, default=None, help="the first N heldout questions (default: all)")
     parser.add_argument("--batch-size", type=int, default=4, help="scoring batch size")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--run-dir", type=Path, default=None, help="default: runs/pilot-lr-<version>")
     args = parser.parse_args(argv)
     for name in ("steps", "examples", "batch_size", "resamples"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     try:
         args.lr_values = parse_lrs(args.lrs)
@@ -413,14 +413,16 @@ def lr_main(argv: Sequence[str] | None = None) -> int:
     configure_torch(config)
     run_dir = args.run_dir or Path("runs") / f"pilot-lr-{config.name}"
     device = resolve_device(config.device)
-    try:
-        examples = pilot_examples(RunContext(config=config, run_dir=run_dir, device=device), args.examples)
-    except ValueError:  # numpy: more questions asked than the train split has outside the SFT subset
-        print(f"{LR_PROG}: error: --examples {args.examples}: too few train questions outside the SFT subset",
-              file=sys.stderr)  # fmt: skip
-        return 2
+    # the run's heldout slice: train questions no SFT subset contains, the calibration set for what is tuned
+    examples = RunContext(config=config, run_dir=run_dir, device=device).examples("nll_heldout")
+    if args.examples is not None:
+        if args.examples > len(examples):
+            print(f"{LR_PROG}: error: --examples {args.examples} > data.nll_heldout_examples ({len(examples)})",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        examples = examples[: args.examples]
     ids = [e.id for e in examples]
-    print(f"lr pilot: {config.name}, {len(examples)} held-out train questions (outside the SFT subset), "
+    print(f"lr pilot: {config.name}, {len(examples)} heldout train questions (outside every SFT subset), "
           f"{args.steps} optimizer steps per model, depths {config.sft.train_loops}", flush=True)  # fmt: skip
     rows = []
     try:

@@ -17,11 +17,17 @@ cache; pass j >= 1 of window layer i uses index N + (j - 1) * W + (i - a) (N lay
 window width W), appended after the model's layers. Prefill and each decode call
 write pass j's keys and values into slot j, and pass j attends to slot j, which is
 what teacher forcing computes for every position at once.
+
+Without a cache, layers 0..a-1 compute the same states whatever the window's loops,
+strategy or cache strategy: ``prefix(input_ids)`` runs them once and
+``forward_from_prefix(prefix)`` runs the rest, so a sweep over K shares them
+(``study.scoring.score_continuations_group``); the two together are ``base_forward``
+op for op, hence bit for bit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import torch
@@ -44,6 +50,21 @@ class LoopedModelOutput(BaseModelOutputWithPast):
 @dataclass
 class LoopedCausalLMOutput(CausalLMOutputWithPast):
     executed_loops: Tensor | None = None  # [B] float
+
+
+@dataclass
+class PrefixStates:
+    """The hidden states of a batch after the layers before the window (no cache), and
+    what those layers were called with (masks, positions, rotary embeddings): computed
+    once by ``LoopedDecoder.prefix`` and shared by every K of a sweep."""
+
+    hidden: Tensor  # [B, T, H]: the output of layers 0..a-1 (the embeddings when a = 0)
+    calls: _LayerCalls  # cache None: the same for every spec of the model
+    model: nn.Module  # the causal LM whose layers computed it
+
+    @property
+    def window_start(self) -> int:
+        return self.calls.window.start
 
 
 class LoopedDecoder(nn.Module):
@@ -133,13 +154,44 @@ class LoopedDecoder(nn.Module):
         positions count from the first column, as in the plain model's forward.
         ``use_cache`` defaults to whether ``cache`` was given; with it and no cache, a
         new ``DynamicCache`` is returned in the output."""
-        inner = self.model.model
         if use_cache is None:
             use_cache = cache is not None
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
+        calls, embeds = self._layer_calls(input_ids, attention_mask, cache)
+        x = self._layers_before_window(calls, embeds)
+        return self._window_and_after(x, calls, attention_mask, cache if use_cache else None)
+
+    def prefix(self, input_ids: Tensor) -> PrefixStates:
+        """The layers before the window on ``input_ids`` [B, T], without a cache or an
+        attention mask (teacher-forced scoring of a right-padded batch): what every
+        policy with this window start shares. ``forward_from_prefix`` finishes it;
+        together they compute ``base_forward(input_ids)`` op for op."""
+        calls, embeds = self._layer_calls(input_ids, None, None)
+        return PrefixStates(self._layers_before_window(calls, embeds), calls, self.model)
+
+    def forward_from_prefix(self, prefix: PrefixStates) -> LoopedModelOutput:
+        """``base_forward`` of the batch ``prefix`` was computed on, from its states after
+        the layers before the window: this spec's window, the layers after it, the norm.
+        ``prefix`` may come from another ``LoopedDecoder`` of the same model and window
+        start (its loops, strategy or cache strategy may differ: without a cache the
+        layers before the window do not depend on them)."""
+        if prefix.model is not self.model or prefix.window_start != self.window.start:
+            raise ValueError(
+                f"prefix states of layers 0..{prefix.window_start - 1} of another model or window start "
+                f"(this decoder loops layers {self.window.start}..{self.window.stop - 1})"
+            )
+        # the calls this decoder would build itself: without a cache, only the window differs
+        calls = replace(prefix.calls, window=self.window, stashed=[], passes={})
+        return self._window_and_after(prefix.hidden, calls, None, None)
+
+    def _layer_calls(
+        self, input_ids: Tensor, attention_mask: Tensor | None, cache: DynamicCache | None
+    ) -> tuple[_LayerCalls, Tensor]:
+        """The layer calls of one forward on ``input_ids`` [B, T], and the embeddings [B, T, H]."""
+        inner = self.model.model
         embeds = inner.embed_tokens(input_ids)  # [B, T, H]
-        batch, length = input_ids.shape
+        length = input_ids.shape[1]
         past = cache.get_seq_length(self.kv_layer) if cache is not None else 0
         position_ids = torch.arange(past, past + length, device=input_ids.device).unsqueeze(0)  # [1, T]
         mask = create_causal_mask(
@@ -173,27 +225,34 @@ class LoopedDecoder(nn.Module):
             per_loop=window_kv and self.per_loop,
             window=self.window,
         )
+        return calls, embeds
 
-        x = embeds
+    def _layers_before_window(self, calls: _LayerCalls, embeds: Tensor) -> Tensor:
+        x = embeds  # [B, T, H]
         for i in range(self.window.start):
             x = calls.layer(i, x)
-        if past == 0:
+        return x
+
+    def _window_and_after(
+        self, x: Tensor, calls: _LayerCalls, attention_mask: Tensor | None, cache: DynamicCache | None
+    ) -> LoopedModelOutput:
+        """The window (looped or bypassed) on x [B, T, H], the layers after it and the final
+        norm; ``cache``: the one to return in the output (None: none)."""
+        if calls.past == 0:
             self._decode_calls = 0  # a prefill: decode_mode first_n counts decode calls from here
         else:
             self._decode_calls += 1
-        if past > 0 and not self._loops_decode_call():
+        if calls.past > 0 and not self._loops_decode_call():
             for i in self.window:  # bypass: the window runs once, as in the plain model
                 x = calls.layer(i, x, in_window=True)
-            executed = torch.ones(batch, device=x.device)
+            executed = torch.ones(x.shape[0], device=x.device)
         else:
-            token_mask = None if attention_mask is None else attention_mask[:, -length:]  # [B, T]
+            token_mask = None if attention_mask is None else attention_mask[:, -calls.length :]  # [B, T]
             x, executed = self._loop(x, calls, token_mask)
         for i in range(self.window.stop, self.config.num_hidden_layers):
             x = calls.layer(i, x)
         return LoopedModelOutput(
-            last_hidden_state=inner.norm(x),
-            executed_loops=executed,
-            **cache_kwargs(cache if use_cache else None),
+            last_hidden_state=self.model.model.norm(x), executed_loops=executed, **cache_kwargs(cache)
         )
 
     def _loops_decode_call(self) -> bool:

@@ -3,21 +3,29 @@
 Scoring is ``study.scoring.score_continuations`` (lm-eval's ``loglikelihood``: the whole
 solution and the final answer of each example); the statistics are ``study.stats``.
 
-For each model × split (``test``, ``train``) × depth policy of ``nll.inference_loops``
+For each model × split × depth policy of ``nll.inference_loops``
 (``M8`` for LoopFormer, ``euler-w12-15-K3`` for a looped decoder), one cell file
 ``results/cells/nll/<model>-<split>-<policy>.csv`` is written by the one sweep-cell
-loop (``study.stages.sweep``: resume, Ctrl-C, processes). With a ``schedules``
+loop (``study.stages.sweep``: resume, Ctrl-C, processes); the K cells of a looped
+decoder on one split form a cell group that runs the layers before the window once
+per batch (``score_continuations_group``: the same rows bit for bit). With a ``schedules``
 section (LoopFormer), every schedule of M steps is one more test cell per model,
-summarised in ``schedules.csv`` (this stage owns it: same scorer, same loop). Then:
+summarised in ``schedules.csv`` (this stage owns it: same scorer, same loop). The splits
+(``study.tasks.gsm8k``): ``test`` (test questions), ``heldout`` (train questions no SFT
+subset of the run contains: the diagnostic) and ``seen`` (questions of the first
+replicate's SFT subset: SFT data, labelled so wherever it is shown). Then:
 
-- ``nll.csv``: one row per (model, split, policy, example), with the loops the
-  policy runs (``inference_loops``) and the loops the example executed;
+- ``nll.csv``: one row per (model, split, policy, example), with the model's replicate
+  ``seed`` (empty for the base) and ``train_loops``, the loops the policy runs
+  (``inference_loops``) and the loops the example executed;
 - ``nll_summary.csv``: token-weighted NLL per cell (sum NLL / sum tokens, the
   headline) with a percentile bootstrap CI over examples;
 - ``preferred_depth.csv``: per (model, split), the best loop count and, from a
   paired bootstrap (the same resampled examples for every loop count), each loop's
   gap to the best with its CI and how often it wins (``p_best_is_train_loops`` is
   ``not in grid`` when the training depth is not a loop count of the grid);
+  ``train_test_match``: whether the argmins on ``test`` and ``heldout`` (train-split
+  questions) agree;
 - ``schedules.csv``: per (model, schedule) on the test slice, NLL per token with its
   bootstrap CI and its rank among the schedules (1 = lowest NLL).
 
@@ -36,23 +44,24 @@ from study.io import atomic_write_csv, read_csv
 from study.looping.policies import DepthPolicy, StepSchedule
 from study.looping.schedules import enumerate_schedules, uniform_schedule
 from study.pipeline import RunContext
-from study.scoring import score_continuations
+from study.scoring import ContinuationScore, score_continuations, score_continuations_group
 from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
 from study.stats import ci_cells, paired_depth_bootstrap, ratio_ci, ratio_of_sums
 from study.tasks.gsm8k import encode_example
 
-SPLITS = {"test": "nll_test", "train": "nll_train"}  # split column value -> ctx.examples subset
-NLL_COLUMNS = (
+SPLITS = {"test": "nll_test", "heldout": "nll_heldout", "seen": "nll_seen"}  # split value -> ctx.examples subset
+NLL_COLUMNS = (  # a cell file's columns
     "model", "split", "policy", "inference_loops", "executed_loops", "example_id", "answer_tokens", "nll_sum",
     "final_tokens", "final_nll_sum",
 )  # fmt: skip
+NLL_CSV_COLUMNS = (NLL_COLUMNS[0], "seed", "train_loops", *NLL_COLUMNS[1:])  # nll.csv: the model's seed and depth
 SUMMARY_COLUMNS = (
-    "model", "split", "policy", "inference_loops", "executed_loops", "examples", "tokens", "nll_per_token", "ci_low",
-    "ci_high", "example_mean_nll", "final_tokens", "final_nll_per_token", "final_ci_low", "final_ci_high",
+    "model", "seed", "split", "policy", "inference_loops", "executed_loops", "examples", "tokens", "nll_per_token",
+    "ci_low", "ci_high", "example_mean_nll", "final_tokens", "final_nll_per_token", "final_ci_low", "final_ci_high",
 )  # fmt: skip
 PREFERRED_COLUMNS = (
-    "model", "split", "train_loops", "policy", "inference_loops", "nll_per_token", "best_loops", "best_nll",
+    "model", "seed", "split", "train_loops", "policy", "inference_loops", "nll_per_token", "best_loops", "best_nll",
     "is_best", "gap_to_best", "gap_ci_low", "gap_ci_high", "p_best", "p_best_is_train_loops", "train_test_match",
 )  # fmt: skip
 NOT_IN_GRID = "not in grid"  # p_best_is_train_loops of a model whose training depth the grid lacks
@@ -117,11 +126,28 @@ def read_cell(path: Path, example_ids: list[int], policy: str | None = None) -> 
     return rows if [r["example_id"] for r in rows] == example_ids else None
 
 
-def score_cell(cell: Cell, loaded: Loaded, examples: list, batch_size: int, progress=None) -> list[dict]:
+def encoded_split(cell: Cell, loaded: Loaded, examples: list) -> list:
     encoded = loaded.cache.get(split_of(cell))
     if encoded is None:  # each split is encoded once per model
         encoded = loaded.cache[split_of(cell)] = [encode_example(loaded.tokenizer, e) for e in examples]
-    scores = score_continuations(loaded.runner(cell.policy), encoded, batch_size, progress=progress)
+    return encoded
+
+
+def score_cell(cell: Cell, loaded: Loaded, examples: list, batch_size: int, progress=None) -> list[dict]:
+    encoded = encoded_split(cell, loaded, examples)
+    return cell_rows(cell, score_continuations(loaded.runner(cell.policy), encoded, batch_size, progress=progress))
+
+
+def score_cell_group(cells: list[Cell], loaded: Loaded, examples: list, batch_size: int, progress=None) -> list:
+    """``score_cell`` of each cell of one model and split whose policies share their first
+    layers (the sweep's cell group), those layers computed once per batch; same rows."""
+    encoded = encoded_split(cells[0], loaded, examples)
+    runners = [loaded.runner(cell.policy) for cell in cells]
+    scores = score_continuations_group(runners, encoded, batch_size, progress=progress)
+    return [cell_rows(cell, cell_scores) for cell, cell_scores in zip(cells, scores, strict=True)]
+
+
+def cell_rows(cell: Cell, scores: list[ContinuationScore]) -> list[dict]:
     return [
         {
             "model": cell.model.name,
@@ -163,11 +189,15 @@ def run(ctx: RunContext) -> None:
     def compute(cell: Cell, loaded: Loaded, progress) -> list[dict]:
         return score_cell(cell, loaded, examples[split_of(cell)], config.batch_size, progress)
 
+    def compute_group(cells: list[Cell], loaded: Loaded, progress) -> list[list[dict]]:
+        # the sweep groups cells of one split only (its default group key)
+        return score_cell_group(cells, loaded, examples[split_of(cells[0])], config.batch_size, progress)
+
     def describe(cell: Cell, rows: list[dict]) -> str:
         return f"{sum(r['nll_sum'] for r in rows) / sum(r['answer_tokens'] for r in rows):.4f} nats/token"
 
     store = NLLStore({split: [e.id for e in subset] for split, subset in examples.items()})
-    values = Sweep(ctx, "nll", store, compute, describe).run(cells)
+    values = Sweep(ctx, "nll", store, compute, describe, compute_group=compute_group).run(cells)
     if values is None:  # another process of the run aggregates
         return
     by_key = {(c.model.name, split_of(c), c.policy.id): rows for c, rows in values.items()}
@@ -205,13 +235,22 @@ def write_results(ctx: RunContext, cells: dict[tuple[str, str, str], list[dict]]
     specs = ctx.model_specs()
     order = [(spec.name, split, policy) for spec in specs for split in SPLITS for policy in grid]
     rows_of = {key: cells[key[0], key[1], key[2].id] for key in order}
-    atomic_write_csv(ctx.results_path("nll.csv"), [row for key in order for row in rows_of[key]], NLL_COLUMNS)
+    of_model = {spec.name: {"seed": spec.seed, "train_loops": spec.train_loops} for spec in specs}
+    nll_rows = [{**row, **of_model[key[0]]} for key in order for row in rows_of[key]]
+    atomic_write_csv(ctx.results_path("nll.csv"), nll_rows, NLL_CSV_COLUMNS)
 
     summary = []
     for name, split, policy in order:
         stats_row = cell_summary(rows_of[name, split, policy], config.bootstrap_resamples, config.confidence, seed)
         summary.append(
-            {"model": name, "split": split, "policy": policy.id, "inference_loops": policy.inference_loops, **stats_row}
+            {
+                "model": name,
+                "seed": of_model[name]["seed"],
+                "split": split,
+                "policy": policy.id,
+                "inference_loops": policy.inference_loops,
+                **stats_row,
+            }
         )
     atomic_write_csv(ctx.results_path("nll_summary.csv"), summary, SUMMARY_COLUMNS)
 
@@ -223,7 +262,8 @@ def write_results(ctx: RunContext, cells: dict[tuple[str, str, str], list[dict]]
             nll = np.array([[r["nll_sum"] for r in rows_of[spec.name, split, policy]] for policy in grid])
             tokens = np.array([r["answer_tokens"] for r in rows_of[spec.name, split, grid[0]]])
             results[split] = paired_depth_bootstrap(nll, tokens, config.bootstrap_resamples, config.confidence, seed)
-        match = loops[results["test"].best_index] == loops[results["train"].best_index]
+        # do test questions and unseen train-split questions prefer the same depth?
+        match = loops[results["test"].best_index] == loops[results["heldout"].best_index]
         for split, result in results.items():
             best = result.best_index
             # a train depth outside the grid has no share to report: said in words, never as 0.0
@@ -233,6 +273,7 @@ def write_results(ctx: RunContext, cells: dict[tuple[str, str, str], list[dict]]
                 preferred.append(
                     {
                         "model": spec.name,
+                        "seed": spec.seed,
                         "split": split,
                         "train_loops": spec.train_loops,
                         "policy": policy.id,
@@ -285,8 +326,8 @@ def write_schedules(
 STAGE = Stage(
     name="nll",
     run=run,
-    sections=("seed", "model", "data", "sft", "nll", "looping", "schedules"),
-    splits=("train", "test"),
+    sections=("seed", "replicates", "model", "data", "sft", "nll", "looping", "schedules", "sweep_dtype"),
+    splits=("train", "test"),  # GSM8K's files: heldout and seen questions come from train
     needs_sft=True,
     outputs=("results/nll.csv", "results/nll_summary.csv", "results/preferred_depth.csv", "results/schedules.csv"),
     cell_neutral=("inference_loops", "bootstrap_resamples", "confidence"),

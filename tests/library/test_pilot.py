@@ -67,8 +67,8 @@ def test_help_of_both_tools(capsys):
 
 def test_lr_pilot_trains_with_the_sft_stage_and_scores_held_out_train_questions(tmp_path, monkeypatch, capsys):
     """Each (lr, depth) is one short SFT through the SFT stage's trainer at that lr, scored
-    on train questions outside the SFT subset; the CSVs, the chosen lr and the ordering
-    check come out, and a rerun reuses every finished pair."""
+    on the heldout slice (train questions outside every SFT subset); the CSVs, the chosen
+    lr and the ordering check come out, and a rerun reuses every finished pair."""
     from study.config import load_config
     from study.pipeline import RunContext
     from study.stages import sft
@@ -76,9 +76,9 @@ def test_lr_pilot_trains_with_the_sft_stage_and_scores_held_out_train_questions(
     built = []
     real = sft.build_trainer
 
-    def spy(ctx, train_loops):
-        trainer = real(ctx, train_loops)
-        built.append((trainer.args.learning_rate, train_loops))
+    def spy(ctx, spec):
+        trainer = real(ctx, spec)
+        built.append((trainer.args.learning_rate, spec.train_loops))
         return trainer
 
     monkeypatch.setattr(sft, "build_trainer", spy)
@@ -100,7 +100,8 @@ def test_lr_pilot_trains_with_the_sft_stage_and_scores_held_out_train_questions(
     config = load_config("smoke")
     ctx = RunContext(config=config, run_dir=run_dir, device=torch.device("cpu"))
     scored = read_json(run_dir / "cells" / "lr0.0001-train8.json")["example_ids"]
-    assert len(scored) == 3 and not set(scored) & set(ctx.subsets.sft)  # train questions held out from SFT
+    assert scored == [e.id for e in ctx.examples("nll_heldout")][:3]  # the run's heldout slice, never test
+    assert not set(scored) & set(ctx.subsets.sft_union)
     out = capsys.readouterr().out
     chosen, same, _ = pilot.summarize([{**r, "lr": float(r["lr"]), "nll_per_token": float(r["nll_per_token"])}
                                           for r in rows])  # fmt: skip
