@@ -134,9 +134,10 @@ class ExactMatchConfig(Section):
 
 class LatencyConfig(Section):
     inference_loops: LoopGrid = Field(default_factory=lambda: [2, 4, 6, 8, 10, 12, 16])
-    new_tokens: PositiveInt = 64
+    # the first token comes from the prefill: a decode rate needs at least one more
+    new_tokens: Annotated[int, Field(ge=2)] = 64
     warmup: Annotated[int, Field(ge=0)] = 2
-    samples: PositiveInt = 10
+    samples: PositiveInt = Field(10, description="below 10 the report gives the median only, no p10/p90")
 
 
 class LoopingConfig(Section):

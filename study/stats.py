@@ -25,7 +25,10 @@ One policy for inputs that carry no interval:
   diverged model or overflowing weights must stop the run, never win an argmin or
   widen a CI silently. The depth oracle (``study.looping.oracle``) refuses the same way.
 - Fewer than two examples: there is no spread to resample, so every bootstrap CI bound
-  is NaN (the point values are still computed, and written as they are).
+  is NaN in memory (the point values are still computed, and written as they are). NaN
+  is never written as a number: results files hold such a bound as an empty cell
+  (``ci_cells``; ``study.io.atomic_write_csv`` refuses a NaN), and the report writes
+  ``NO_CI`` ("no CI (n < 2)") where the interval would be.
 - Identical paired inputs (a depth against itself) are not special: every resample
   gives the same value, so the CI collapses onto the point.
 - ``wilson_interval`` needs at least one trial (``n >= 1``) and ``0 <= correct <= n``;
@@ -34,6 +37,7 @@ One policy for inputs that carry no interval:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +50,18 @@ from scipy import stats
 from study.errors import StudyError  # a user-facing error: one line, a user-error exit code
 
 NAN_CI = (float("nan"), float("nan"))  # the interval of fewer than two examples
+NO_CI = "no CI (n < 2)"  # what the report writes in its place
+# p10/p90 of fewer timing samples are an order statistic or two, not a spread: the
+# latency stage writes them only from this many samples (the median alone below it)
+PERCENTILE_MIN_SAMPLES = 10
+
+
+def ci_cells(low: float, high: float) -> tuple[float | str, float | str]:
+    """A CI's bounds as results-file cells: the interval of fewer than two examples (NaN
+    bounds) becomes two empty cells, never the text ``nan``."""
+    if math.isnan(low) or math.isnan(high):
+        return "", ""
+    return low, high
 
 
 def require_finite(what: str, *arrays: np.ndarray) -> None:

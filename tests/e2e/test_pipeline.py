@@ -69,6 +69,7 @@ def test_smoke_run_writes_every_output(smoke_run: Path) -> None:
     }  # fmt: skip
     assert not (smoke_run / "results" / "benchmarks.csv").exists()
     assert all("finished" in stage for stage in manifest["stages"].values())
+    assert manifest["model"]["tokenizer"]["vocab_size"] == 2048 and manifest["hardware"]["cpu_model"]
     assert (smoke_run / "report.md").is_file()
     assert "not the released model" in (smoke_run / "report.md").read_text()
     assert len(list((smoke_run / "figures").glob("*.png"))) >= 5

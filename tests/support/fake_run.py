@@ -31,7 +31,7 @@ from study.stages.benchmarks import BENCHMARK_COLUMNS, accuracy_rows, depth_rows
 from study.stages.benchmarks import DEPTH_COLUMNS as BENCHMARK_DEPTH_COLUMNS  # noqa: E402
 from study.stages.exact_match import EM_COLUMNS  # noqa: E402
 from study.stages.latency import FIT_COLUMNS, LATENCY_COLUMNS  # noqa: E402
-from study.stages.nll import PREFERRED_COLUMNS, SPLITS  # noqa: E402
+from study.stages.nll import NOT_IN_GRID, PREFERRED_COLUMNS, SPLITS  # noqa: E402
 from study.stages.nll import SUMMARY_COLUMNS as NLL_COLUMNS  # noqa: E402
 from study.stages.nll_shift import (  # noqa: E402
     DEPTH_SHIFT_COLUMNS,
@@ -192,7 +192,7 @@ def make_fake_run(
             best_nll = float(nll.min())
             weights = np.exp(-(nll - best_nll) / 0.004)
             p_best = weights / weights.sum()
-            p_train = float(p_best[grid.index(train_loops)]) if train_loops in grid else 0.0
+            p_train = float(p_best[grid.index(train_loops)]) if train_loops in grid else NOT_IN_GRID
             for index, loops in enumerate(grid):
                 gap = float(nll[index] - best_nll)
                 # the base's neighbours are statistically tied with its best depth; the SFT models' are not
@@ -268,12 +268,16 @@ def make_fake_run(
                     "median_s": float(median),
                     "p10_s": float(median * 0.93),
                     "p90_s": float(median * 1.09),
-                    "tokens_per_s": float(new_tokens / median),
                     "prefill_s": float(0.004 * loops),
+                    "decode_tokens_per_s": float((new_tokens - 1) / (median - 0.004 * loops)),
                     "new_tokens": new_tokens,
                     "samples": config.latency.samples,
+                    "threads": 1,
                     "device": "cpu",
+                    "load_1m_before": 1.5,
+                    "load_1m_after": 1.75,
                     "flops_per_token": int(2 * 4_000_000 * loops),
+                    "note": "",
                 }
             )
         fitted_slope, fitted_intercept = np.polyfit(loops_grid, medians, 1)
