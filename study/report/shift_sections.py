@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from study.report.figures import figure_number
-from study.report.figures.depth_shift import ACROSS_SEEDS, SPLIT_TITLES
+from study.report.figures.depth_shift import ACROSS_SEEDS, SPLIT_TITLES, family_label
 from study.report.formats import markdown_table
 from study.report.results import SHIFT_FILES, Results
 
@@ -95,7 +95,8 @@ def depth_shift_section(results: Results) -> list[str]:
         negative = int((single["value"] < 0).sum())
         rows.append(
             [
-                f"{results.model(str(model_a)).label} − {results.model(str(model_b)).label} ({loops_a} vs {loops_b})",
+                f"{family_label(results, str(model_a))} − {family_label(results, str(model_b))}"
+                f" ({loops_a} vs {loops_b})",
                 _split(str(split)),
                 _with_ci(pooled["value"], pooled["ci_low"], pooled["ci_high"]),
                 _p_text(pooled["p_value"], resamples),
@@ -187,7 +188,7 @@ def replication_section(results: Results) -> list[str]:
             k_of_n = f"{int(first['seeds_best_at_train'])} of {int(first['seeds'])}"
         rows.append(
             [
-                results.model(str(model)).label,
+                family_label(results, str(model)),
                 int(first["train_loops"]),
                 _split(str(split)),
                 k_of_n,

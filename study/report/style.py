@@ -129,15 +129,16 @@ def missing_inputs(results: Results, axes: Iterable[Axes], *filenames: str) -> b
     return bool(absent)
 
 
-def mark_train_loops(ax: Axes, results: Results, models: Iterable[str]) -> None:
-    """A dotted vertical line in the model's colour at its training loop count; models that
-    share a count get lines side by side so every colour stays visible."""
+def mark_train_loops(ax: Axes, results: Results, models: Iterable[str], palette: dict[str, RGB] | None = None) -> None:
+    """A dotted vertical line in the model's colour (``palette``, default the run's) at its
+    training loop count; models that share a count get lines side by side so every colour
+    stays visible."""
     by_loops: dict[int, list[str]] = {}
     for name in models:
         loops = results.model(name).train_loops
         if loops is not None:
             by_loops.setdefault(int(loops), []).append(name)
-    palette = colors(results)
+    palette = palette or colors(results)
     for loops, names in by_loops.items():
         for index, name in enumerate(names):
             x = loops + dodge(index, len(names), 0.08)

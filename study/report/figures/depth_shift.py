@@ -63,17 +63,40 @@ def _s_text(pair: pd.DataFrame) -> str:
     return f"S = {row['value']:+.4f}{ci}"
 
 
+def family_members(results: Results, family: str) -> list[str]:
+    """The run's models of a family: ``train4`` itself (one replicate) or its replicate
+    seeds ``train4-s2026``, ``train4-s2027``, ... (several)."""
+    return [m.name for m in results.models if m.name == family or m.name.startswith(f"{family}-s")]
+
+
+def family_colors(results: Results) -> dict[str, RGB]:
+    """The run's colours, plus each family (``train4``) in the colour of its first member."""
+    palette = colors(results)
+    for info in results.models:
+        family = info.name.split("-s")[0]
+        palette.setdefault(family, palette[info.name])
+    return palette
+
+
+def family_label(results: Results, family: str) -> str:
+    """``Train4``: the label of the family's model, without a replicate's seed."""
+    members = family_members(results, family)
+    if not members:
+        return results.model(family).label
+    return results.model(members[0]).label.split(" (seed ")[0]
+
+
 def _shift_panel(ax: Axes, results: Results, rows: pd.DataFrame, palette: dict[str, RGB]) -> None:
     pairs = rows[["model_a", "model_b"]].drop_duplicates().itertuples(index=False)
     marked: list[str] = []
     for model_a, model_b in pairs:
         pair = rows[(rows["model_a"] == model_a) & (rows["model_b"] == model_b)]
         curve = pair[(pair["statistic"] == "D") & (pair["seed"] == ACROSS_SEEDS)].sort_values("inference_loops")
-        label = f"{results.model(model_a).label} − {results.model(model_b).label}: {_s_text(pair)}"
+        label = f"{family_label(results, model_a)} − {family_label(results, model_b)}: {_s_text(pair)}"
         _band(ax, curve, ("value", "ci_low", "ci_high"), palette.get(model_a, GREY), label)
         marked += [m for m in (model_a, model_b) if m not in marked]
     ax.axhline(0.0, color="0.2", lw=0.9, zorder=1)
-    mark_train_loops(ax, results, marked)
+    mark_train_loops(ax, results, marked, palette)
     loop_ticks(ax, rows.loc[rows["statistic"] == "D", "inference_loops"])
     ax.set_ylabel("D(K) = NLL_A(K) − NLL_B(K) (nats/token)")
     handles = [*ax.get_legend_handles_labels()[0], Line2D([], [], color="0.3", lw=1.6, ls=":", label="training depths")]
@@ -92,12 +115,14 @@ def _gap_panel(ax: Axes, results: Results, rows: pd.DataFrame, palette: dict[str
         if pooled.empty:
             continue
         seeds = int(pooled["seeds"].iloc[0])
-        label = f"{results.legend_label(name)}, {seeds} seed{'s' if seeds != 1 else ''}"
+        trained = results.model(name).train_loops
+        trained_at = "" if trained is None else f" (trained at {trained} loops)"
+        label = f"{family_label(results, name)}{trained_at}, {seeds} seed{'s' if seeds != 1 else ''}"
         _band(ax, pooled, ("gap_to_best", "gap_ci_low", "gap_ci_high"), colour, label, marker(results, name))
         best = pooled[pooled["inference_loops"] == pooled["best_loops"]]
         ax.plot(best["inference_loops"], best["gap_to_best"], marker="*", ms=14, mfc=colour, mec="black",
                 ls="none", zorder=6)  # fmt: skip
-    mark_train_loops(ax, results, models)
+    mark_train_loops(ax, results, models, palette)
     loop_ticks(ax, rows["inference_loops"])
     ax.set_ylabel("NLL(K) − NLL(argmin) (nats/token)")
     handles = [*ax.get_legend_handles_labels()[0]]
@@ -125,7 +150,7 @@ def plot_depth_shift(results: Results) -> Figure:
         for ax in axes.ravel():
             not_run(ax, "No pair of fine-tuned models with different training depths")
         return figure
-    palette = colors(results)
+    palette = family_colors(results)
     for column, split in enumerate(panel_splits(shift)):
         top, bottom = axes[0, column], axes[1, column]
         _shift_panel(top, results, shift[shift["split"] == split], palette)
