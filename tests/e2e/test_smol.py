@@ -65,13 +65,15 @@ def check_benchmarks(run_dir: Path, report: str) -> None:
     rows = read_csv(run_dir / "results" / "benchmarks.csv")
     assert rows and list(rows[0]) == list(BENCHMARK_COLUMNS)
     tasks, depths, models = ({r[key] for r in rows} for key in ("task", "inference_loops", "model"))
-    assert len(tasks) >= 2 and len(depths) >= 3 and models == {"base", "train2", "train4"}
+    replicates = {f"train{k}-s{seed}" for k in (2, 4) for seed in (2026, 2027)}
+    assert len(tasks) >= 2 and len(depths) >= 3 and models == {"base"} | replicates
     assert {(r["model"], r["inference_loops"], r["task"]) for r in rows} == {
         (m, k, t) for m in models for k in depths for t in tasks
     }
     for row in rows:
         assert float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"]), row
-        assert int(row["n"]) >= 1 and row["metric"] in ("acc", "acc_norm") and row["seed"] == "2026"
+        seed = row["model"].rsplit("-s", 1)[1] if row["model"] in replicates else "2026"  # the base: the run's seed
+        assert int(row["n"]) >= 1 and row["metric"] in ("acc", "acc_norm") and row["seed"] == seed
         assert "cache-per_loop" in row["policy"]  # the config's own policies
     depth = read_csv(run_dir / "results" / "benchmarks_depth.csv")
     assert list(depth[0]) == list(DEPTH_COLUMNS) and len(depth) == len(rows)
