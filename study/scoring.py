@@ -12,6 +12,8 @@ whole solution (tokens from ``answer_start``) and the final answer alone (from `
 
 - ``score_continuations``: any backbone at any depth policy (a ``PolicyRunner``), or a
   LoopFormer at a schedule or loop count; what the NLL, check, bench and pilot tools score.
+- ``score_trace``: every step a family of halting policies may stop at (its trace runner),
+  scored as ``score_continuations`` scores each of those policies, with the signals.
 - ``right_pad``, ``length_batches`` and ``gold_token_nll``: its pieces, for a forward
   that is not a runner's (the training-free looping table of ``study.pilot``).
 
@@ -132,10 +134,24 @@ def score_continuations(
         input_ids, _ = right_pad(rows)
         prompt_lengths = torch.tensor([e.answer_start for e in rows])  # a halting policy decides from these
         hidden, executed = runner.hidden(input_ids.to(device), prompt_lengths)  # [B, T, H], [B]
-        token_nll = gold_token_nll(hidden, runner.head, rows)
-        for r, (example, index, nll) in enumerate(zip(rows, batch, token_nll, strict=True)):
-            final_from = example.final_start - example.answer_start
-            scores[index] = ContinuationScore(
+        for index, score in zip(batch, batch_scores(hidden, executed, runner.head, rows), strict=True):
+            scores[index] = score
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    return scores  # type: ignore[return-value]
+
+
+def batch_scores(
+    hidden: Tensor, executed: Tensor, head: Callable[[Tensor], Tensor], rows: Sequence[EncodedExample]
+) -> list[ContinuationScore]:
+    """Each row's scores from the forward ``hidden`` [B, T, H] of ``right_pad(rows)``."""
+    scores = []
+    for r, (example, nll) in enumerate(zip(rows, gold_token_nll(hidden, head, rows), strict=True)):
+        final_from = example.final_start - example.answer_start
+        scores.append(
+            ContinuationScore(
                 example_id=example.example_id,
                 answer_tokens=len(nll),
                 nll_sum=float(nll.sum()),
@@ -143,8 +159,43 @@ def score_continuations(
                 final_nll_sum=float(nll[final_from:].sum()),
                 executed_loops=float(executed[r]),
             )
+        )
+    return scores
+
+
+@dataclass(frozen=True)
+class TracedScore:
+    """One example scored at one step of a halting trace (``study.looping.policies.HaltingTrace``)."""
+
+    step: int  # 0-based index of the step
+    depth: int  # the step's depth (rung M, window step k)
+    score: ContinuationScore  # its executed_loops: the loops paid to stop here
+    signals: dict[str, float | None]  # rule -> its signal at this step (None: none here)
+
+
+@torch.inference_mode()
+def score_trace(
+    runner: Any, examples: Sequence[EncodedExample], batch_size: int, progress: Callable[..., Any] | None = None
+) -> list[list[TracedScore]]:
+    """Each example's scores at every step of a halting trace, in input order: the same
+    batches, forwards and head calls as ``score_continuations`` of each halting policy
+    the trace serves, so a policy's scores read off it are that policy's, bit for bit.
+    ``runner`` is a trace runner (``trace(input_ids, prompt_lengths)`` yields its steps)."""
+    device = runner.device
+    examples = [fit_to_window(e, runner.context_limit) for e in examples]
+    traced: list[list[TracedScore]] = [[] for _ in examples]
+    bar = progress(total=len(examples), desc="examples", inner=True) if progress is not None else None
+    for batch in length_batches([len(e.input_ids) for e in examples], batch_size):
+        rows = [examples[i] for i in batch]
+        input_ids, _ = right_pad(rows)
+        prompt_lengths = torch.tensor([e.answer_start for e in rows])
+        for step, found in enumerate(runner.trace(input_ids.to(device), prompt_lengths)):
+            scores = batch_scores(found.hidden, found.executed, runner.head, rows)
+            for r, (index, score) in enumerate(zip(batch, scores, strict=True)):
+                signals = {rule: None if value is None else float(value[r]) for rule, value in found.signals.items()}
+                traced[index].append(TracedScore(step, found.depth, score, signals))
         if bar is not None:
             bar.update(len(rows))
     if bar is not None:
         bar.close()
-    return scores  # type: ignore[return-value]
+    return traced

@@ -21,8 +21,9 @@ what teacher forcing computes for every position at once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +35,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from study.looping.spec import LoopSpec
 from study.looping.strategies import STRATEGIES, Halting, Pass
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
+
+if TYPE_CHECKING:
+    from study.models.adaptive import SignalRecorder
 
 
 @dataclass
@@ -138,8 +142,60 @@ class LoopedDecoder(nn.Module):
             use_cache = cache is not None
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        embeds = inner.embed_tokens(input_ids)  # [B, T, H]
+        embeds, calls = self._layer_calls(input_ids, attention_mask, cache)
         batch, length = input_ids.shape
+        past = calls.past
+
+        x = embeds
+        for i in range(self.window.start):
+            x = calls.layer(i, x)
+        if past == 0:
+            self._decode_calls = 0  # a prefill: decode_mode first_n counts decode calls from here
+        else:
+            self._decode_calls += 1
+        if past > 0 and not self._loops_decode_call():
+            for i in self.window:  # bypass: the window runs once, as in the plain model
+                x = calls.layer(i, x, in_window=True)
+            executed = torch.ones(batch, device=x.device)
+        else:
+            token_mask = None if attention_mask is None else attention_mask[:, -length:]  # [B, T]
+            x, executed = self._loop(x, calls, token_mask)
+        for i in range(self.window.stop, self.config.num_hidden_layers):
+            x = calls.layer(i, x)
+        return LoopedModelOutput(
+            last_hidden_state=inner.norm(x),
+            executed_loops=executed,
+            **cache_kwargs(cache if use_cache else None),
+        )
+
+    def trajectory(self, input_ids: Tensor, recorder: SignalRecorder) -> Iterator[Tensor]:
+        """Teacher-forced (no cache, no mask: right padding), the final-norm hidden states
+        [B, T, H] a row gets by stopping after each step of the window's loop: the window
+        is iterated once, ``recorder`` keeping every step's state, and the layers after
+        the window run on each. A row a halting rule freezes at step k keeps step k's
+        state while its batch mates go on, so these are its states under every rule."""
+        inner = self.model.model
+        x, calls = self._layer_calls(input_ids, None, None)
+        for i in range(self.window.start):
+            x = calls.layer(i, x)
+        make_halting = self.make_halting
+        self.make_halting = lambda token_mask: recorder
+        try:
+            self._loop(x, calls, None)
+        finally:
+            self.make_halting = make_halting
+        for state in recorder.states:
+            for i in range(self.window.stop, self.config.num_hidden_layers):
+                state = calls.layer(i, state)
+            yield inner.norm(state)
+
+    def _layer_calls(
+        self, input_ids: Tensor, attention_mask: Tensor | None, cache: DynamicCache | None
+    ) -> tuple[Tensor, _LayerCalls]:
+        """The token embeddings [B, T, H] and the layer calls of one forward."""
+        inner = self.model.model
+        embeds = inner.embed_tokens(input_ids)  # [B, T, H]
+        length = input_ids.shape[1]
         past = cache.get_seq_length(self.kv_layer) if cache is not None else 0
         position_ids = torch.arange(past, past + length, device=input_ids.device).unsqueeze(0)  # [1, T]
         mask = create_causal_mask(
@@ -173,28 +229,7 @@ class LoopedDecoder(nn.Module):
             per_loop=window_kv and self.per_loop,
             window=self.window,
         )
-
-        x = embeds
-        for i in range(self.window.start):
-            x = calls.layer(i, x)
-        if past == 0:
-            self._decode_calls = 0  # a prefill: decode_mode first_n counts decode calls from here
-        else:
-            self._decode_calls += 1
-        if past > 0 and not self._loops_decode_call():
-            for i in self.window:  # bypass: the window runs once, as in the plain model
-                x = calls.layer(i, x, in_window=True)
-            executed = torch.ones(batch, device=x.device)
-        else:
-            token_mask = None if attention_mask is None else attention_mask[:, -length:]  # [B, T]
-            x, executed = self._loop(x, calls, token_mask)
-        for i in range(self.window.stop, self.config.num_hidden_layers):
-            x = calls.layer(i, x)
-        return LoopedModelOutput(
-            last_hidden_state=inner.norm(x),
-            executed_loops=executed,
-            **cache_kwargs(cache if use_cache else None),
-        )
+        return embeds, calls
 
     def _loops_decode_call(self) -> bool:
         mode = self.spec.decode_mode

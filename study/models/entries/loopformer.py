@@ -1,5 +1,6 @@
 """LoopFormer (``study.models.loopformer``) as a registry entry: its runners of
-``UniformLoops``, ``StepSchedule`` and ``RungLadder``, loading, checks, FLOPs and SFT.
+``UniformLoops``, ``StepSchedule``, ``RungLadder`` and ``LadderTrace``, loading, checks,
+FLOPs and SFT.
 
 LoopFormer takes its depth as arguments of the forward pass (``num_loops``/``schedule``),
 so one loaded model runs every policy. ``LadderRunner`` chooses M per input: it runs
@@ -9,7 +10,7 @@ on; generation decides M on the prompt, then decodes the whole answer at that M.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from study.errors import CheckpointError
-from study.looping.policies import DepthPolicy, LoopFamily, RungLadder, StepSchedule, UniformLoops
-from study.models.adaptive import kl_rows
+from study.looping.policies import DepthPolicy, LadderTrace, LoopFamily, RungLadder, StepSchedule, UniformLoops
+from study.models.adaptive import TraceStep, kl_rows, readout_rows
 from study.models.backbone import Backbone, PolicyRunner
 from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, greedy_generate, preallocated_cache
 from study.models.loopformer import (
@@ -102,7 +103,8 @@ class LadderRunner(LoopFormerRunner):
             hidden[rows.to(device)] = out
             cost[rows] += loops
             rung[rows] = loops
-            logits = self.model.lm_head(out[torch.arange(len(rows), device=device), decide_at[rows].to(device)])
+            at = decide_at[rows].to(device)
+            logits = readout_rows(self.model.lm_head, out[torch.arange(len(rows), device=device), at])
             if previous is not None:
                 agreed = (kl_rows(logits, previous[rows.to(device)]) < self.policy.tau).cpu()
                 climbing[rows[agreed]] = False
@@ -136,6 +138,40 @@ class LadderRunner(LoopFormerRunner):
             _, _, rung = self.climb(ids, torch.tensor([ids.shape[1] - 1]))
             chosen.append(int(rung[0]))
         return chosen
+
+
+class LadderTraceRunner(PolicyRunner):
+    """``LadderTrace``: every rung of the ladder on every row, for the adaptive stage's
+    lookups. A row's rung-M hidden states are ``UniformLoops(M)``'s (whichever rows share
+    its batch), and its signal is computed as ``LadderRunner`` computes it (row by row),
+    so a ``RungLadder``'s result read off the trace is the runner's, bit for bit."""
+
+    model: LoopFormerForCausalLM
+    policy: LadderTrace
+
+    @property
+    def context_limit(self) -> int:
+        return int(self.model.config.block_size)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.model.lm_head(hidden)
+
+    def trace(self, input_ids: Tensor, prompt_lengths: Tensor) -> Iterator[TraceStep]:
+        """One step per rung: its hidden states [B, T, H], the loops paid to stop there
+        (every rung so far) and the KL of the first answer token's distribution to the
+        rung below (none at the first rung)."""
+        device = input_ids.device
+        rows = torch.arange(input_ids.shape[0], device=device)
+        decide_at = (prompt_lengths - 1).to(device)
+        previous: Tensor | None = None  # [B, V] logits at the decision position, previous rung
+        paid = 0
+        for loops in self.policy.ladder:
+            hidden = self.model.gpt(input_ids, use_cache=False, num_loops=loops).last_hidden_state  # [B, T, H]
+            logits = readout_rows(self.model.lm_head, hidden[rows, decide_at])
+            paid += loops
+            signal = None if previous is None else kl_rows(logits, previous).cpu()
+            yield TraceStep(loops, hidden, torch.full((len(rows),), float(paid)), {"kl": signal})
+            previous = logits
 
 
 # ---- analytic cost ----------------------------------------------------------------------
@@ -178,7 +214,10 @@ class LoopFormerBackbone(Backbone):
     name = "loopformer"
     title = "LoopFormer"
     depth_symbol = "M"
-    runners = {UniformLoops: LoopFormerRunner, StepSchedule: LoopFormerRunner, RungLadder: LadderRunner}
+    runners = {
+        UniformLoops: LoopFormerRunner, StepSchedule: LoopFormerRunner, RungLadder: LadderRunner,
+        LadderTrace: LadderTraceRunner,
+    }  # fmt: skip
 
     def accepts(self, model: nn.Module) -> bool:
         # by its config's model_type, as transformers' Auto classes tell models apart
