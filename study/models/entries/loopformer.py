@@ -10,7 +10,7 @@ on; generation decides M on the prompt, then decodes the whole answer at that M.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,8 +26,10 @@ from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, gree
 from study.models.loopformer import (
     LoopFormerConfig,
     LoopFormerForCausalLM,
+    LoopFormerModel,
     check_local_checkpoint,
     read_checkpoint_config,
+    resolve_schedule,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +66,21 @@ class LoopFormerRunner(PolicyRunner):
             **self.policy.loopformer_kwargs(),
         )  # fmt: skip
 
+    @classmethod
+    def prefix_key(cls, policy: DepthPolicy) -> Hashable | None:
+        # the schedules of a sweep share their input states and every common prefix of steps
+        # (the 35 schedules of 4 steps in eighths run 90 distinct steps instead of 140); a
+        # uniform depth shares little with the others and runs alone
+        return (policy.backbone, "schedule-steps") if isinstance(policy, StepSchedule) else None
+
+    def prefix(self, input_ids: Tensor) -> ScheduleStates:
+        return ScheduleStates(self.model.gpt, input_ids)
+
+    def hidden_from_prefix(self, prefix: ScheduleStates, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        kwargs = self.policy.loopformer_kwargs()
+        hidden = prefix.hidden(resolve_schedule(kwargs.get("schedule"), kwargs.get("num_loops"), 1))  # [B, T, H]
+        return hidden, torch.full((hidden.shape[0],), float(self.policy.inference_loops))
+
     @torch.inference_mode()
     def prefill(self, input_ids: Tensor, new_tokens: int) -> None:
         steps = self.policy.inference_loops
@@ -72,10 +89,48 @@ class LoopFormerRunner(PolicyRunner):
         self.model(input_ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
 
 
+class ScheduleStates:
+    """A scoring batch's states after each prefix of steps, shared by the schedules of a
+    sweep (``LoopFormerRunner.prefix``): the state after steps s_1..s_i depends on those
+    steps alone (their sizes and, through t, their order), so schedules with a common
+    prefix compute it once. Only the states along the last schedule's path are kept (at
+    most M + 1 of them): in the sweep's lexicographic order no prefix is needed again
+    once left. Each step runs ``LoopFormerModel.run_step`` with ``step_modulations`` as
+    ``forward`` does, so the hidden states equal ``forward``'s bit for bit."""
+
+    def __init__(self, gpt: LoopFormerModel, input_ids: Tensor) -> None:
+        self.gpt = gpt
+        x, self.mask = gpt.teacher_forced_inputs(input_ids)  # [B, T, d]
+        self.path: list[tuple[tuple[float, ...], Tensor]] = [((), x)]  # (steps so far, state after them)
+        self.steps_run = 0  # steps computed (for the tests and the bench)
+
+    def hidden(self, steps: Sequence[float]) -> Tensor:
+        """Final hidden states [B, T, d] after ``steps``."""
+        steps = tuple(steps)
+        kept = 1
+        while kept < len(self.path) and self.path[kept][0] == steps[:kept]:
+            kept += 1
+        del self.path[kept:]
+        done, x = self.path[-1]
+        t = 0.0
+        for dt in done:  # the time of the next step, summed in forward's order
+            t += dt
+        for i in range(len(done), len(steps)):
+            x = self.gpt.run_step(x, self.gpt.step_modulations(t, steps[i]), self.mask, None, i)
+            t += steps[i]
+            self.path.append((steps[: i + 1], x))
+            self.steps_run += 1
+        return self.gpt.transformer.norm_f(x)
+
+
 class LadderRunner(LoopFormerRunner):
     """``RungLadder``: M chosen per input from the prompt (see the module docstring)."""
 
     policy: RungLadder  # type: ignore[assignment]  # the runner of the ladder only
+
+    @classmethod
+    def prefix_key(cls, policy: DepthPolicy) -> Hashable | None:
+        return None  # its rows stop at different rungs: nothing to share
 
     def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Each row's hidden states [B, T, H] at the rung it stopped on, and its cost [B]
