@@ -11,8 +11,10 @@ written after the loop by one more pass (``cache_strategy``), from each row's ow
 state, so a row that stopped early still leaves KV for every later token. In generation
 each call decides on its own new tokens (the prompt at prefill, the new token at each
 decode step under decode_mode full). Under ``cache_strategy="per_loop"`` a halting rule
-scores (teacher forcing keeps no KV) but cannot generate: a row's stop reads all its
-tokens, which decoding never sees at once.
+scores as above (teacher forcing keeps no KV) and generates token by token: the prompt
+at full depth, then each generated token stops its own loop by the rule, and a later
+token reads an exited token's missing passes from its last computed one
+(``study.models.looped_decoder``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from study.errors import BackboneError
 from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, LoopFamily, WindowTrace
@@ -34,7 +35,7 @@ from study.models.adaptive import PromptHalting, SignalRecorder, TraceStep, prom
 from study.models.backbone import Backbone, PolicyRunner
 from study.models.generation import DEFAULT_STOP_STRINGS, greedy_generate
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
-from study.models.looped_decoder import LoopedDecoder, loop_decoder
+from study.models.looped_decoder import LoopedCausalLMOutput, LoopedDecoder, loop_decoder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -68,14 +69,17 @@ class LoopedCausalLM(nn.Module):
         logits_to_keep: int = 0,
         past_key_values: DynamicCache | None = None,
         **_: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> LoopedCausalLMOutput:
         cache = take_cache(cache, past_key_values, "LoopedCausalLM.forward")
         out = self.looped.base_forward(input_ids, attention_mask, cache, use_cache)
         hidden = out.last_hidden_state  # [B, T, H]
         assert hidden is not None  # always set: transformers types every output field optional
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return CausalLMOutputWithPast(logits=self.looped.model.lm_head(hidden), **cache_kwargs(output_cache(out)))
+        return LoopedCausalLMOutput(
+            logits=self.looped.model.lm_head(hidden), executed_loops=out.executed_loops,
+            **cache_kwargs(output_cache(out)),
+        )  # fmt: skip
 
 
 class LoopedDecoderRunner(PolicyRunner):

@@ -6,6 +6,9 @@ LoopFormer takes its depth as arguments of the forward pass (``num_loops``/``sch
 so one loaded model runs every policy. ``LadderRunner`` chooses M per input: it runs
 rung after rung on the rows still climbing and scores each row at the rung it stopped
 on; generation decides M on the prompt, then decodes the whole answer at that M.
+LoopFormer keeps this per-prompt ladder in decoding, where the looped decoder halts per
+generated token: its steps are conditioned on (t, dt) with dt = 1/M, so M must be known
+before a token's first step, and a token cannot stop its own loop part way through.
 """
 
 from __future__ import annotations
@@ -171,7 +174,8 @@ class LadderRunner(LoopFormerRunner):
         return hidden, cost, rung
 
     def generate(self, tokenizer, prompts, max_new_tokens, stop_strings=DEFAULT_STOP_STRINGS, early_stop=True):
-        """Decide M on each prompt alone, then decode each group of equal M at that M."""
+        """Decide M on each prompt alone, then decode each group of equal M at that M (per
+        prompt, never per token: the schedule needs M up front; see the module docstring)."""
         chosen = self.choose(tokenizer, prompts)
         results: list[GenerationResult | None] = [None] * len(prompts)
         for loops in sorted(set(chosen)):
