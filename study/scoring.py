@@ -134,8 +134,7 @@ def score_continuations(
         input_ids, _ = right_pad(rows)
         prompt_lengths = torch.tensor([e.answer_start for e in rows])  # a halting policy decides from these
         hidden, executed = runner.hidden(input_ids.to(device), prompt_lengths)  # [B, T, H], [B]
-        for index, score in zip(batch, batch_scores(hidden, executed, runner.head, rows), strict=True):
-            scores[index] = score
+        _store_batch(scores, batch, rows, gold_token_nll(hidden, runner.head, rows), executed)
         if bar is not None:
             bar.update(len(rows))
     if bar is not None:
@@ -143,24 +142,24 @@ def score_continuations(
     return scores  # type: ignore[return-value]
 
 
-def batch_scores(
-    hidden: Tensor, executed: Tensor, head: Callable[[Tensor], Tensor], rows: Sequence[EncodedExample]
-) -> list[ContinuationScore]:
-    """Each row's scores from the forward ``hidden`` [B, T, H] of ``right_pad(rows)``."""
-    scores = []
-    for r, (example, nll) in enumerate(zip(rows, gold_token_nll(hidden, head, rows), strict=True)):
+def _store_batch(
+    scores: list[ContinuationScore | None],
+    batch: Sequence[int],
+    rows: Sequence[EncodedExample],
+    token_nll: Sequence[Tensor],
+    executed: Tensor,
+) -> None:
+    """Each row's scores at its index in ``scores`` (``token_nll``: its per-token NLL)."""
+    for r, (example, index, nll) in enumerate(zip(rows, batch, token_nll, strict=True)):
         final_from = example.final_start - example.answer_start
-        scores.append(
-            ContinuationScore(
-                example_id=example.example_id,
-                answer_tokens=len(nll),
-                nll_sum=float(nll.sum()),
-                final_tokens=len(nll) - final_from,
-                final_nll_sum=float(nll[final_from:].sum()),
-                executed_loops=float(executed[r]),
-            )
+        scores[index] = ContinuationScore(
+            example_id=example.example_id,
+            answer_tokens=len(nll),
+            nll_sum=float(nll.sum()),
+            final_tokens=len(nll) - final_from,
+            final_nll_sum=float(nll[final_from:].sum()),
+            executed_loops=float(executed[r]),
         )
-    return scores
 
 
 @dataclass(frozen=True)
@@ -190,8 +189,11 @@ def score_trace(
         input_ids, _ = right_pad(rows)
         prompt_lengths = torch.tensor([e.answer_start for e in rows])
         for step, found in enumerate(runner.trace(input_ids.to(device), prompt_lengths)):
-            scores = batch_scores(found.hidden, found.executed, runner.head, rows)
+            token_nll = gold_token_nll(found.hidden, runner.head, rows)
+            scores: list[ContinuationScore | None] = [None] * len(rows)
+            _store_batch(scores, range(len(rows)), rows, token_nll, found.executed)
             for r, (index, score) in enumerate(zip(batch, scores, strict=True)):
+                assert score is not None
                 signals = {rule: None if value is None else float(value[r]) for rule, value in found.signals.items()}
                 traced[index].append(TracedScore(step, found.depth, score, signals))
         if bar is not None:

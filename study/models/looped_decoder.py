@@ -153,13 +153,10 @@ class LoopedDecoder(nn.Module):
             use_cache = cache is not None
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        embeds, calls = self._layer_calls(input_ids, attention_mask, cache)
+        calls, embeds = self._layer_calls(input_ids, attention_mask, cache)
         batch, length = input_ids.shape
         past = calls.past
-
-        x = embeds
-        for i in range(self.window.start):
-            x = calls.layer(i, x)
+        x = self._layers_before_window(calls, embeds)
         if past == 0:
             self._decode_calls = 0  # a prefill: decode_mode first_n counts decode calls from here
         else:
@@ -186,9 +183,8 @@ class LoopedDecoder(nn.Module):
         the window run on each. A row a halting rule freezes at step k keeps step k's
         state while its batch mates go on, so these are its states under every rule."""
         inner = self.model.model
-        x, calls = self._layer_calls(input_ids, None, None)
-        for i in range(self.window.start):
-            x = calls.layer(i, x)
+        calls, embeds = self._layer_calls(input_ids, None, None)
+        x = self._layers_before_window(calls, embeds)
         make_halting = self.make_halting
         self.make_halting = lambda token_mask: recorder
         try:
@@ -202,8 +198,8 @@ class LoopedDecoder(nn.Module):
 
     def _layer_calls(
         self, input_ids: Tensor, attention_mask: Tensor | None, cache: DynamicCache | None
-    ) -> tuple[Tensor, _LayerCalls]:
-        """The token embeddings [B, T, H] and the layer calls of one forward."""
+    ) -> tuple[_LayerCalls, Tensor]:
+        """The layer calls of one forward on ``input_ids`` [B, T], and the embeddings [B, T, H]."""
         inner = self.model.model
         embeds = inner.embed_tokens(input_ids)  # [B, T, H]
         length = input_ids.shape[1]
@@ -240,7 +236,13 @@ class LoopedDecoder(nn.Module):
             per_loop=window_kv and self.per_loop,
             window=self.window,
         )
-        return embeds, calls
+        return calls, embeds
+
+    def _layers_before_window(self, calls: _LayerCalls, embeds: Tensor) -> Tensor:
+        x = embeds  # [B, T, H]
+        for i in range(self.window.start):
+            x = calls.layer(i, x)
+        return x
 
     def _loops_decode_call(self) -> bool:
         mode = self.spec.decode_mode
