@@ -1,6 +1,15 @@
 """Speed of the sweep machinery against the machine's own limits, measured in one process.
 
     python -m study.bench [--shape released|mini|tiny] [--threads N] [--out bench.json]
+    python -m study.bench --shape smol [--threads auto|N] [--out bench-smol.json]
+    python -m study.bench threads [--shapes mini smol] [--out bench-threads.json]
+    python -m study.bench bf16-deviation --version smol [--examples N] [--out bf16-deviation.md]
+
+``--shape smol`` (and ``tiny-llama``, for the tests) is the looped SmolLM2 path:
+``study.bench_smol`` says what it measures. ``threads`` times every stage kind at 1 and 2
+threads (``study.bench_threads``); ``bf16-deviation`` compares a config's NLL sweep in
+bfloat16 with fp32 on its real base model (``study.bench_bf16``). The rest of this
+docstring is the LoopFormer bench.
 
 ``--shape released`` (the default) builds a *random* LoopFormer of the released
 checkpoint's shape (d 2048, 32 heads, 3 blocks, MLP 5120, vocab 50,304) with the
@@ -31,15 +40,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
 import platform
 import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import psutil
 import torch
@@ -47,17 +54,18 @@ from scipy import stats
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from study import bench_bf16, bench_smol, bench_threads
+from study.bench_probes import GIB, PeakRSS, best_time, matmul_gflops, spread, stream_copy_gbs
 from study.io import atomic_write_json
 from study.models.generation import greedy_generate, recompute_generate
 from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
 from study.pipeline import EMBEDDED_DIR
 from study.scoring import fit_to_window, score_continuations
-from study.stages.latency import block_matmul_flops, device_name, synchronize
+from study.stages.latency import block_matmul_flops, device_name
 from study.tasks.gsm8k import encode_example, load_gsm8k
 from study.tokenizer import has_tokenizer, load_tokenizer
 
 EOS = "<|endoftext|>"
-T = TypeVar("T")
 # the shape of the embedded mini base, for the random stand-in
 MINI_SHAPE: dict[str, Any] = {"n_embd": 128, "n_head": 4, "n_layer": 3, "intermediate_dim": 320, "vocab_size": 2048}
 # random models of these shapes use the GPT-2 tokenizer (vocab 50,304 = 50,257 padded)
@@ -66,7 +74,6 @@ RANDOM_SHAPES: dict[str, dict[str, Any]] = {
     "tiny": {"n_embd": 32, "n_head": 2, "n_layer": 2, "intermediate_dim": 64, "vocab_size": 50304},
 }
 SHAPE_FIELDS = ("n_embd", "n_head", "n_layer", "intermediate_dim", "vocab_size", "block_size")
-GIB = 2**30
 
 
 def random_mini(block_size: int = 512, seed: int = 0) -> tuple[LoopFormerForCausalLM, PreTrainedTokenizerBase]:
@@ -117,44 +124,6 @@ def load_model(args: argparse.Namespace) -> tuple[LoopFormerForCausalLM, PreTrai
     return model, tokenizer, path
 
 
-def best_time(fn: Callable[[], T], repeats: int, device: torch.device) -> tuple[float, T, list[float]]:
-    """Fastest of ``repeats`` runs (the least disturbed by other processes), its output,
-    and all the times (their spread is reported)."""
-    times, output = [], cast(T, None)  # every run replaces it (repeats >= 1)
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        output = fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times), output, times
-
-
-def spread(times: list[float]) -> str:
-    return f"best of {len(times)}, worst {max(times) / min(times) - 1:+.0%}"
-
-
-# ---- the machine's limits -----------------------------------------------------------------
-
-
-def stream_copy_gbs(megabytes: int, repeats: int, device: torch.device) -> float:
-    """STREAM "copy" bandwidth: (bytes read + bytes written) per second of ``b.copy_(a)``
-    over arrays far larger than the last-level cache."""
-    a = torch.ones(megabytes * 2**20 // 4, device=device)
-    b = torch.zeros_like(a)
-    b.copy_(a)  # touch every page before timing
-    seconds, _, _ = best_time(lambda: b.copy_(a), repeats, device)
-    return 2 * a.numel() * 4 / seconds / 1e9
-
-
-def matmul_gflops(size: int, repeats: int, device: torch.device) -> float:
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    a @ b  # warm-up
-    seconds, _, _ = best_time(lambda: a @ b, repeats, device)
-    return 2 * size**3 / seconds / 1e9
-
-
 # ---- what a token and a batch cost ---------------------------------------------------------
 
 
@@ -181,32 +150,6 @@ def nll_flops(config, loops: int, lengths: list[int], scored: list[int]) -> floa
         total += blocks * (length * block_matmul_flops(config) + 4 * d * length * (length + 1) / 2)
         total += 2 * d * config.vocab_size * count
     return total
-
-
-class PeakRSS:
-    """Resident set size sampled every few milliseconds on a thread while the block runs."""
-
-    def __init__(self, interval_s: float = 0.005) -> None:
-        self.process, self.interval_s = psutil.Process(), interval_s
-        self.before = self.peak = 0
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(self.interval_s)
-
-    def __enter__(self) -> PeakRSS:
-        gc.collect()
-        self.before = self.peak = self.process.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
 
 
 # ---- the benchmark ---------------------------------------------------------------------------
@@ -430,8 +373,11 @@ class Bench:
 
 
 def run_bench(args: argparse.Namespace) -> dict:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = 1 if args.threads is None else args.threads
+    if threads == "auto":
+        threads = bench_smol.resolve_threads("auto")[0]
+    if threads:
+        torch.set_num_threads(threads)
     if args.nll_batch_size is None:
         args.nll_batch_size = 32 if args.device.startswith("cuda") else 8
     start_clock = time.perf_counter()
@@ -483,21 +429,27 @@ def run_bench(args: argparse.Namespace) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=("released", "mini", "tiny"), default="released")
+    parser.add_argument(
+        "--shape",
+        choices=("released", "mini", "tiny", *bench_smol.LLAMA_SHAPES),
+        default="released",
+        help="released/mini/tiny: LoopFormer; smol/tiny-llama: the looped decoder (study.bench_smol)",
+    )
     parser.add_argument("--model", default=None, help="--shape mini: checkpoint folder (default: the embedded base)")
     parser.add_argument("--random", action="store_true", help="--shape mini: a random mini-shaped model")
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON results (default: bench.json)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (default 1; 0 = torch's default). On a CPU shared with other jobs one "
-        "thread is steadiest: OpenMP threads otherwise wait on each other at every small op",
+        type=thread_setting,
+        default=None,
+        help="torch intra-op threads: a number (0 = torch's default) or auto (study.threads: 2 when the machine "
+        "is idle, else 1); default 1, and auto for smol (its 'chosen' threads; the baselines run 1). On a CPU "
+        "shared with other jobs one thread is steadiest: OpenMP threads otherwise wait on each other",
     )
-    parser.add_argument("--loops", type=int, default=8)
+    parser.add_argument("--loops", type=int, default=None, help="depth of the NLL and decode figures (8; smol: K 4)")
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--nll-examples", type=int, default=8, help="examples scored (default: one CPU batch)")
+    parser.add_argument("--nll-examples", type=int, default=None, help="examples scored in one batch (8; smol: 6)")
     parser.add_argument("--nll-pool", type=int, default=64, help="first test examples they are drawn from")
     parser.add_argument("--nll-batch-size", type=int, default=None, help="default 32 on a GPU, 8 on CPU")
     parser.add_argument("--growth-tokens", type=int, default=8, help="tokens per depth for the per-loop line")
@@ -507,13 +459,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--copy-megabytes", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each fast path (the best counts)")
+    smol = parser.add_argument_group("smol / tiny-llama shapes (study.bench_smol)")
+    smol.add_argument("--tokenizer", choices=("auto", "smollm2", "gpt2"), default="auto")
+    smol.add_argument("--sweep-grid", type=int, nargs="+", default=[1, 2, 3, 4, 6, 8], help="the K-sweep's grid")
+    smol.add_argument("--sft-loops", type=int, default=2, help="K of the timed SFT step")
+    smol.add_argument("--sft-steps", type=int, default=2, help="timed SFT steps per thread count (after a warm-up)")
+    smol.add_argument("--sft-max-length", type=int, default=320)
     return parser
 
 
+def thread_setting(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of threads or auto, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of threads >= 0 or auto, got {value}")
+    return value
+
+
+SUBCOMMANDS = {"bf16-deviation": bench_bf16.main, "threads": bench_threads.main}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m study.bench [--shape ...]``, or a subcommand (``bf16-deviation``, ``threads``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
-    with torch.inference_mode():
-        results = run_bench(args)
+    looped = args.shape in bench_smol.LLAMA_SHAPES
+    args.loops = args.loops or (4 if looped else 8)
+    args.nll_examples = args.nll_examples or (6 if looped else 8)
+    if looped:
+        args.threads = "auto" if args.threads is None else str(args.threads or torch.get_num_threads())
+        results = bench_smol.run_smol(args)
+    else:
+        with torch.inference_mode():
+            results = run_bench(args)
     atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
     return 0

@@ -12,10 +12,10 @@ import json
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from study.errors import ConfigError as ConfigError  # re-exported: raised here
 
@@ -50,9 +50,24 @@ class DataConfig(Section):
     source: Literal["hub", "bundled"] = "bundled"
     directory: str | None = Field(None, description="folder with train.jsonl/test.jsonl instead of the bundled copy")
     sft_examples: PositiveInt = 512
-    nll_test_examples: PositiveInt = 300
-    nll_train_examples: PositiveInt = 300
+    nll_test_examples: PositiveInt = Field(300, description="test questions of the NLL sweep (slice ``test``)")
+    nll_heldout_examples: PositiveInt = Field(
+        300, description="train questions no SFT subset of the run contains (slice ``heldout``: diagnostics, tuning)"
+    )
+    nll_seen_examples: PositiveInt = Field(
+        300, description="questions of the first replicate's SFT subset (slice ``seen``: SFT data)"
+    )
     em_examples: PositiveInt = 40
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_train_slice(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "nll_train_examples" in data:
+            raise ValueError(
+                "nll_train_examples is gone: use nll_heldout_examples (train questions outside every SFT subset) "
+                "and nll_seen_examples (questions of the SFT subset)"
+            )
+        return data
 
 
 class LoraConfig(Section):
@@ -69,7 +84,9 @@ class SFTConfig(Section):
     grad_accum: PositiveInt = 8
     learning_rate: float = Field(5.0e-6, gt=0.0)
     max_length: PositiveInt = 256
-    dtype: Literal["float32"] = "float32"
+    dtype: Literal["float32"] = Field(
+        "float32", description="SFT trains in float32 only (bfloat16 is for the sweeps: see sweep_dtype)"
+    )
     deterministic: bool = True
     save_steps: PositiveInt = Field(16, description="optimizer steps between resumable checkpoints")
     lora: LoraConfig | None = None
@@ -81,10 +98,25 @@ class SFTConfig(Section):
         return self
 
 
-def sft_model_name(train_loops: int) -> str:
+def sft_model_name(train_loops: int, seed: int | None = None) -> str:
     """The name of the SFT model trained at ``train_loops`` (an ``sft.train_loops`` entry): its
-    folder under ``models/``, its cell files and the ``model`` column of the results (``train8``)."""
-    return f"train{train_loops}"
+    folder under ``models/``, its cell files and the ``model`` column of the results: ``train8``,
+    or ``train8-s2027`` for replicate seed 2027 of a run with several replicates."""
+    return f"train{train_loops}" if seed is None else f"train{train_loops}-s{seed}"
+
+
+def sft_model_label(train_loops: int, seed: int | None = None) -> str:
+    """How figures and the report name that model: ``Train8``, or ``Train8 (seed 2027)``."""
+    return f"Train{train_loops}" if seed is None else f"Train{train_loops} (seed {seed})"
+
+
+class SFTModel(NamedTuple):
+    """One SFT model of a run: a training depth and a replicate seed."""
+
+    train_loops: int
+    seed: int  # the replicate seed: its SFT subset and its training seed
+    name: str  # sft_model_name: carries the seed only when the run has several replicates
+    label: str
 
 
 class NLLConfig(Section):
@@ -168,13 +200,29 @@ class ChecksConfig(Section):
     max_nll_fraction_of_uniform: float = Field(0.8, gt=0.0, le=1.0)
 
 
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+DEFAULT_SEED = 2026
+
+
 class StudyConfig(Section):
     name: str
     description: str = ""
-    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 2026
+    seed: Seed = Field(DEFAULT_SEED, description="the run's seed: data slices, bootstrap, the base's sweeps")
+    replicates: Annotated[list[Seed], Field(min_length=1)] = Field(
+        default_factory=lambda: [DEFAULT_SEED],
+        description="training seeds: every SFT model trains once per seed, on that seed's SFT subset "
+        "(default: [seed], one replicate)",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    torch_threads: PositiveInt | None = Field(
-        None, description="CPU threads for torch (None: torch's default); 1 is fastest for the tiny model"
+    torch_threads: PositiveInt | Literal["auto"] | None = Field(
+        None,
+        description="CPU threads for torch (None: torch's default); 1 is fastest for the tiny model; 'auto': "
+        "2 when the machine is idle, else 1 (study.threads, decided once per process at start)",
+    )
+    sweep_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="dtype of the weights in the sweeps (nll, adaptive, exact_match, latency; never sft): "
+        "bfloat16 is a measured fast look (python -m study.bench bf16-deviation); scores still sum in float64",
     )
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
@@ -186,6 +234,44 @@ class StudyConfig(Section):
     looping: LoopingConfig | None = Field(None, description="looped_decoder only: window, strategy, ...")
     schedules: SchedulesConfig | None = Field(None, description="LoopFormer only: all schedules of M steps")
     adaptive: AdaptiveConfig | None = Field(None, description="halting policies against the best fixed depth")
+
+    @field_validator("torch_threads", mode="before")
+    @classmethod
+    def _threads(cls, value: Any) -> Any:
+        # one line instead of pydantic's error per member of the union
+        if value is None or value == "auto" or (type(value) is int and value > 0):
+            return value
+        raise ValueError(f"expected a positive integer, 'auto' or null (got {_short(value)})")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_replicate_by_default(cls, data: Any) -> Any:
+        # one replicate, at the run's seed (--seed included): the runs before replicates existed
+        if isinstance(data, dict) and data.get("replicates") is None:
+            return {**data, "replicates": [data.get("seed", DEFAULT_SEED)]}
+        return data
+
+    @model_validator(mode="after")
+    def _distinct_replicates(self) -> StudyConfig:
+        if len(set(self.replicates)) != len(self.replicates):
+            raise ValueError(f"replicates has repeated seeds: {self.replicates}")
+        return self
+
+    def sft_models(self) -> list[SFTModel]:
+        """Every SFT model of the run: one per ``sft.train_loops`` entry and replicate seed,
+        depth-major in config order (``train2-s2026, train2-s2027, train4-s2026, ...``). With a
+        single replicate the names and labels carry no seed (``train4``, ``Train4``)."""
+        tagged = len(self.replicates) > 1
+        return [
+            SFTModel(
+                loops,
+                seed,
+                sft_model_name(loops, seed if tagged else None),
+                sft_model_label(loops, seed if tagged else None),
+            )
+            for loops in self.sft.train_loops
+            for seed in self.replicates
+        ]
 
     @model_validator(mode="after")
     def _backbone_sections(self) -> StudyConfig:
@@ -234,11 +320,11 @@ class StudyConfig(Section):
         )
 
     @model_validator(mode="after")
-    def _train_slice_inside_sft(self) -> StudyConfig:
-        if self.data.nll_train_examples > self.data.sft_examples:
+    def _seen_slice_inside_sft(self) -> StudyConfig:
+        if self.data.nll_seen_examples > self.data.sft_examples:
             raise ValueError(
-                f"data.nll_train_examples ({self.data.nll_train_examples}) exceeds data.sft_examples "
-                f"({self.data.sft_examples}): the train diagnostics are drawn from the SFT subset"
+                f"data.nll_seen_examples ({self.data.nll_seen_examples}) exceeds data.sft_examples "
+                f"({self.data.sft_examples}): the seen slice is drawn from the SFT subset"
             )
         return self
 

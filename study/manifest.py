@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from study import threads
 from study.config import StudyConfig
 from study.errors import ManifestError as ManifestError  # re-exported: raised here
 from study.io import atomic_write_json, read_json
@@ -64,12 +65,15 @@ def versions() -> dict[str, str]:
 def hardware(device: torch.device) -> dict[str, Any]:
     available = torch.cuda.is_available()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if available else []
+    choice = threads.last_choice()
     return {
         "device": str(device),
         "gpus": gpus,
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(),  # the threads actually used
+        # how they were chosen (config torch_threads; for auto the load average seen): study.threads
+        "torch_threads_choice": None if choice is None else choice.as_dict(),
         "platform": platform.platform(),
     }
 

@@ -52,9 +52,9 @@ COLUMNS = ("window", "strategy", "loops", "policy", "examples", "nll_per_token",
 
 
 def pilot_examples(ctx: RunContext, count: int):
-    """``count`` train-split questions outside the SFT subset, drawn with the config's seed."""
+    """``count`` train-split questions outside every SFT subset, drawn with the config's seed."""
     train = ctx.dataset.split("train")
-    used = set(ctx.subsets.sft)
+    used = ctx.subsets.sft_union
     pool = [i for i in range(len(train)) if i not in used]
     chosen = np.random.default_rng(ctx.config.seed + 1).choice(pool, size=count, replace=False)
     return [train[int(i)] for i in sorted(chosen)]

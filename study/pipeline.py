@@ -28,39 +28,48 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from study.config import EMBEDDED_BASE, OFFLINE_SMOLLM2, StudyConfig, sft_model_name
+from study.config import EMBEDDED_BASE, OFFLINE_SMOLLM2, StudyConfig
 from study.errors import BackboneError, CheckpointError
 from study.errors import Interrupted as Interrupted
 from study.errors import StudyError as StudyError  # re-exported: raised here
 from study.io import read_json
 from study.looping.policies import DepthPolicy, policies_for
 from study.models import smollm2
+from study.models.backbone import cast_weights
 from study.models.backbones import Backbone, get_backbone
 from study.tasks.gsm8k import Dataset, Example, Subsets, load_gsm8k, make_subsets
+from study.threads import ThreadChoice, choose_threads, record
 from study.tokenizer import has_tokenizer, load_tokenizer
 
 EMBEDDED_DIR = Path(__file__).parent / "assets" / "mini-base"
 BASE = "base"
 RESOLVED_CONFIG = "config.resolved.json"  # the run's validated config, for worker processes
+SWEEP_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # the config's sweep_dtype
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str  # "base", "train8", "train4": file names and the ``model`` column
-    label: str  # how figures name it: "Base", "Train8", ...
+    name: str  # "base", "train8", "train4-s2027": file names and the ``model`` column
+    label: str  # how figures name it: "Base", "Train8", "Train4 (seed 2027)"
     train_loops: int  # the loop count (LoopFormer M, looped decoder K) it was (pre)trained at: "preferred depth"
     source: str  # folder or hub id
     revision: str | None = None
+    seed: int | None = None  # an SFT model's replicate seed (its SFT subset and training seed); None: the base
 
 
-def configure_torch(config: StudyConfig) -> None:
-    if config.torch_threads is not None:
+def configure_torch(config: StudyConfig) -> ThreadChoice:
+    """Threads (``study.threads``: a number, or ``auto`` by the machine's load) and the
+    determinism settings of a run; the thread choice is remembered for the manifest."""
+    choice = choose_threads(config.torch_threads)
+    record(choice)
+    if choice.threads is not None:
         # tiny models run fastest on one thread: OpenMP barriers cost more than they share
-        torch.set_num_threads(config.torch_threads)
+        torch.set_num_threads(choice.threads)
     if config.sft.deterministic:
         # the Trainer's full_determinism sets this too, but cuBLAS reads it once, at its first
         # call: in a run the check stage has used the GPU by then
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    return choice
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -121,14 +130,28 @@ class RunContext:
     def subsets(self) -> Subsets:
         d = self.config.data
         return make_subsets(
-            self.dataset, self.config.seed, d.sft_examples, d.nll_test_examples, d.nll_train_examples, d.em_examples
+            self.dataset,
+            self.config.seed,
+            replicates=self.config.replicates,
+            sft_examples=d.sft_examples,
+            nll_test_examples=d.nll_test_examples,
+            nll_heldout_examples=d.nll_heldout_examples,
+            nll_seen_examples=d.nll_seen_examples,
+            em_examples=d.em_examples,
         )
 
     def examples(self, subset: str) -> list[Example]:
-        """Examples of ``sft``, ``nll_test``, ``nll_train`` or ``em``, in subset order."""
+        """Examples of ``nll_test``, ``nll_heldout``, ``nll_seen`` or ``em``, in subset order."""
+        if subset not in ("nll_test", "nll_heldout", "nll_seen", "em"):
+            raise ValueError(f"unknown subset {subset!r} (the SFT data is sft_examples(seed))")
         split = "test" if subset in ("nll_test", "em") else "train"
         rows = self.dataset.split(split)
         return [rows[i] for i in getattr(self.subsets, subset)]
+
+    def sft_examples(self, seed: int) -> list[Example]:
+        """The SFT subset of replicate ``seed`` (a ``replicates`` entry), in subset order."""
+        rows = self.dataset.split("train")
+        return [rows[i] for i in self.subsets.sft[seed]]
 
     # ---- models -------------------------------------------------------------------
     @cached_property
@@ -140,13 +163,24 @@ class RunContext:
             raise StudyError(str(error)) from None
         return ModelSpec(BASE, "Base", train_loops, source, self.config.model.revision)
 
-    def sft_spec(self, train_loops: int) -> ModelSpec:
-        name = sft_model_name(train_loops)
-        return ModelSpec(name, f"Train{train_loops}", train_loops, str(self.model_dir(name)))
+    def sft_specs(self) -> list[ModelSpec]:
+        """One SFT model per ``sft.train_loops`` entry and replicate seed (``StudyConfig.sft_models``)."""
+        return [
+            ModelSpec(m.name, m.label, m.train_loops, str(self.model_dir(m.name)), seed=m.seed)
+            for m in self.config.sft_models()
+        ]
+
+    def sft_spec(self, train_loops: int, seed: int | None = None) -> ModelSpec:
+        """The SFT model trained at ``train_loops`` with replicate ``seed`` (None: the first replicate)."""
+        seed = self.config.replicates[0] if seed is None else seed
+        for spec in self.sft_specs():
+            if (spec.train_loops, spec.seed) == (train_loops, seed):
+                return spec
+        raise StudyError(f"no SFT model trains at {train_loops} loops with seed {seed} in this config")
 
     def model_specs(self) -> list[ModelSpec]:
-        """Base first, then one SFT model per ``sft.train_loops`` entry, in config order."""
-        return [self.base_spec] + [self.sft_spec(loops) for loops in self.config.sft.train_loops]
+        """Base first, then the SFT models (``sft_specs``)."""
+        return [self.base_spec, *self.sft_specs()]
 
     # ---- depth policies -------------------------------------------------------------
     @property
@@ -208,6 +242,13 @@ class RunContext:
             return self.backbone.load(spec.source, spec.revision, self.device)
         except (CheckpointError, BackboneError) as error:
             raise StudyError(str(error)) from None
+
+    def load_sweep_model(self, spec: ModelSpec) -> PreTrainedModel:
+        """The model of ``spec`` as the sweeps run it: in ``sweep_dtype`` (SFT and the check
+        gate always load fp32 through ``load_model``)."""
+        model = self.load_model(spec)
+        dtype = SWEEP_DTYPES[self.config.sweep_dtype]
+        return model if dtype == torch.float32 else cast_weights(model, dtype)  # type: ignore[return-value]
 
     # ---- interruption ---------------------------------------------------------------
     def stop_requested(self) -> bool:

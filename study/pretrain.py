@@ -46,7 +46,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, set_seed
 
 from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
-from study.tasks.gsm8k import Dataset, Example, encode_example, load_gsm8k, make_subsets
+from study.tasks.gsm8k import Dataset, Example, encode_example, load_gsm8k, sft_subset
 
 EOS = "<|endoftext|>"
 # The SFT subset the default study fine-tunes on: seed 2026 (configs/mini.yaml), 512
@@ -111,7 +111,7 @@ class PretrainResult:
 def pretraining_examples(dataset: Dataset) -> list[Example]:
     """GSM8K train minus the seed-2026 SFT subset; a train question that also appears
     in test (none in the bundled copy) is dropped too, so no test text is ever seen."""
-    sft = set(make_subsets(dataset, SFT_SEED, SFT_EXAMPLES, 1, 1, 1).sft)
+    sft = set(sft_subset(dataset, SFT_SEED, SFT_EXAMPLES))
     test_questions = {example.question for example in dataset.test}
     return [e for e in dataset.train if e.id not in sft and e.question not in test_questions]
 

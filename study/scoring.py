@@ -12,6 +12,9 @@ whole solution (tokens from ``answer_start``) and the final answer alone (from `
 
 - ``score_continuations``: any backbone at any depth policy (a ``PolicyRunner``), or a
   LoopFormer at a schedule or loop count; what the NLL, check, bench and pilot tools score.
+- ``score_continuations_group``: several policies of one model that share their first
+  layers (every K of a looped decoder's window), those layers computed once per batch;
+  ``score_policies``: a whole sweep of one model, grouped or not (same scores).
 - ``score_trace``: every step a family of halting policies may stop at (its trace runner),
   scored as ``score_continuations`` scores each of those policies, with the signals.
 - ``right_pad``, ``length_batches`` and ``gold_token_nll``: its pieces, for a forward
@@ -22,7 +25,7 @@ Deterministic for a given input on CPU: fixed batching, float64 sums.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from study.looping.policies import DepthPolicy, StepSchedule, UniformLoops
-from study.models.backbones import PolicyRunner, bind
+from study.models.backbones import PolicyRunner, bind, prefix_key
 from study.tasks.gsm8k import EncodedExample
 
 
@@ -140,6 +143,79 @@ def score_continuations(
     if bar is not None:
         bar.close()
     return scores  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def score_continuations_group(
+    runners: Sequence[PolicyRunner],
+    examples: Sequence[EncodedExample],
+    batch_size: int,
+    progress: Callable[..., Any] | None = None,
+) -> list[list[ContinuationScore]]:
+    """``score_continuations`` of every runner (one list of scores per runner, in order),
+    with the layers they share computed once per batch.
+
+    The runners must run one model at policies of one ``prefix_key`` (e.g. every K of a
+    looped decoder's window): each batch, the same as ``score_continuations`` forms, goes
+    through ``prefix`` once, and each runner finishes it with ``hidden_from_prefix``.
+    The prefix states are exactly those each runner would compute, and the rest runs
+    the same operations on them, so the scores equal separate calls bit for bit
+    (``tests/stages/test_cell_groups.py``). Only one batch's prefix is held at a time."""
+    if not runners:
+        return []
+    first = runners[0]
+    key = first.prefix_key(first.policy)
+    for runner in runners:
+        if runner.model is not first.model or key is None or runner.prefix_key(runner.policy) != key:
+            raise ValueError(
+                f"policies {first.policy.id} and {runner.policy.id} share no prefix on one model (score them apart)"
+            )
+    device = first.device
+    examples = [fit_to_window(e, first.context_limit) for e in examples]  # one model: one context limit
+    scores: list[list[ContinuationScore | None]] = [[None] * len(examples) for _ in runners]
+    bar = progress(total=len(examples), desc="examples", inner=True) if progress is not None else None
+    for batch in length_batches([len(e.input_ids) for e in examples], batch_size):
+        rows = [examples[i] for i in batch]
+        input_ids, _ = right_pad(rows)
+        prompt_lengths = torch.tensor([e.answer_start for e in rows])
+        prefix = first.prefix(input_ids.to(device))  # [B, T, H] states after the shared layers
+        for runner, runner_scores in zip(runners, scores, strict=True):
+            hidden, executed = runner.hidden_from_prefix(prefix, prompt_lengths)  # [B, T, H], [B]
+            _store_batch(runner_scores, batch, rows, gold_token_nll(hidden, runner.head, rows), executed)
+        del prefix  # before the next batch's: one batch's prefix at a time
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    return scores  # type: ignore[return-value]
+
+
+def score_policies(
+    model: Any,
+    policies: Sequence[DepthPolicy],
+    examples: Sequence[EncodedExample],
+    batch_size: int,
+    share_prefix: bool = True,
+    progress: Callable[..., Any] | None = None,
+) -> dict[str, list[ContinuationScore]]:
+    """Scores of ``model`` at each policy, by policy id: the NLL sweep of one model and
+    split outside the stage (e.g. a benchmark of it). With ``share_prefix``, policies
+    of one ``prefix_key`` are scored together (``score_continuations_group``), the
+    others one at a time; without it every policy is scored on its own, as separate
+    sweep cells are. Both give the same scores bit for bit."""
+    groups: dict[Hashable, list[DepthPolicy]] = {}
+    for policy in policies:
+        key = prefix_key(policy) if share_prefix else None
+        groups.setdefault(policy.id if key is None else key, []).append(policy)
+    by_id: dict[str, list[ContinuationScore]] = {}
+    for group in groups.values():
+        runners = [bind(model, policy) for policy in group]
+        if len(runners) == 1 or prefix_key(group[0]) is None:
+            values = [score_continuations(runner, examples, batch_size, progress=progress) for runner in runners]
+        else:
+            values = score_continuations_group(runners, examples, batch_size, progress=progress)
+        by_id.update({policy.id: value for policy, value in zip(group, values, strict=True)})
+    return {policy.id: by_id[policy.id] for policy in policies}
 
 
 def _store_batch(

@@ -1,9 +1,10 @@
 """What one SFT step of a looped decoder costs: seconds and peak memory at a training K.
 
-One step = forward through ``loop_decoder(model, spec)`` at K, the completion-only loss
-the SFT stage computes (``study.models.entries.looped_decoder.looped_sft_trainer``), backward through
-every pass, and one AdamW update, on single GSM8K train examples (batch 1, as the
-configs train). Each K runs in its own process so the peak resident memory it reports
+One step (``sft_step``; ``study.bench`` times the same) = forward through
+``loop_decoder(model, spec)`` at K, the completion-only loss the SFT stage computes
+(``study.models.entries.looped_decoder.looped_sft_trainer``), backward through every
+pass, and one AdamW update, on single GSM8K train examples (batch 1, as the configs
+train). Each K runs in its own process so the peak resident memory it reports
 is its own::
 
     python -m study.sft_cost --version smol --loops 2 --steps 4
@@ -21,11 +22,38 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from transformers import set_seed
 
 from study.config import load_config
-from study.models.looped_decoder import loop_decoder
+from study.models.backbones import PolicyRunner, bind
 from study.pipeline import RunContext, configure_torch, resolve_device
+from study.tasks.gsm8k import Example
+
+IGNORE_INDEX = -100  # the prompt's labels: the loss is on the completion only
+
+
+def encode_sft(tokenizer, example: Example, max_length: int) -> tuple[Tensor, Tensor]:
+    """(input_ids, labels) [1, T] of one SFT example: prompt + completion + EOS, cut at
+    ``max_length``, the prompt's labels ignored (trl's completion-only collator)."""
+    prompt = tokenizer.encode(example.prompt, add_special_tokens=False)
+    completion = [*tokenizer.encode(example.completion, add_special_tokens=False), tokenizer.eos_token_id]
+    ids = torch.tensor([(prompt + completion)[:max_length]])
+    labels = torch.tensor([([IGNORE_INDEX] * len(prompt) + completion)[:max_length]])
+    return ids, labels
+
+
+def sft_step(runner: PolicyRunner, ids: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer) -> float:
+    """One training step as the looped SFT trainer takes it: the forward at the runner's
+    depth (``hidden`` [1, T, H]), the completion-only loss with the LM head on the scored
+    positions only, backward through every pass, one optimizer update. Returns the loss."""
+    hidden, _ = runner.hidden(ids)  # [1, T, H]
+    scored = labels[:, 1:] != IGNORE_INDEX
+    loss = F.cross_entropy(runner.head(hidden[:, :-1][scored]).float(), labels[:, 1:][scored])
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,23 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     ctx = RunContext(config=config, run_dir=args.run_dir, device=resolve_device(config.device))
     set_seed(config.seed)  # python, numpy and torch, as the SFT stage's Trainer seeds them
     tokenizer, model = ctx.load_tokenizer(), ctx.load_model(ctx.base_spec).train()
-    spec = ctx.loop_family.policy(args.loops).spec
+    runner = bind(model, ctx.loop_family.policy(args.loops))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.sft.learning_rate)
-    examples = ctx.examples("sft")[: args.steps + 1]
+    examples = ctx.sft_examples(config.replicates[0])[: args.steps + 1]
     seconds, lengths = [], []
     for index, example in enumerate(examples):
-        prompt = tokenizer.encode(example.prompt, add_special_tokens=False)
-        completion = [*tokenizer.encode(example.completion, add_special_tokens=False), tokenizer.eos_token_id]
-        ids = torch.tensor([(prompt + completion)[: config.sft.max_length]])
-        labels = torch.tensor([([-100] * len(prompt) + completion)[: config.sft.max_length]])
+        ids, labels = encode_sft(tokenizer, example, config.sft.max_length)
         start = time.perf_counter()
-        hidden = loop_decoder(model, spec).base_forward(ids).last_hidden_state  # [1, T, H]
-        assert hidden is not None  # always set: transformers types every output field optional
-        scored = labels[:, 1:] != -100
-        loss = F.cross_entropy(model.lm_head(hidden[:, :-1][scored]), labels[:, 1:][scored])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        sft_step(runner, ids, labels, optimizer)
         if index > 0:  # the first step allocates the optimizer state: not timed
             seconds.append(time.perf_counter() - start)
             lengths.append(ids.shape[1])

@@ -11,6 +11,11 @@ arrays passed in, from a generator seeded with the run's seed. On it sit
 
 and beside it ``wilson_interval``, the Wilson score interval of an accuracy.
 
+Where training randomness varies too (replicate seeds), ``two_level_bootstrap`` resamples
+seeds, then questions (one question resample shared by every seed and curve of a draw),
+with ``percentile_interval`` and ``bootstrap_p_value`` on its distribution; with one seed
+it is the question bootstrap above, draw for draw.
+
 One policy for inputs that carry no interval:
 
 - NaN or infinite inputs are refused with a ``StudyError`` (``require_finite``): a
@@ -173,3 +178,83 @@ def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[flo
         raise StudyError(f"exact_match: {correct} correct of {n} is not a proportion; the interval is refused")
     ci = stats.binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
+
+
+# ---- the two-level bootstrap: replicate seeds, then questions ---------------------------------
+
+# question draws gathered at once (resamples x questions): bounds memory, never changes the result
+_BLOCK_ELEMENTS = 1 << 21
+
+
+@dataclass(frozen=True)
+class TwoLevelBootstrap:
+    """Per curve (a depth of a model, or any row of ``nll``): the pooled token-weighted NLL
+    and its bootstrap distribution, one column per resample."""
+
+    point: np.ndarray  # [curves] mean over seeds of each seed's sum(nll) / sum(tokens)
+    distribution: np.ndarray  # [curves, resamples] the same, on every resample
+    seeds: int
+    questions: int
+
+
+def two_level_bootstrap(nll: ArrayLike, tokens: ArrayLike, resamples: int, seed: int) -> TwoLevelBootstrap:
+    """Resample replicate seeds with replacement, then questions with replacement.
+
+    ``nll`` is [seeds, curves, questions] summed NLL, ``tokens`` [questions] (the same for
+    every seed and curve). A resample draws ``seeds`` seed indices and one set of
+    ``questions`` question indices; every drawn seed and every curve is scored on those
+    same questions (paired across depths, models and seeds), and the pooled value of a
+    curve is the mean over the drawn seeds of each one's token-weighted NLL. Linear
+    statistics of the curves (gaps, differences between models) are differences of rows
+    of ``distribution``.
+
+    Seeds are drawn before questions from ``np.random.default_rng(seed)``. One seed
+    leaves nothing to draw at the seed level, so the question draws are then exactly
+    those of ``paired_bootstrap`` (scipy draws ``integers(0, n, (resamples, n))``) and
+    the result equals ``paired_depth_bootstrap``'s distribution: the two-level bootstrap
+    of one seed is the question bootstrap."""
+    nll, tokens = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    if nll.ndim != 3 or tokens.shape != nll.shape[2:] or 0 in nll.shape or resamples < 1:
+        raise StudyError(
+            f"two-level bootstrap: nll of shape {nll.shape} and tokens of shape {tokens.shape} with {resamples} "
+            "resamples; expected nll [seeds, curves, questions], tokens [questions], all non-empty"
+        )
+    require_finite("two-level bootstrap", nll, tokens)
+    seeds, curves, questions = nll.shape
+    rng = np.random.default_rng(seed)
+    if seeds > 1:
+        seed_draws = rng.integers(0, seeds, size=(resamples, seeds))
+    else:
+        seed_draws = np.zeros((resamples, 1), dtype=np.int64)
+    question_draws = rng.integers(0, questions, size=(resamples, questions))
+    distribution = np.empty((curves, resamples))
+    block = max(1, _BLOCK_ELEMENTS // questions)
+    for start in range(0, resamples, block):
+        drawn = question_draws[start : start + block]  # [block, questions]
+        drawn_tokens = np.sum(tokens[drawn], axis=-1)
+        # every seed's token-weighted NLL on this block's question draws: [seeds, curves, block]; one
+        # row at a time, summed as scipy sums a resampled row, so one seed reproduces it bit for bit
+        ratios = np.array([[np.sum(row[drawn], axis=-1) / drawn_tokens for row in rows] for rows in nll])
+        chosen = np.take_along_axis(ratios, seed_draws[start : start + block].T[:, None, :], axis=0)
+        distribution[:, start : start + block] = np.mean(chosen, axis=0)
+    point = np.mean(ratio_of_sums(nll, tokens), axis=0)
+    return TwoLevelBootstrap(point=point, distribution=distribution, seeds=seeds, questions=questions)
+
+
+def percentile_interval(distribution: ArrayLike, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval of each row of a [statistics, resamples] bootstrap
+    distribution, computed as scipy's ``bootstrap(method="percentile")`` computes it."""
+    alpha = (1 - confidence) / 2
+    bounds = stats.quantile(np.asarray(distribution, dtype=float), np.array([alpha, 1 - alpha]), axis=-1)
+    return bounds[..., 0], bounds[..., 1]
+
+
+def bootstrap_p_value(point: ArrayLike, distribution: ArrayLike) -> np.ndarray:
+    """Two-sided bootstrap p-value of "the statistic is 0", per row of ``distribution``
+    ([statistics, resamples]): the share of resamples on the other side of 0 from the point
+    estimate (0 itself counts as the other side), doubled and capped at 1; a point of
+    exactly 0 gives 1. Its resolution is 2 / resamples, so 0 means p < 2 / resamples."""
+    point, distribution = np.asarray(point, dtype=float), np.asarray(distribution, dtype=float)
+    across = np.where(point[..., None] < 0, distribution >= 0, distribution <= 0)
+    p = np.minimum(1.0, 2 * np.mean(across, axis=-1))
+    return np.where(point == 0, 1.0, p)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from study.config import CONFIG_DIR, ConfigError, load_config
+from study.config import CONFIG_DIR, ConfigError, load_config, sft_model_name
 
 
 @pytest.mark.parametrize("version", ["v16", "v17", "mini", "smoke"])
@@ -20,7 +20,8 @@ def test_versions_load(version: str) -> None:
 def test_published_configurations() -> None:
     v17, v16 = load_config("v17"), load_config("v16")
     assert v17.model.source == "armenjeddi/LoopFormer-3block-8iterations" and v17.data.source == "hub"
-    assert (v17.seed, v17.data.nll_test_examples, v17.data.nll_train_examples) == (2026, 300, 300)
+    assert (v17.seed, v17.data.nll_test_examples, v17.data.nll_seen_examples) == (2026, 300, 300)
+    assert v17.data.nll_heldout_examples == 300 and v17.replicates == [2026]
     assert v16.data.nll_test_examples == 200
     assert v17.nll.inference_loops == [2, 4, 6, 8, 10, 12, 16] and v17.exact_match.inference_loops == [2, 8, 16]
     s = v17.sft
@@ -44,7 +45,12 @@ def test_overrides_and_seed() -> None:
         ("exact_match.inference_loops=[0]", "exact_match.inference_loops.0"),
         ("nll.bogus=1", "nll.bogus: unknown key"),
         ("sft.learning_rate=-1.0", "sft.learning_rate"),
-        ("data.nll_train_examples=1000", "nll_train_examples (1000) exceeds data.sft_examples"),
+        ("data.nll_seen_examples=1000", "nll_seen_examples (1000) exceeds data.sft_examples"),
+        ("data.nll_train_examples=8", "nll_train_examples is gone: use nll_heldout_examples"),
+        ("replicates=[2026, 2026]", "replicates has repeated seeds: [2026, 2026]"),
+        ("replicates=[]", "replicates: List should have at least 1 item"),
+        ("replicates=[-1]", "replicates.0"),
+        ("replicates=2026", "replicates: Input should be a valid list"),
         ("nll.batch_size.x=1", "nll.batch_size is not a config section"),
         ("nll", "expected key=value"),
     ],
@@ -54,6 +60,31 @@ def test_bad_values_name_the_key(override: str, key: str) -> None:
         load_config("smoke", [override])
     message = str(raised.value)
     assert key in message and "\n" not in message
+
+
+def test_replicates_default_to_the_run_seed_and_name_the_sft_models() -> None:
+    one = load_config("smoke", seed=7)
+    assert one.replicates == [7]  # one replicate, at the run's seed: the names carry no seed
+    assert [(m.name, m.label, m.train_loops, m.seed) for m in one.sft_models()] == [
+        ("train8", "Train8", 8, 7), ("train4", "Train4", 4, 7),
+    ]  # fmt: skip
+    several = load_config("smoke", ["replicates=[2026, 2027]"], seed=7)
+    assert several.seed == 7 and several.replicates == [2026, 2027]  # --seed is the run seed, not a training seed
+    assert [(m.name, m.label, m.seed) for m in several.sft_models()] == [
+        ("train8-s2026", "Train8 (seed 2026)", 2026), ("train8-s2027", "Train8 (seed 2027)", 2027),
+        ("train4-s2026", "Train4 (seed 2026)", 2026), ("train4-s2027", "Train4 (seed 2027)", 2027),
+    ]  # fmt: skip
+    assert sft_model_name(4, 2027) == "train4-s2027" and sft_model_name(4) == "train4"
+
+
+def test_the_shipped_configs_meet_the_studys_sizes() -> None:
+    smol, smoke = load_config("smol"), load_config("smol-smoke")
+    d, s = smol.data, smol.sft
+    assert d.nll_test_examples >= 300 and d.nll_heldout_examples >= 100 and d.nll_seen_examples <= 30
+    assert len(smol.replicates) >= 3 and len(smoke.replicates) == 2
+    assert d.sft_examples * s.epochs // (s.batch_size * s.grad_accum) >= 100  # optimizer steps per model
+    for name in ("smoke", "mini", "v16", "v17"):  # their runtime does not grow
+        assert len(load_config(name).replicates) == 1
 
 
 def test_unknown_version_lists_known_ones() -> None:

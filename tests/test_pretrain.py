@@ -31,7 +31,7 @@ from study.pretrain import (
     sample_short_route,
     save,
 )
-from study.tasks.gsm8k import Dataset, load_gsm8k, make_subsets
+from study.tasks.gsm8k import Dataset, load_gsm8k, sft_subset
 from study.tokenizer import load_tokenizer
 
 
@@ -139,7 +139,8 @@ def test_three_steps_twice_give_bit_identical_weights(dataset: Dataset, tmp_path
 def test_pretraining_data_excludes_the_sft_subset_and_the_test_split(dataset: Dataset) -> None:
     study_config = load_config("mini")  # the subset excluded is the one the default study fine-tunes on
     assert (study_config.seed, study_config.data.sft_examples) == (SFT_SEED, SFT_EXAMPLES)
-    sft = make_subsets(dataset, SFT_SEED, SFT_EXAMPLES, 1, 1, 1).sft
+    assert study_config.replicates == [SFT_SEED]  # one replicate: its SFT subset is the excluded one
+    sft = sft_subset(dataset, SFT_SEED, SFT_EXAMPLES)
     examples = pretraining_examples(dataset)
     assert all(e.split == "train" for e in examples)
     assert {e.id for e in examples}.isdisjoint(sft)

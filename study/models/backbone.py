@@ -9,7 +9,7 @@ entries (``study.models.entries.*``) and the registry import it, never each othe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -33,7 +33,12 @@ class PolicyRunner:
     - ``head(hidden)``: the LM head on selected positions;
     - ``generate(...)``: greedy decoding with the KV cache (``study.models.generation``);
     - ``prefill(input_ids, new_tokens)``: the prompt's forward pass as ``generate`` runs it;
-    - ``context_limit``: the longest sequence the backbone takes.
+    - ``context_limit``: the longest sequence the backbone takes;
+    - ``prefix_key(policy)``, ``prefix(input_ids)``, ``hidden_from_prefix(prefix, ...)``
+      (optional): a policy whose first layers do not depend on its depth names them by a
+      key; runners of one model with equal keys share ``prefix`` of a batch, and
+      ``hidden_from_prefix`` finishes it to what ``hidden`` gives, bit for bit (a sweep
+      over depths computes those layers once per batch: ``score_continuations_group``).
     """
 
     def __init__(self, model: nn.Module, policy: DepthPolicy) -> None:
@@ -55,6 +60,21 @@ class PolicyRunner:
 
     def head(self, hidden: Tensor) -> Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def prefix_key(cls, policy: DepthPolicy) -> Hashable | None:
+        """What the layers this runner shares across policies depend on (None: it shares
+        none). Read from the policy alone, before any model is loaded."""
+        return None
+
+    def prefix(self, input_ids: Tensor) -> Any:
+        """The shared first layers on a right-padded batch [B, T] (see ``prefix_key``)."""
+        raise NotImplementedError(f"{type(self).__name__} shares no prefix")
+
+    def hidden_from_prefix(self, prefix: Any, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``hidden`` of the batch ``prefix`` was computed on, from ``prefix`` (a runner of
+        the same model and ``prefix_key`` computed it)."""
+        raise NotImplementedError(f"{type(self).__name__} shares no prefix")
 
     def generate(
         self,
@@ -120,3 +140,13 @@ class Backbone(ABC):
         """Names of a model's modules, which ``sft.lora.target_modules`` must match; None:
         the backbone takes no LoRA (the config refuses ``sft.lora`` for it)."""
         return None
+
+
+def cast_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``model`` with every parameter in ``dtype`` (in place; tied weights stay tied). Buffers
+    keep theirs: a Llama's rotary ``inv_freq`` stays fp32, as transformers keeps it when it
+    loads a model in bfloat16 (rounded to bf16 it would shift every position's angle)."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.data = parameter.data.to(dtype)
+    return model

@@ -4,6 +4,8 @@ A depth policy is run on a model by ``bind(model, policy)``: the policy's backbo
 entry gives the runner of the policy's type (``PolicyRunner``: ``hidden``, ``head``,
 ``generate``, ``prefill``, ``context_limit``). The rest of the study asks the entry of
 its run (``RunContext.backbone``) instead of branching on which backbone it is.
+``prefix_key(policy)`` says, before any model is loaded, which policies' runners share
+their first layers (the sweep's cell groups, ``study.stages.sweep``).
 
 What an entry provides (``study.models.backbone.Backbone``; one module under
 ``study.models.entries``, one line in ``BACKBONES`` below):
@@ -30,6 +32,8 @@ the validation or the report, changes.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from torch import nn
 
 from study.errors import BackboneError
@@ -38,7 +42,7 @@ from study.models.backbone import Backbone, PolicyRunner
 from study.models.entries.looped_decoder import LoopedDecoderBackbone
 from study.models.entries.loopformer import LoopFormerBackbone
 
-__all__ = ["BACKBONES", "Backbone", "BackboneError", "PolicyRunner", "bind", "get_backbone"]
+__all__ = ["BACKBONES", "Backbone", "BackboneError", "PolicyRunner", "bind", "get_backbone", "prefix_key"]
 
 BACKBONES: dict[str, Backbone] = {entry.name: entry for entry in (LoopFormerBackbone(), LoopedDecoderBackbone())}
 
@@ -49,6 +53,15 @@ def get_backbone(name: str) -> Backbone:
         return BACKBONES[name]
     except KeyError:
         raise BackboneError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})") from None
+
+
+def prefix_key(policy: DepthPolicy) -> Hashable | None:
+    """What the first layers of ``policy``'s runner depend on, or None when they share
+    nothing with other policies: runners of one model with equal keys share their
+    ``prefix`` of a batch (``PolicyRunner.prefix_key``). No model is needed."""
+    backbone = BACKBONES.get(policy.backbone)
+    runner = None if backbone is None else backbone.runners.get(type(policy))
+    return None if runner is None else runner.prefix_key(policy)
 
 
 def bind(model: nn.Module, policy: DepthPolicy) -> PolicyRunner:

@@ -18,6 +18,12 @@ window width W), appended after the model's layers. Prefill and each decode call
 write pass j's keys and values into slot j, and pass j attends to slot j, which is
 what teacher forcing computes for every position at once.
 
+Without a cache, layers 0..a-1 compute the same states whatever the window's loops,
+strategy or cache strategy: ``prefix(input_ids)`` runs them once and
+``forward_from_prefix(prefix)`` runs the rest, so a sweep over K shares them
+(``study.scoring.score_continuations_group``); the two together are ``base_forward``
+op for op, hence bit for bit.
+
 Per-token halting in decoding (per_loop with a halting policy's rule, ``HaltingWindow``):
 the prefill reads the prompt at full depth (every slot holds every prompt token), then
 each decode call's token stops its own loop once the rule's signal on that token falls
@@ -33,7 +39,7 @@ decoding exactly. The loops each call ran per row come back with its output
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -59,6 +65,21 @@ class LoopedModelOutput(BaseModelOutputWithPast):
 @dataclass
 class LoopedCausalLMOutput(CausalLMOutputWithPast):
     executed_loops: Tensor | None = None  # [B] float
+
+
+@dataclass
+class PrefixStates:
+    """The hidden states of a batch after the layers before the window (no cache), and
+    what those layers were called with (masks, positions, rotary embeddings): computed
+    once by ``LoopedDecoder.prefix`` and shared by every K of a sweep."""
+
+    hidden: Tensor  # [B, T, H]: the output of layers 0..a-1 (the embeddings when a = 0)
+    calls: _LayerCalls  # cache None: the same for every spec of the model
+    model: nn.Module  # the causal LM whose layers computed it
+
+    @property
+    def window_start(self) -> int:
+        return self.calls.window.start
 
 
 class LoopedDecoder(nn.Module):
@@ -148,33 +169,36 @@ class LoopedDecoder(nn.Module):
         positions count from the first column, as in the plain model's forward.
         ``use_cache`` defaults to whether ``cache`` was given; with it and no cache, a
         new ``DynamicCache`` is returned in the output."""
-        inner = self.model.model
         if use_cache is None:
             use_cache = cache is not None
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         calls, embeds = self._layer_calls(input_ids, attention_mask, cache)
-        batch, length = input_ids.shape
-        past = calls.past
         x = self._layers_before_window(calls, embeds)
-        if past == 0:
-            self._decode_calls = 0  # a prefill: decode_mode first_n counts decode calls from here
-        else:
-            self._decode_calls += 1
-        if past > 0 and not self._loops_decode_call():
-            for i in self.window:  # bypass: the window runs once, as in the plain model
-                x = calls.layer(i, x, in_window=True)
-            executed = torch.ones(batch, device=x.device)
-        else:
-            token_mask = None if attention_mask is None else attention_mask[:, -length:]  # [B, T]
-            x, executed = self._loop(x, calls, token_mask)
-        for i in range(self.window.stop, self.config.num_hidden_layers):
-            x = calls.layer(i, x)
-        return LoopedModelOutput(
-            last_hidden_state=inner.norm(x),
-            executed_loops=executed,
-            **cache_kwargs(cache if use_cache else None),
-        )
+        return self._window_and_after(x, calls, attention_mask, cache if use_cache else None)
+
+    def prefix(self, input_ids: Tensor) -> PrefixStates:
+        """The layers before the window on ``input_ids`` [B, T], without a cache or an
+        attention mask (teacher-forced scoring of a right-padded batch): what every
+        policy with this window start shares. ``forward_from_prefix`` finishes it;
+        together they compute ``base_forward(input_ids)`` op for op."""
+        calls, embeds = self._layer_calls(input_ids, None, None)
+        return PrefixStates(self._layers_before_window(calls, embeds), calls, self.model)
+
+    def forward_from_prefix(self, prefix: PrefixStates) -> LoopedModelOutput:
+        """``base_forward`` of the batch ``prefix`` was computed on, from its states after
+        the layers before the window: this spec's window, the layers after it, the norm.
+        ``prefix`` may come from another ``LoopedDecoder`` of the same model and window
+        start (its loops, strategy or cache strategy may differ: without a cache the
+        layers before the window do not depend on them)."""
+        if prefix.model is not self.model or prefix.window_start != self.window.start:
+            raise ValueError(
+                f"prefix states of layers 0..{prefix.window_start - 1} of another model or window start "
+                f"(this decoder loops layers {self.window.start}..{self.window.stop - 1})"
+            )
+        # the calls this decoder would build itself: without a cache, only the window differs
+        calls = replace(prefix.calls, window=self.window, stashed=[], passes={})
+        return self._window_and_after(prefix.hidden, calls, None, None)
 
     def trajectory(self, input_ids: Tensor, recorder: SignalRecorder) -> Iterator[Tensor]:
         """Teacher-forced (no cache, no mask: right padding), the final-norm hidden states
@@ -243,6 +267,28 @@ class LoopedDecoder(nn.Module):
         for i in range(self.window.start):
             x = calls.layer(i, x)
         return x
+
+    def _window_and_after(
+        self, x: Tensor, calls: _LayerCalls, attention_mask: Tensor | None, cache: DynamicCache | None
+    ) -> LoopedModelOutput:
+        """The window (looped or bypassed) on x [B, T, H], the layers after it and the final
+        norm; ``cache``: the one to return in the output (None: none)."""
+        if calls.past == 0:
+            self._decode_calls = 0  # a prefill: decode_mode first_n counts decode calls from here
+        else:
+            self._decode_calls += 1
+        if calls.past > 0 and not self._loops_decode_call():
+            for i in self.window:  # bypass: the window runs once, as in the plain model
+                x = calls.layer(i, x, in_window=True)
+            executed = torch.ones(x.shape[0], device=x.device)
+        else:
+            token_mask = None if attention_mask is None else attention_mask[:, -calls.length :]  # [B, T]
+            x, executed = self._loop(x, calls, token_mask)
+        for i in range(self.window.stop, self.config.num_hidden_layers):
+            x = calls.layer(i, x)
+        return LoopedModelOutput(
+            last_hidden_state=self.model.model.norm(x), executed_loops=executed, **cache_kwargs(cache)
+        )
 
     def _loops_decode_call(self) -> bool:
         mode = self.spec.decode_mode

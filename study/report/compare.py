@@ -80,7 +80,7 @@ def plot_compare(runs: Sequence[Results], names: Sequence[str] | None = None, ax
 
 COMPARE_COLUMNS = [
     "run", "run_dir", "config", "seed", "base_model", "model", "label", "train_loops", "best_test_loops",
-    "best_test_nll", "best_test_ci_low", "best_test_ci_high", "best_train_loops", "best_train_nll",
+    "best_test_nll", "best_test_ci_low", "best_test_ci_high", "best_heldout_loops", "best_heldout_nll",
     "train_test_match", "p_best_is_train_loops", "test_gap_to_neighbours",
 ]  # fmt: skip
 
@@ -104,7 +104,7 @@ def compare(run_dirs: Sequence[Path], out_dir: Path) -> Path:
                     "seed": results.config.seed if results.config else (results.manifest or {}).get("seed"),
                     "base_model": results.model_label,
                     **{k: _plain(row[k]) for k in ("model", "label", "train_test_match")},
-                    **{k: _int(row[k]) for k in ("train_loops", "best_test_loops", "best_train_loops")},
+                    **{k: _int(row[k]) for k in ("train_loops", "best_test_loops", "best_heldout_loops")},
                     **{k: _float(row[k]) for k in FLOAT_COLUMNS},
                     "test_gap_to_neighbours": gaps_text(row["neighbour_gaps"]),
                 }
@@ -156,8 +156,8 @@ def compare(run_dirs: Sequence[Path], out_dir: Path) -> Path:
                 if r["best_test_ci_low"] is not None
                 else ""
             ),
-            "—" if r["best_train_loops"] is None else r["best_train_loops"],
-            format_nll(r["best_train_nll"]),
+            "—" if r["best_heldout_loops"] is None else r["best_heldout_loops"],
+            format_nll(r["best_heldout_nll"]),
             yes_no(r["train_test_match"]),
             "—" if r["p_best_is_train_loops"] is None else f"{r['p_best_is_train_loops']:.2f}",
             r["test_gap_to_neighbours"],
@@ -165,8 +165,8 @@ def compare(run_dirs: Sequence[Path], out_dir: Path) -> Path:
         for r in records
     ]
     headers = [
-        "Run", "Model", "Train loops", "Best test loops", "Test NLL at best [CI]", "Best train loops",
-        "Train NLL at best", "Train/test match", "P(argmin = train loops), test", "Gap to neighbours, test [CI]",
+        "Run", "Model", "Train loops", "Best test loops", "Test NLL at best [CI]", "Best heldout loops",
+        "Heldout NLL at best", "Test/heldout match", "P(argmin = train loops), test", "Gap to neighbours, test [CI]",
     ]  # fmt: skip
     lines.append(markdown_table(headers, rows) if rows else "No run has NLL results.")
     missing = [n for r, n in zip(runs, names, strict=True) if r.nll is None and r.preferred is None]
@@ -188,7 +188,7 @@ def compare(run_dirs: Sequence[Path], out_dir: Path) -> Path:
 
 
 FLOAT_COLUMNS = (
-    "best_test_nll", "best_test_ci_low", "best_test_ci_high", "best_train_nll", "p_best_is_train_loops",
+    "best_test_nll", "best_test_ci_low", "best_test_ci_high", "best_heldout_nll", "p_best_is_train_loops",
 )  # fmt: skip
 
 

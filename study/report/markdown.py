@@ -1,5 +1,6 @@
 """report.md: the run's header and manifest, the sanity checks, Table 1 and one section
-per stage, each with its figures (``figures.FIGURES`` numbers them) and sources.
+per stage, each with its figures (``figures.FIGURES`` numbers them) and sources. The
+depth-shift test and replication sections live in ``shift_sections``.
 
 A section whose results file is missing says "Not run" and names the stage to run.
 """
@@ -18,6 +19,7 @@ from study.io import atomic_write_text
 from study.report.figures import FIGURES, figure_number, figure_spec, write_figures
 from study.report.formats import format_nll, format_percent, format_seconds, gaps_text, markdown_table, yes_no
 from study.report.results import ADAPTIVE_FILES, TEST, Results, load_results
+from study.report.shift_sections import depth_shift_section, replication_section
 from study.report.tables import row_at, table1
 from study.tasks.gsm8k import EXTRACTIONS
 
@@ -80,6 +82,7 @@ def _what_was_run(results: Results) -> list[str]:
         + (f" from `{data['directory']}`" if data.get("directory") else "")
         + "; sha256: "
         + (", ".join(f"{k} `{v}`" for k, v in sorted((data.get("sha256") or {}).items())) or "not recorded"),
+        *_slices(data.get("subsets")),
         f"- **Model:** `{model.get('source', config.get('model', {}).get('source', '?'))}`{label_note}; "
         f"revision {model.get('revision') or '—'}; resolved commit {model.get('resolved_commit') or '—'}",
         f"- **Device:** {hardware.get('device', '?')}; GPUs: {', '.join(hardware.get('gpus') or []) or 'none'}; "
@@ -88,6 +91,11 @@ def _what_was_run(results: Results) -> list[str]:
         + (", ".join(f"{k} {v}" for k, v in sorted((manifest.get("versions") or {}).items())) or "—"),
         f"- **Code:** git commit `{manifest.get('git_commit') or 'unknown'}`",
     ]
+    if config.get("sweep_dtype", "float32") != "float32":  # never a silent bf16 result
+        lines.append(
+            f"- **Sweeps in {config['sweep_dtype']}** (`sweep_dtype`; SFT in float32): a fast look, not the "
+            "fp32 figures (`python -m study.bench bf16-deviation` measures the difference)"
+        )
     invocations = manifest.get("invocations") or []
     if invocations:
         lines.append(
@@ -103,6 +111,23 @@ def _what_was_run(results: Results) -> list[str]:
             rows.append([name, stage.get("started", "—"), finished or "not finished", _duration(stage)])
         lines += ["", markdown_table(["Stage", "Started (UTC)", "Finished (UTC)", "Duration"], rows)]
     return [*lines, "", "Source: `manifest.json`.", ""]
+
+
+def _slices(subsets: Any) -> list[str]:
+    """The run's slices and SFT subsets as one line (none for a manifest without them)."""
+    if not isinstance(subsets, dict) or not isinstance(subsets.get("sft"), dict) or not subsets["sft"]:
+        return []
+    sft = subsets["sft"]
+    first = next(iter(sft))
+
+    def count(key: str) -> int:
+        return len(subsets.get(key) or [])
+
+    return [
+        f"- **Slices:** test {count('nll_test')} test questions; heldout {count('nll_heldout')} train questions "
+        f"that no SFT subset contains; seen (SFT data) {count('nll_seen')} questions of seed {first}'s SFT subset; "
+        f"SFT {len(sft[first])} train questions per replicate seed ({', '.join(sft)}); ids in `manifest.json`"
+    ]
 
 
 def _checks_section(results: Results) -> list[str]:
@@ -173,16 +198,16 @@ def _table1_section(results: Results) -> list[str]:
                 "—" if pd.isna(row["train_loops"]) else int(row["train_loops"]),
                 "—" if pd.isna(row["best_test_loops"]) else int(row["best_test_loops"]),
                 format_nll(row["best_test_nll"]) + ci,
-                "—" if pd.isna(row["best_train_loops"]) else int(row["best_train_loops"]),
-                format_nll(row["best_train_nll"]),
+                "—" if pd.isna(row["best_heldout_loops"]) else int(row["best_heldout_loops"]),
+                format_nll(row["best_heldout_nll"]),
                 yes_no(None if pd.isna(row["train_test_match"]) else bool(row["train_test_match"])),
                 "—" if p_train is None or pd.isna(p_train) else f"{p_train:.2f}",
                 gaps_text(row["neighbour_gaps"]),
             ]
         )
     headers = [
-        "Model", "Train loops", "Best test loops", f"Test NLL at best [{confidence} CI]", "Best train loops",
-        "Train NLL at best", "Train/test argmin match", "P(argmin = train loops), test",
+        "Model", "Train loops", "Best test loops", f"Test NLL at best [{confidence} CI]", "Best heldout loops",
+        "Heldout NLL at best", "Test/heldout argmin match", "P(argmin = train loops), test",
         "Gap to neighbouring loop counts, test [CI]",
     ]  # fmt: skip
     lines.append(markdown_table(headers, rows))
@@ -191,7 +216,8 @@ def _table1_section(results: Results) -> list[str]:
         "",
         f"NLL in nats/token. CIs are bootstrap {confidence} intervals{resamples}; gaps are NLL(loops) − NLL(best) "
         'with paired-bootstrap CIs ("tied" when the CI contains 0). P(argmin = train loops) is the bootstrap '
-        "share of resamples whose argmin is the training loop count.",
+        "share of resamples whose argmin is the training loop count. Heldout: GSM8K train questions that no SFT "
+        "subset of the run contains; the seen slice (SFT data) is in `results/preferred_depth.csv` only.",
         "",
         "Sources: `results/preferred_depth.csv` (best loops, match, P, gaps) and `results/nll_summary.csv` (CIs).",
         "",
@@ -452,6 +478,10 @@ def render_report(results: Results, figures: Figures, figures_rel: str = "figure
     lines += _exact_match_section(results, figures, figures_rel)
     lines += _latency_section(results, figures, figures_rel)
     lines += _sft_section(results, figures, figures_rel)
+    # what SFT at a depth did to the preferred depth: the depth-shift test, then each model across seeds
+    lines += depth_shift_section(results)
+    lines += _figure_block(results, "depth_shift", figures, figures_rel)
+    lines += replication_section(results)
     lines += _schedules_section(results, figures, figures_rel)
     lines += _adaptive_section(results, figures, figures_rel)
     return "\n".join(lines).rstrip() + "\n"

@@ -6,6 +6,7 @@ A results file that is missing (its stage was not run) or unreadable is ``None``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +15,22 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
-from study.config import EMBEDDED_BASE, StudyConfig, sft_model_name
+from study.config import EMBEDDED_BASE, StudyConfig
 from study.io import read_json
 from study.outputs import verify_results
 
-TEST, TRAIN = "test", "train"
+# the NLL splits (study.stages.nll.SPLITS): test questions, train questions no SFT subset
+# contains, and questions of the SFT subset (SFT data: never shown without saying so)
+TEST, HELDOUT, SEEN = "test", "heldout", "seen"
+SPLIT_LABELS = {TEST: "test", HELDOUT: "heldout (train questions outside SFT)", SEEN: "seen (SFT data)"}
+REPLICATION_NEEDS = (
+    "model", "seed", "split", "train_loops", "inference_loops", "best_loops", "gap_to_best", "gap_ci_low",
+    "gap_ci_high", "best_is_train_loops", "seeds_best_at_train", "seeds", "note",
+)  # fmt: skip
+DEPTH_SHIFT_NEEDS = (
+    "model_a", "model_b", "train_loops_a", "train_loops_b", "split", "seed", "statistic", "inference_loops", "value",
+    "ci_low", "ci_high", "p_value", "seeds", "note",
+)  # fmt: skip
 # results file -> (Results attribute, the stage that writes it, columns the report needs)
 RESULT_FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "checks.json": ("checks", "check", ()),
@@ -48,19 +60,27 @@ RESULT_FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "oracle_frontier.csv": ("oracle_frontier", "adaptive", ("model", "split", "mean_loops", "nll_per_token")),
     "adaptive_depths.csv": ("adaptive_depths", "adaptive", ("model", "split", "policy", "chosen_depth")),
+    # replicate seeds and the depth-shift test (study.stages.nll_shift); older runs have neither
+    "replication.csv": ("replication", "nll", REPLICATION_NEEDS),
+    "depth_shift.csv": ("depth_shift", "nll", DEPTH_SHIFT_NEEDS),
 }
 # the adaptive stage writes these together; its figures and report section need all three
 ADAPTIVE_FILES = ("adaptive.csv", "oracle_frontier.csv", "adaptive_depths.csv")
+# the files the depth-shift figure and report sections read (the nll stage writes them together)
+SHIFT_FILES = ("depth_shift.csv", "replication.csv")
 BOOL_COLUMNS = ("is_best", "train_test_match", "uniform")
+# read as text, an empty field as "": seeds ("all", "2026", "" for the base), notes and three-way flags
+TEXT_COLUMNS = ("seed", "note", "best_is_train_loops", "pairing")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     """How the report names and marks one model (a ``ModelSpec`` without its source)."""
 
-    name: str  # the ``model`` column: "base", "train8", ...
-    label: str  # "Base", "Train8", ...
+    name: str  # the ``model`` column: "base", "train8", "train8-s2027", ...
+    label: str  # "Base", "Train8", "Train8 (seed 2027)", ...
     train_loops: int | None  # the depth it was (pre)trained at
+    seed: int | None = None  # an SFT model's replicate seed
 
 
 @dataclass
@@ -82,6 +102,8 @@ class Results:
     adaptive: pd.DataFrame | None = None
     oracle_frontier: pd.DataFrame | None = None
     adaptive_depths: pd.DataFrame | None = None
+    replication: pd.DataFrame | None = None
+    depth_shift: pd.DataFrame | None = None
     problems: list[str] = field(default_factory=list)  # files present but unreadable
 
     @property
@@ -158,15 +180,16 @@ class Results:
 
 
 def _loops_from_name(name: str) -> int | None:
-    digits = name.removeprefix("train")
-    return int(digits) if name.startswith("train") and digits.isdigit() else None
+    """The training depth in an SFT model's name: ``train8`` and ``train8-s2027`` -> 8."""
+    match = re.fullmatch(r"train(\d+)(?:-s\d+)?", name)
+    return int(match.group(1)) if match else None
 
 
 def _read_frame(path: Path, columns: Sequence[str], problems: list[str], label: str) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype={column: str for column in TEXT_COLUMNS})
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
         problems.append(f"{label}: {type(error).__name__}: {error}")
         return None
@@ -176,6 +199,9 @@ def _read_frame(path: Path, columns: Sequence[str], problems: list[str], label: 
         return None
     if "model" in frame.columns:
         frame["model"] = frame["model"].astype(str)
+    for column in TEXT_COLUMNS:
+        if column in frame.columns:
+            frame[column] = frame[column].fillna("")
     for column in BOOL_COLUMNS:
         if column in frame.columns and frame[column].dtype != bool:
             frame[column] = frame[column].astype(str).str.strip().str.lower().isin(("true", "1", "yes"))
@@ -189,9 +215,9 @@ def load_results(
 ) -> Results:
     """Read a run directory's manifest and results files.
 
-    ``models`` (e.g. ``RunContext.model_specs()``: anything with ``name``, ``label`` and
-    ``train_loops``) fixes the model order and labels; without it they come from the
-    config in the manifest (base first, then one SFT model per ``sft.train_loops``).
+    ``models`` (e.g. ``RunContext.model_specs()``: anything with ``name``, ``label``,
+    ``train_loops`` and ``seed``) fixes the model order and labels; without it they come
+    from the config in the manifest (base first, then ``StudyConfig.sft_models``).
     """
     run_dir = Path(run_dir)
     verify_results(run_dir)  # results files that are not the bytes their stages wrote: one line (study.outputs)
@@ -227,12 +253,12 @@ def load_results(
 
 def _model_infos(results: Results, models: Iterable[Any] | None) -> list[ModelInfo]:
     if models is not None:
-        infos = [ModelInfo(m.name, m.label, m.train_loops) for m in models]
+        infos = [ModelInfo(m.name, m.label, m.train_loops, getattr(m, "seed", None)) for m in models]
     else:
         base_loops = _base_train_loops(results)
         infos = [ModelInfo("base", "Base", base_loops)]
         if results.config is not None:
-            infos += [ModelInfo(sft_model_name(n), f"Train{n}", n) for n in results.config.sft.train_loops]
+            infos += [ModelInfo(m.name, m.label, m.train_loops, m.seed) for m in results.config.sft_models()]
     # models that appear in the results but not in the config (an edited config, a renamed model)
     known = {m.name for m in infos}
     for frame in (results.nll, results.preferred, results.exact_match, results.latency, results.sft_loss):

@@ -9,7 +9,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from study.report.results import TEST, TRAIN, Results
+from study.report.results import HELDOUT, TEST, Results
 
 
 def row_at(frame: pd.DataFrame, label: Hashable) -> pd.Series:
@@ -85,28 +85,29 @@ def _nll_ci(results: Results, model: str, split: str, loops: int) -> tuple[float
 
 
 def table1(results: Results) -> pd.DataFrame:
-    """Table 1, one row per model: training depth, the test and train argmin depths with
-    their NLL (and bootstrap CI on test), whether they agree, P(argmin = training depth)
+    """Table 1, one row per model: training depth, the test and heldout argmin depths with
+    their NLL (and bootstrap CI on test), whether they agree (``train_test_match``: the
+    heldout questions are GSM8K train questions no SFT subset contains), P(argmin = training depth)
     on test, and the paired-bootstrap gap CIs to the loop counts either side of the test
     argmin. Empty when neither preferred_depth.csv nor nll_summary.csv exists."""
     columns = [
         "model", "label", "train_loops", "best_test_loops", "best_test_nll", "best_test_ci_low", "best_test_ci_high",
-        "best_train_loops", "best_train_nll", "train_test_match", "p_best_is_train_loops", "neighbour_gaps",
+        "best_heldout_loops", "best_heldout_nll", "train_test_match", "p_best_is_train_loops", "neighbour_gaps",
     ]  # fmt: skip
-    best_test, best_train = _best_rows(results, TEST), _best_rows(results, TRAIN)
+    best_test, best_heldout = _best_rows(results, TEST), _best_rows(results, HELDOUT)
     rows = []
-    for name in [m.name for m in results.models if m.name in best_test or m.name in best_train]:
+    for name in [m.name for m in results.models if m.name in best_test or m.name in best_heldout]:
         info = results.model(name)
-        test, train = best_test.get(name), best_train.get(name)
+        test, heldout = best_test.get(name), best_heldout.get(name)
         test_loops = int(test["inference_loops"]) if test is not None else None
-        train_best = int(train["inference_loops"]) if train is not None else None
+        heldout_best = int(heldout["inference_loops"]) if heldout is not None else None
         ci = _nll_ci(results, name, TEST, test_loops) if test_loops is not None else None
         match: bool | None = None
         p_train: float | None = None
         if test is not None and "train_test_match" in test.index:
             match = bool(test["train_test_match"])
-        elif test_loops is not None and train_best is not None:
-            match = test_loops == train_best
+        elif test_loops is not None and heldout_best is not None:
+            match = test_loops == heldout_best
         if test is not None and "p_best_is_train_loops" in test.index and pd.notna(test["p_best_is_train_loops"]):
             p_train = float(test["p_best_is_train_loops"])
         rows.append(
@@ -118,8 +119,8 @@ def table1(results: Results) -> pd.DataFrame:
                 "best_test_nll": float(test["nll_per_token"]) if test is not None else None,
                 "best_test_ci_low": ci[0] if ci else None,
                 "best_test_ci_high": ci[1] if ci else None,
-                "best_train_loops": train_best,
-                "best_train_nll": float(train["nll_per_token"]) if train is not None else None,
+                "best_heldout_loops": heldout_best,
+                "best_heldout_nll": float(heldout["nll_per_token"]) if heldout is not None else None,
                 "train_test_match": match,
                 "p_best_is_train_loops": p_train,
                 "neighbour_gaps": _neighbour_gaps(results, name, test_loops),

@@ -2,7 +2,7 @@
 depth and the per-example oracle, on the fixed-depth sweep's examples.
 
 Inputs: ``results/nll.csv`` (the NLL stage: every example's summed NLL at every fixed
-depth of ``nll.inference_loops``, both splits) and the ``adaptive`` config section.
+depth of ``nll.inference_loops``, every split) and the ``adaptive`` config section.
 The halting policies (``adaptive.taus`` x the ladder for LoopFormer, x ``adaptive.rules``
 for a looped decoder) of one family share a *trace* (``study.looping.policies.HaltingTrace``):
 every step they may stop at (each rung of the ladder; each step of the window's
@@ -312,8 +312,8 @@ def summarize(
 STAGE = Stage(
     name="adaptive",
     run=run,
-    sections=("seed", "model", "data", "sft", "nll", "looping", "adaptive"),
-    splits=("train", "test"),  # nll.csv of both splits; its halting cells score the test slice
+    sections=("seed", "replicates", "model", "data", "sft", "nll", "looping", "adaptive", "sweep_dtype"),
+    splits=("train", "test"),  # nll.csv of every split; its halting cells score the test slice
     needs_sft=True,
     outputs=("results/adaptive.csv", "results/oracle_frontier.csv", "results/adaptive_depths.csv"),
     cell_neutral=("taus", "rules"),  # one trace cell serves every tau and rule (study.looping.halting)

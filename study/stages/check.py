@@ -63,7 +63,8 @@ def run_checks(ctx: RunContext) -> list[Check]:
     )
 
     block = runner.context_limit
-    scored = [encode_example(tokenizer, ex) for name in ("nll_test", "nll_train") for ex in ctx.examples(name)]
+    slices = ("nll_test", "nll_heldout", "nll_seen")
+    scored = [encode_example(tokenizer, ex) for name in slices for ex in ctx.examples(name)]
     too_long = sum(len(e.input_ids) > block for e in scored)
     checks.append(
         Check(
@@ -74,7 +75,8 @@ def run_checks(ctx: RunContext) -> list[Check]:
             f"{too_long} of {len(scored)} NLL examples are longer than block_size {block}",
         )
     )
-    sft_lengths = [len(encode_example(tokenizer, ex).input_ids) + 1 for ex in ctx.examples("sft")]
+    train = ctx.dataset.split("train")  # every replicate's SFT subset
+    sft_lengths = [len(encode_example(tokenizer, train[i]).input_ids) + 1 for i in sorted(ctx.subsets.sft_union)]
     truncated = sum(n > config.sft.max_length for n in sft_lengths)
     checks.append(
         Check(
@@ -146,7 +148,7 @@ def recorded_failures(ctx: RunContext) -> list[str] | None:
 STAGE = Stage(
     name="check",
     run=run,
-    sections=("seed", "model", "data", "checks", "looping"),
+    sections=("seed", "replicates", "model", "data", "checks", "looping"),
     splits=("train", "test"),
     reads="base",
     main_process_only=True,

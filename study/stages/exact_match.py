@@ -168,7 +168,7 @@ def run(ctx: RunContext) -> None:
 STAGE = Stage(
     name="exact_match",
     run=run,
-    sections=("seed", "model", "data", "sft", "exact_match", "looping"),
+    sections=("seed", "replicates", "model", "data", "sft", "exact_match", "looping", "sweep_dtype"),
     splits=("test",),
     needs_sft=True,
     outputs=("results/exact_match.csv", "results/generations.jsonl"),

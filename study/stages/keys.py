@@ -114,6 +114,9 @@ def model_output_key(ctx: RunContext, stage: Stage, spec: ModelSpec) -> Key:
     return {
         "stage": stage.name,
         "seed": ctx.config.seed,
+        # an SFT model's replicate seed (its SFT subset, its training seed): with one replicate
+        # the name carries no seed, and another seed must not reuse its weights or cells
+        "replicate": spec.seed,
         "data": ctx.config.data.model_dump(mode="json"),
         "data_sha256": {split: ctx.dataset.sha256[split] for split in stage.splits},
         "settings": {k: v for k, v in settings.items() if k not in stage.cell_neutral},
@@ -121,6 +124,8 @@ def model_output_key(ctx: RunContext, stage: Stage, spec: ModelSpec) -> Key:
         "backbone": ctx.config.model.backbone,
         "looping": None if ctx.config.looping is None else ctx.config.looping.model_dump(mode="json"),
         "device": str(ctx.device) if stage.name == "latency" else None,  # timings belong to their device
+        # the weights' dtype of the sweeps (bf16 cells are never reused for fp32); absent for sft
+        **({"sweep_dtype": ctx.config.sweep_dtype} if "sweep_dtype" in stage.sections else {}),
         **model_inputs(ctx, source),
     }
 
@@ -140,7 +145,7 @@ def refresh_model_outputs(ctx: RunContext, stage: Stage) -> list[str]:
     Returns the names of the models whose outputs were discarded."""
     if stage.cell_neutral is None:
         return []
-    specs = [ctx.sft_spec(loops) for loops in ctx.config.sft.train_loops] if stage.name == "sft" else ctx.model_specs()
+    specs = ctx.sft_specs() if stage.name == "sft" else ctx.model_specs()
     discarded = []
     for spec in specs:
         sidecar = ctx.cells_dir(stage.name) / f"{spec.name}.inputs.json"

@@ -237,7 +237,7 @@ def run(ctx: RunContext) -> None:
 STAGE = Stage(
     name="latency",
     run=run,
-    sections=("seed", "model", "sft", "latency", "looping"),
+    sections=("seed", "replicates", "model", "sft", "latency", "looping", "sweep_dtype"),
     splits=("test",),
     needs_sft=True,
     outputs=("results/latency.csv", "results/latency_fit.csv"),

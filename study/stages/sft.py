@@ -1,4 +1,9 @@
-"""SFT stage: fine-tune the base once per ``sft.train_loops`` entry with trl.
+"""SFT stage: fine-tune the base once per ``sft.train_loops`` entry and replicate seed with trl.
+
+Each replicate seed (config ``replicates``; one, the run's seed, by default) draws its own
+SFT subset (``study.tasks.gsm8k``) and seeds its training (python, numpy, torch, the
+Trainer's data order): ``train4-s2027`` is Train4 fine-tuned on seed 2027's subset with
+seed 2027. With a single replicate the names carry no seed (``train4``).
 
 Each model trains at a fixed depth policy, with the trainer its backbone's registry
 entry gives (``study.models.backbones``: ``sft_trainer``, ``set_train_depth``).
@@ -10,12 +15,13 @@ pass of the window; the saved model is the plain decoder (``save_pretrained``) w
 ``loop_policy.json`` beside it, never the wrapper. Loss is on
 the completion (the gold solution + EOS), never the prompt. Trainer checkpoints land
 in ``sft/<name>/checkpoint-*`` every ``sft.save_steps`` optimizer steps; a rerun
-resumes from the newest complete one. The final model is saved to ``models/<name>``
-by writing a temporary folder and renaming it, so a folder there is always whole.
+resumes from the newest complete one. The final model is saved to ``models/<name>`` by
+writing a temporary folder and renaming it, so a folder there is always whole; then its
+trainer checkpoints are removed.
 
 Entry point for one model, also under ``accelerate launch`` (DDP across GPUs/nodes)::
 
-    accelerate launch -m study.stages.sft --run-dir runs/v17-seed2026 --train-loops 8
+    accelerate launch -m study.stages.sft --run-dir runs/v17-seed2026 --train-loops 8 --replicate 2026
 
 Under ``accelerate launch run_study.py`` (several processes) the models are split
 between the processes and each trains its own in a child process of its own (one SFT
@@ -39,14 +45,14 @@ from pathlib import Path
 import torch
 
 from study import distributed
-from study.config import StudyConfig, sft_model_name
+from study.config import StudyConfig
 from study.errors import CheckpointError
 from study.io import atomic_write_csv, atomic_write_json, read_csv, read_json
 from study.models.validation import validate_safetensors
-from study.pipeline import RunContext, StudyError, context_from_run_dir
+from study.pipeline import ModelSpec, RunContext, StudyError, context_from_run_dir
 from study.stages.stage import Stage
 
-LOSS_COLUMNS = ("model", "train_loops", "step", "epoch", "loss", "learning_rate")
+LOSS_COLUMNS = ("model", "seed", "train_loops", "step", "epoch", "loss", "learning_rate")
 LOOP_POLICY_FILE = "loop_policy.json"  # beside a looped decoder's SFT weights: the policy it trained at
 
 
@@ -113,13 +119,16 @@ def disk_write_failure(error: BaseException) -> str | None:
     return None
 
 
-def sft_dataset(ctx: RunContext):
+def sft_dataset(ctx: RunContext, seed: int):
+    """The SFT subset of replicate ``seed`` as trl reads it."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": ex.prompt, "completion": ex.completion} for ex in ctx.examples("sft")])
+    examples = ctx.sft_examples(seed)
+    return Dataset.from_list([{"prompt": ex.prompt, "completion": ex.completion} for ex in examples])
 
 
-def training_arguments(config: StudyConfig, output_dir: Path, device: torch.device):
+def training_arguments(config: StudyConfig, output_dir: Path, device: torch.device, seed: int):
+    """The Trainer's arguments for one model; ``seed`` is its replicate seed (init, data order)."""
     from trl import SFTConfig
 
     sft = config.sft
@@ -136,8 +145,8 @@ def training_arguments(config: StudyConfig, output_dir: Path, device: torch.devi
         bf16=False,
         fp16=False,
         activation_checkpointing=False,
-        seed=config.seed,
-        data_seed=config.seed,
+        seed=seed,
+        data_seed=seed,
         full_determinism=sft.deterministic,
         logging_steps=1,
         logging_first_step=True,
@@ -253,17 +262,19 @@ def _all_finite(model) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def build_trainer(ctx: RunContext, train_loops: int):
-    """The SFTTrainer of one model: the base at ``train_loops`` loops, the config's
-    training arguments, the SFT subset, and the Ctrl-C and progress callbacks."""
+def build_trainer(ctx: RunContext, spec: ModelSpec):
+    """The SFTTrainer of one SFT model: the base at its ``train_loops`` loops, the config's
+    training arguments with its replicate seed, that seed's SFT subset, and the Ctrl-C and
+    progress callbacks."""
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    spec = ctx.sft_spec(train_loops)
+    assert spec.seed is not None, f"{spec.name} is not an SFT model"
+    train_loops = spec.train_loops
     sft = ctx.config.sft
     # python, numpy and torch seeded before the model is built, so any fresh init (LoRA's
     # adapters) is seeded; deterministic kernels are the Trainer's (full_determinism)
-    set_seed(ctx.config.seed)
+    set_seed(spec.seed)
     tokenizer = ctx.load_tokenizer()
     model = ctx.load_model(ctx.base_spec).train()
     policy = ctx.loop_family.policy(train_loops)  # the depth every training forward runs
@@ -282,8 +293,8 @@ def build_trainer(ctx: RunContext, train_loops: int):
         )
     trainer = trainer_class(
         model=model,
-        args=training_arguments(ctx.config, trainer_dir(ctx, spec.name), ctx.device),
-        train_dataset=sft_dataset(ctx),
+        args=training_arguments(ctx.config, trainer_dir(ctx, spec.name), ctx.device, spec.seed),
+        train_dataset=sft_dataset(ctx, spec.seed),
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[_stop_on_ctrl_c(ctx), _stop_on_non_finite_loss(spec.name, sft.learning_rate)],
@@ -294,14 +305,14 @@ def build_trainer(ctx: RunContext, train_loops: int):
     return trainer
 
 
-def train_one(ctx: RunContext, train_loops: int) -> None:
-    """Fine-tune one model (resuming if a checkpoint exists) and save it to models/<name>."""
-    spec = ctx.sft_spec(train_loops)
+def train_one(ctx: RunContext, spec: ModelSpec) -> None:
+    """Fine-tune one SFT model (resuming if a checkpoint exists) and save it to models/<name>."""
+    train_loops = spec.train_loops
     final_dir = ctx.model_dir(spec.name)
     if (final_dir / "config.json").is_file() and loss_cell(ctx, spec.name).is_file():
         return
     sft = ctx.config.sft
-    trainer = build_trainer(ctx, train_loops)
+    trainer = build_trainer(ctx, spec)
     tokenizer = trainer.processing_class
     output_dir = trainer_dir(ctx, spec.name)
     checkpoint = last_complete_checkpoint(output_dir, log=lambda line: print(f"  {spec.name}: {line}", flush=True))
@@ -344,6 +355,7 @@ def train_one(ctx: RunContext, train_loops: int) -> None:
     rows = [
         {
             "model": spec.name,
+            "seed": spec.seed,
             "train_loops": train_loops,
             "step": entry["step"],
             "epoch": entry["epoch"],
@@ -354,9 +366,18 @@ def train_one(ctx: RunContext, train_loops: int) -> None:
         if "loss" in entry
     ]
     atomic_write_csv(loss_cell(ctx, spec.name), rows, LOSS_COLUMNS)
+    # the model and its loss curve are final: its resume points (0.5-1.6 GB each for SmolLM2,
+    # two kept per model) would otherwise pile up over every model and replicate
+    shutil.rmtree(output_dir, ignore_errors=True)
 
 
-def _train_in_child(ctx: RunContext, train_loops: int) -> None:
+def _entry_command(ctx: RunContext, spec: ModelSpec) -> list[str]:
+    """This module's entry point training ``spec``."""
+    command = [sys.executable, "-m", "study.stages.sft", "--run-dir", str(ctx.run_dir)]
+    return [*command, "--train-loops", str(spec.train_loops), "--replicate", str(spec.seed)]
+
+
+def _train_in_child(ctx: RunContext, spec: ModelSpec) -> None:
     """Under ``accelerate launch``: train one model in a child process that is not a
     member of the run's process group (the Trainer would otherwise average gradients
     with the other processes' different models), on this process's device."""
@@ -365,61 +386,54 @@ def _train_in_child(ctx: RunContext, train_loops: int) -> None:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         index = ctx.device.index or 0
         extra["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
-    command = [sys.executable, "-m", "study.stages.sft", "--run-dir", str(ctx.run_dir)]
-    command += ["--train-loops", str(train_loops)]
-    code = subprocess.run(command, env=distributed.child_environment(extra), check=False).returncode
+    code = subprocess.run(_entry_command(ctx, spec), env=distributed.child_environment(extra), check=False).returncode
     if code != 0:
-        raise StudyError(f"sft: training at train_loops {train_loops} failed in process {distributed.process_index()}")
+        raise StudyError(f"sft: training {spec.name} failed in process {distributed.process_index()}")
 
 
-def _parallel_on_gpus(ctx: RunContext, pending: list[int]) -> None:
+def _parallel_on_gpus(ctx: RunContext, pending: list[ModelSpec]) -> None:
     """Kaggle's T4x2: one SFT per GPU at the same time, each a subprocess of this
     module's entry point seeing a single GPU."""
     gpus = torch.cuda.device_count()
     for start in range(0, len(pending), gpus):
         processes = []
-        for gpu, loops in enumerate(pending[start : start + gpus]):
+        for gpu, spec in enumerate(pending[start : start + gpus]):
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu))
-            command = [sys.executable, "-m", "study.stages.sft", "--run-dir", str(ctx.run_dir)]
-            command += ["--train-loops", str(loops)]
-            processes.append((loops, subprocess.Popen(command, env=env)))
-        failed = [loops for loops, process in processes if process.wait() != 0]
+            processes.append((spec.name, subprocess.Popen(_entry_command(ctx, spec), env=env)))
+        failed = [name for name, process in processes if process.wait() != 0]
         if failed:
-            raise StudyError(f"sft: training at train_loops {failed} failed on its GPU (see the log above)")
+            raise StudyError(f"sft: training {', '.join(failed)} failed on its GPU (see the log above)")
 
 
 def run(ctx: RunContext) -> None:
-    pending = [
-        loops
-        for loops in ctx.config.sft.train_loops
-        if not (ctx.model_dir(sft_model_name(loops)) / "config.json").is_file()
-    ]
+    specs = ctx.sft_specs()
+    pending = [spec for spec in specs if not (ctx.model_dir(spec.name) / "config.json").is_file()]
     if distributed.num_processes() > 1:  # accelerate launch: each process trains its share of the models
         distributed.settle(None)  # every process has listed the same pending models before any is written
-        for loops in distributed.split(pending):
+        for spec in distributed.split(pending):
             ctx.check_stop()
-            _train_in_child(ctx, loops)
+            _train_in_child(ctx, spec)
         distributed.settle(None)
         if not distributed.is_main():
             return
     elif ctx.device.type == "cuda" and torch.cuda.device_count() > 1 and len(pending) > 1:
         _parallel_on_gpus(ctx, pending)
-    for loops in ctx.config.sft.train_loops:
+    for spec in specs:
         ctx.check_stop()
-        print(f"  sft: train_loops={loops}", flush=True)
-        train_one(ctx, loops)
-    rows = [row for loops in ctx.config.sft.train_loops for row in read_csv(loss_cell(ctx, sft_model_name(loops)))]
+        print(f"  sft: {spec.name} (train_loops={spec.train_loops}, seed {spec.seed})", flush=True)
+        train_one(ctx, spec)
+    rows = [row for spec in specs for row in read_csv(loss_cell(ctx, spec.name))]
     atomic_write_csv(ctx.results_path("sft_loss.csv"), rows, LOSS_COLUMNS)
 
 
 def _models_there(ctx: RunContext) -> bool:
-    return all((ctx.model_dir(sft_model_name(loops)) / "config.json").is_file() for loops in ctx.config.sft.train_loops)
+    return all((ctx.model_dir(spec.name) / "config.json").is_file() for spec in ctx.sft_specs())
 
 
 STAGE = Stage(
     name="sft",
     run=run,
-    sections=("seed", "model", "data", "sft", "looping"),
+    sections=("seed", "replicates", "model", "data", "sft", "looping"),
     splits=("train",),
     reads="base",
     outputs=("results/sft_loss.csv", "models/train*"),
@@ -432,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fine-tune one LoopFormer of a run (used by run_study.py).")
     parser.add_argument("--run-dir", required=True, type=Path, help="run directory holding config.resolved.json")
     parser.add_argument("--train-loops", required=True, type=int, help="one entry of the config's sft.train_loops")
+    parser.add_argument("--replicate", type=int, help="one seed of the config's replicates (optional with one)")
     args = parser.parse_args(argv)
     try:
         ctx = context_from_run_dir(args.run_dir)
@@ -444,8 +459,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    replicates = ctx.config.replicates
+    if args.replicate is None and len(replicates) > 1:
+        print(f"error: --replicate: required with several replicates (one of {replicates})", file=sys.stderr)
+        return 2
+    if args.replicate is not None and args.replicate not in replicates:
+        print(f"error: --replicate {args.replicate} is not in replicates {replicates}", file=sys.stderr)
+        return 2
     try:
-        train_one(ctx, args.train_loops)
+        train_one(ctx, ctx.sft_spec(args.train_loops, args.replicate))
     except StudyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

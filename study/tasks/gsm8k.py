@@ -4,10 +4,17 @@ Subsets are prefixes of seeded permutations, one independent random stream per
 subset, so a larger slice (v17's 300) extends a smaller one (v16's 200) with the
 same seed, and changing one subset's size never changes another's ids:
 
-- ``sft``: ``sft_examples`` ids from train (the fine-tuning data);
-- ``nll_test``: ``nll_test_examples`` ids from test (the held-out NLL slice);
-- ``nll_train``: ``nll_train_examples`` ids drawn from the SFT subset (train
-  diagnostics, to compare the depth preferred on seen vs unseen data);
+- ``sft``: per replicate seed, ``sft_examples`` ids from train drawn with that seed
+  (the fine-tuning data of that seed's models; a single replicate at the run's seed
+  draws the ids of the runs before replicates existed);
+- ``nll_test``: ``nll_test_examples`` ids from test (the NLL slice ``test``);
+- ``nll_heldout``: ``nll_heldout_examples`` ids from train that *no* SFT subset of the
+  run contains (the slice ``heldout``: diagnostics, and the calibration set of anything
+  tuned). Its stream is filtered by the union of the SFT subsets, so adding a replicate
+  can change it. Held out from fine-tuning only: the embedded tiny LoopFormer was
+  pretrained on train questions outside its seed-2026 SFT subset (``study.pretrain``);
+- ``nll_seen``: ``nll_seen_examples`` ids drawn from the SFT subset of the *first*
+  replicate seed (the slice ``seen``: SFT data, the old train slice under its real name);
 - ``em``: ``em_examples`` ids from test (exact match; may overlap ``nll_test``).
 
 Prompt and target follow lm-eval's GSM8K task: ``"Question: {q}\\nAnswer:"`` and
@@ -19,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -44,7 +52,8 @@ LM_EVAL_INVALID = "[invalid]"
 LM_EVAL_IGNORED = tuple(re.compile(pattern) for pattern in (",", r"\$", r"(?s).*#### ", r"\.$"))
 EXTRACTIONS = ("strict", "flexible", "lm_eval_strict", "lm_eval_flexible")
 # independent random streams, one per subset: ids never depend on another subset's size
-SUBSET_STREAMS = {"sft": 1, "nll_test": 2, "nll_train": 3, "em": 4}
+# (nll_seen keeps the stream of the train slice it renames, so its ids are unchanged)
+SUBSET_STREAMS = {"sft": 1, "nll_test": 2, "nll_seen": 3, "em": 4, "nll_heldout": 5}
 
 
 @dataclass(frozen=True)
@@ -170,31 +179,77 @@ def _seeded_prefix(population: int, size: int, seed: int, stream: str, what: str
     return [int(i) for i in rng.permutation(population)[:size]]
 
 
+def sft_subset(dataset: Dataset, seed: int, size: int) -> list[int]:
+    """The SFT subset of replicate ``seed``: ``size`` train ids."""
+    return _seeded_prefix(len(dataset.train), size, seed, "sft", "data.sft_examples")
+
+
 @dataclass(frozen=True)
 class Subsets:
-    sft: list[int]  # train ids
+    sft: dict[int, list[int]]  # replicate seed -> train ids (its SFT subset), in replicate order
     nll_test: list[int]  # test ids
-    nll_train: list[int]  # train ids, all inside ``sft``
+    nll_heldout: list[int]  # train ids outside every SFT subset
+    nll_seen: list[int]  # train ids inside the first replicate's SFT subset
     em: list[int]  # test ids
 
-    def as_dict(self) -> dict[str, list[int]]:
-        return {"sft": self.sft, "nll_test": self.nll_test, "nll_train": self.nll_train, "em": self.em}
+    def __post_init__(self) -> None:
+        # checked wherever a Subsets is made, not asserted: a heldout question that was
+        # fine-tuned on would make every heldout number a claim about seen data
+        trained = self.sft_union
+        leaked = sorted(set(self.nll_heldout) & trained)
+        if leaked:
+            raise DataError(f"nll_heldout: train ids {leaked[:5]} are in an SFT subset; heldout must be disjoint")
+        first = set(next(iter(self.sft.values()), []))
+        if not set(self.nll_seen) <= first:
+            raise DataError("nll_seen: ids outside the first replicate's SFT subset")
+
+    @property
+    def sft_union(self) -> set[int]:
+        """The train ids any replicate fine-tunes on."""
+        return {i for ids in self.sft.values() for i in ids}
+
+    def as_dict(self) -> dict[str, object]:
+        """For the manifest: each replicate's SFT ids (by seed) beside the slices' ids."""
+        return {
+            "sft": {str(seed): ids for seed, ids in self.sft.items()},
+            "nll_test": self.nll_test,
+            "nll_heldout": self.nll_heldout,
+            "nll_seen": self.nll_seen,
+            "em": self.em,
+        }
 
 
 def make_subsets(
     dataset: Dataset,
     seed: int,
+    *,
+    replicates: Sequence[int],
     sft_examples: int,
     nll_test_examples: int,
-    nll_train_examples: int,
+    nll_heldout_examples: int,
+    nll_seen_examples: int,
     em_examples: int,
 ) -> Subsets:
-    sft = _seeded_prefix(len(dataset.train), sft_examples, seed, "sft", "data.sft_examples")
-    drawn = _seeded_prefix(len(sft), nll_train_examples, seed, "nll_train", "data.nll_train_examples")
+    """Every subset of a run: ``seed`` is the run's seed (the NLL slices and exact match),
+    ``replicates`` the seeds of the SFT subsets (the first one holds the seen slice)."""
+    if not replicates:
+        raise DataError("replicates: at least one seed is needed")
+    sft = {int(r): sft_subset(dataset, r, sft_examples) for r in replicates}
+    first = sft[int(replicates[0])]
+    drawn = _seeded_prefix(len(first), nll_seen_examples, seed, "nll_seen", "data.nll_seen_examples")
+    trained = {i for ids in sft.values() for i in ids}
+    order = np.random.default_rng([seed, SUBSET_STREAMS["nll_heldout"]]).permutation(len(dataset.train))
+    outside = [int(i) for i in order if int(i) not in trained]
+    if nll_heldout_examples > len(outside):
+        raise DataError(
+            f"data.nll_heldout_examples: asked for {nll_heldout_examples} train questions outside the SFT subsets "
+            f"of replicates {list(replicates)}, but only {len(outside)} are left"
+        )
     return Subsets(
         sft=sft,
         nll_test=_seeded_prefix(len(dataset.test), nll_test_examples, seed, "nll_test", "data.nll_test_examples"),
-        nll_train=[sft[i] for i in drawn],
+        nll_heldout=outside[:nll_heldout_examples],
+        nll_seen=[first[i] for i in drawn],
         em=_seeded_prefix(len(dataset.test), em_examples, seed, "em", "data.em_examples"),
     )
 

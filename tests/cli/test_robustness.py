@@ -70,8 +70,8 @@ def test_seed_outside_32_bits_is_refused(capsys, tmp_path: Path, seed: str) -> N
 def test_cross_field_config_error_names_fields_not_the_whole_config(capsys, tmp_path: Path) -> None:
     err = fails(
         capsys,
-        [*SMOKE, "--output-dir", str(tmp_path / "r"), "--set", "data.nll_train_examples=100"],
-        "data.nll_train_examples (100)",
+        [*SMOKE, "--output-dir", str(tmp_path / "r"), "--set", "data.nll_seen_examples=100"],
+        "data.nll_seen_examples (100)",
     )
     assert "{" not in err  # no section dict dumped into the line
 
@@ -109,7 +109,7 @@ def test_sft_stops_with_one_line_when_the_loss_becomes_non_finite(tmp_path: Path
 
     ctx = _sft_context(tmp_path, learning_rate=1e30, grad_accum=1, save_steps=100)
     with one_thread(), pytest.raises(StudyError) as caught:
-        train_one(ctx, 2)
+        train_one(ctx, ctx.sft_spec(2))
     message = str(caught.value)
     assert "diverged" in message and "sft.learning_rate" in message and "\n" not in message, message
     assert not ctx.model_dir("train2").exists()
@@ -145,12 +145,12 @@ def test_full_disk_during_sft_checkpointing_is_one_line_and_resumable(tmp_path: 
 
     monkeypatch.setattr(torch, "save", full)
     with one_thread(), pytest.raises(StudyError) as caught:
-        sft_stage.train_one(ctx, 2)
+        sft_stage.train_one(ctx, ctx.sft_spec(2))
     message = str(caught.value)
     assert "free disk space" in message and "\n" not in message and len(message) < 300, message
     monkeypatch.undo()
     with one_thread():  # space freed: the half-written checkpoint is discarded and training completes
-        sft_stage.train_one(ctx, 2)
+        sft_stage.train_one(ctx, ctx.sft_spec(2))
     assert (ctx.model_dir("train2") / "model.safetensors").is_file()
 
 
@@ -167,7 +167,7 @@ def test_full_disk_while_writing_the_trainer_state_is_one_line(tmp_path: Path, m
 
     monkeypatch.setattr(TrainerState, "save_to_json", full)
     with one_thread(), pytest.raises(StudyError, match="No space left on device"):
-        sft_stage.train_one(ctx, 2)
+        sft_stage.train_one(ctx, ctx.sft_spec(2))
 
 
 @pytest.mark.parametrize(

@@ -69,7 +69,7 @@ def test_smoke_run_writes_every_output(smoke_run: Path) -> None:
     assert "not the released model" in (smoke_run / "report.md").read_text()
     assert len(list((smoke_run / "figures").glob("*.png"))) >= 5
     nll = (smoke_run / "results" / "nll.csv").read_text().splitlines()
-    assert len(nll) == 1 + 3 * 2 * 3 * 8  # models x splits x loops x examples
+    assert len(nll) == 1 + 3 * 3 * (8 + 4 + 8)  # models x loops x (test + heldout + seen examples)
     assert json.loads((smoke_run / "results" / "checks.json").read_text())["passed"]
 
 
@@ -211,11 +211,11 @@ def test_v17_code_path_with_a_local_released_layout_model(tmp_path: Path) -> Non
     LoopFormerForCausalLM(config).save_pretrained(folder)
     load_tokenizer().save_pretrained(folder)
     shrink = [
-        "data.source=bundled", "data.sft_examples=4", "data.nll_test_examples=3", "data.nll_train_examples=2",
-        "data.em_examples=2", "sft.epochs=1", "sft.grad_accum=2", "sft.max_length=64", "nll.inference_loops=[2,8]",
-        "exact_match.inference_loops=[2]", "exact_match.max_new_tokens=3", "latency.inference_loops=[2,4]",
-        "latency.new_tokens=2", "latency.samples=1", "latency.warmup=0", "checks.examples=2",
-        "nll.bootstrap_resamples=50",
+        "data.source=bundled", "data.sft_examples=4", "data.nll_test_examples=3", "data.nll_heldout_examples=2",
+        "data.nll_seen_examples=2", "data.em_examples=2", "sft.epochs=1", "sft.grad_accum=2", "sft.max_length=64",
+        "nll.inference_loops=[2,8]", "exact_match.inference_loops=[2]", "exact_match.max_new_tokens=3",
+        "latency.inference_loops=[2,4]", "latency.new_tokens=2", "latency.samples=1", "latency.warmup=0",
+        "checks.examples=2", "nll.bootstrap_resamples=50",
     ]  # fmt: skip
     run_dir = tmp_path / "run"
     args = ["--version", "v17", "--seed", "2026", "--model", str(folder), "--output-dir", str(run_dir)]
@@ -227,7 +227,7 @@ def test_v17_code_path_with_a_local_released_layout_model(tmp_path: Path) -> Non
     assert manifest["config"]["name"] == "v17" and manifest["model"]["source"] == str(folder)
     assert manifest["checks_skipped"] is True
     assert "skipped" in (run_dir / "report.md").read_text()
-    assert len((run_dir / "results" / "nll.csv").read_text().splitlines()) == 1 + 3 * (3 + 2) * 2
+    assert len((run_dir / "results" / "nll.csv").read_text().splitlines()) == 1 + 3 * (3 + 2 + 2) * 2
 
 
 def test_figures_notebook_runs_on_the_smoke_run(smoke_run: Path, monkeypatch) -> None:

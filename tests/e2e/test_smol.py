@@ -3,6 +3,7 @@ Slow (minutes on 2 CPU cores): marked, and run in CI."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -27,12 +28,26 @@ def test_smol_smoke_runs_offline_end_to_end(tmp_path: Path) -> None:
     assert manifest["model"]["backbone"] == "looped_decoder" and manifest["model"]["train_loops"] == 1
     report = (run_dir / "report.md").read_text()
     assert "Q4_1-quantized-then-dequantized" in report and "Table 1" in report
-    assert "| Train2 | 2 |" in report and "| Train4 | 4 |" in report  # trained at K = 2 and 4
+    assert "| Train2 (seed 2027) | 2 |" in report and "| Train4 (seed 2026) | 4 |" in report  # K = 2 and 4
     nll = (run_dir / "results" / "nll.csv").read_text().splitlines()
-    assert nll[0].startswith("model,split,policy,inference_loops,executed_loops")
-    assert len(nll) == 1 + 3 * 2 * 3 * 3  # models x splits x K x examples
+    assert nll[0].startswith("model,seed,train_loops,split,policy,inference_loops,executed_loops")
+    assert len(nll) == 1 + 5 * 3 * (3 + 3 + 3)  # (base + 2 depths x 2 seeds) x K x (test + heldout + seen)
     assert "euler-w12-15-K4-cache-per_loop-decode-full" in nll[-1]  # generation scores the NLL model
-    for model, loops in (("train2", 2), ("train4", 4)):
+    # the heldout slice: train questions that neither seed's SFT subset contains, with its own preferred depth
+    subsets = manifest["data"]["subsets"]
+    assert set(subsets["sft"]) == {"2026", "2027"} and len(subsets["nll_heldout"]) == 3
+    assert all(not set(subsets["nll_heldout"]) & set(ids) for ids in subsets["sft"].values())
+    preferred = (run_dir / "results" / "preferred_depth.csv").read_text().splitlines()
+    assert preferred[0].startswith("model,seed,split,") and any(",heldout," in row for row in preferred[1:])
+    # replicate seeds and the depth-shift test: Train4 vs Train2 pooled over both seeds, on test and heldout
+    shift = list(csv.DictReader((run_dir / "results" / "depth_shift.csv").open()))
+    pooled_s = {(r["model_a"], r["model_b"], r["split"]) for r in shift if r["statistic"] == "S" and r["seed"] == "all"}
+    assert {("train4", "train2", "test"), ("train4", "train2", "heldout")} <= pooled_s
+    assert all(r["ci_low"] and float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"])
+               for r in shift if r["statistic"] == "S" and r["seed"] == "all")  # fmt: skip
+    replication = list(csv.DictReader((run_dir / "results" / "replication.csv").open()))
+    assert {r["seed"] for r in replication if r["model"] == "train4"} == {"2026", "2027", "all"}
+    for model, loops in (("train2-s2026", 2), ("train2-s2027", 2), ("train4-s2026", 4), ("train4-s2027", 4)):
         folder = run_dir / "models" / model
         assert json.loads((folder / "loop_policy.json").read_text())["train_loops"] == loops
         with safe_open(folder / "model.safetensors", "pt") as tensors:

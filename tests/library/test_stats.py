@@ -8,14 +8,18 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from study import stats as study_stats
 from study.errors import StudyError
 from study.stats import (
+    bootstrap_p_value,
     paired_bootstrap,
     paired_depth_bootstrap,
     paired_gap_ci,
+    percentile_interval,
     ratio_ci,
     ratio_of_sums,
     require_finite,
+    two_level_bootstrap,
     wilson_interval,
 )
 
@@ -164,3 +168,92 @@ def test_wilson_equals_scipy(correct, n):
 def test_wilson_refuses_what_is_not_a_proportion(correct: int, n: int):
     with pytest.raises(StudyError, match="not a proportion"):
         wilson_interval(correct, n)
+
+
+# ---- the two-level bootstrap -------------------------------------------------------------------
+
+
+def _curves(seeds: int, depths: int, questions: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(10, 100, size=questions).astype(float)
+    return tokens * rng.uniform(1.0, 3.0, size=(seeds, depths, questions)), tokens
+
+
+def test_two_level_bootstrap_of_one_seed_is_the_question_bootstrap_bit_for_bit():
+    nll, tokens = _curves(1, 4, 30)
+    two_level = two_level_bootstrap(nll, tokens, 600, seed=9)
+    reference = paired_depth_bootstrap(nll[0], tokens, 600, 0.9, 9)
+    best = reference.best_index
+    assert two_level.point.tolist() == reference.nll_per_token
+    low, high = percentile_interval(two_level.distribution - two_level.distribution[best], 0.9)
+    assert list(zip(low.tolist(), high.tolist(), strict=True)) == reference.gap_ci
+    wins = np.bincount(np.argmin(two_level.distribution, axis=0), minlength=4) / 600
+    assert wins.tolist() == reference.p_best
+
+
+def test_two_level_bootstrap_matches_a_resample_by_resample_reference():
+    """Seeds drawn first, then questions, from one generator; the pooled value is the mean
+    over the drawn seeds of each one's token-weighted NLL on the drawn questions."""
+    nll, tokens = _curves(3, 2, 25, seed=1)
+    result = two_level_bootstrap(nll, tokens, 50, seed=4)
+    rng = np.random.default_rng(4)
+    seed_draws, question_draws = rng.integers(0, 3, (50, 3)), rng.integers(0, 25, (50, 25))
+    for r in range(50):
+        q = question_draws[r]
+        per_seed = [nll[s][:, q].sum(axis=1) / tokens[q].sum() for s in seed_draws[r]]
+        assert result.distribution[:, r] == pytest.approx(np.mean(per_seed, axis=0), rel=1e-12)
+    assert result.point == pytest.approx(np.mean(nll.sum(axis=2) / tokens.sum(), axis=0), rel=1e-12)
+    assert (result.seeds, result.questions) == (3, 25)
+
+
+def test_two_level_bootstrap_resamples_seeds(monkeypatch):
+    """Seeds that differ only by a level, on questions that do not vary: the spread is all
+    seed-level, and every resample is a mean of three drawn seed levels."""
+    tokens = np.full(8, 10.0)
+    levels = np.array([1.0, 1.3, 2.2])
+    nll = levels[:, None, None] * tokens * np.ones((3, 1, 8))
+    result = two_level_bootstrap(nll, tokens, 400, seed=2)
+    means = {round(float(np.mean(c)), 12) for c in np.array(np.meshgrid(levels, levels, levels)).reshape(3, -1).T}
+    assert {round(float(v), 12) for v in result.distribution[0]} <= means
+    assert result.distribution.min() == pytest.approx(1.0) and result.distribution.max() == pytest.approx(2.2)
+    # the resamples are computed in blocks; the block size bounds memory and never changes a bit
+    nll, tokens = _curves(3, 3, 40, seed=5)
+    whole = two_level_bootstrap(nll, tokens, 300, seed=6)
+    monkeypatch.setattr(study_stats, "_BLOCK_ELEMENTS", 7 * 40)
+    assert np.array_equal(two_level_bootstrap(nll, tokens, 300, seed=6).distribution, whole.distribution)
+
+
+def test_two_level_bootstrap_refuses_bad_shapes_and_nan():
+    nll, tokens = _curves(2, 3, 10)
+    with pytest.raises(StudyError, match="expected nll \\[seeds, curves, questions\\]"):
+        two_level_bootstrap(nll[0], tokens, 10, seed=0)
+    with pytest.raises(StudyError, match="expected nll"):
+        two_level_bootstrap(nll, tokens[:9], 10, seed=0)
+    with pytest.raises(StudyError, match="expected nll"):
+        two_level_bootstrap(nll[:, :, :0], tokens[:0], 10, seed=0)
+    nll[1, 2, 3] = np.inf
+    with pytest.raises(StudyError, match="1 of 70 input values are NaN or infinite"):
+        two_level_bootstrap(nll, tokens, 10, seed=0)
+
+
+def test_percentile_interval_is_scipys():
+    nll, tokens = _curves(1, 1, 40, seed=3)
+    result = paired_bootstrap((nll[0, 0], tokens), ratio_of_sums, 500, 0.8, 1)
+    low, high = percentile_interval(result.bootstrap_distribution[None], 0.8)
+    assert (low[0], high[0]) == (result.confidence_interval.low, result.confidence_interval.high)
+
+
+@pytest.mark.parametrize(
+    ("point", "distribution", "p"),
+    [
+        (-1.0, [-3.0, -2.0, -1.0, 0.5], 0.5),  # one of four resamples above 0, doubled
+        (-1.0, [-3.0, -2.0, 0.0, 0.5], 1.0),  # 0 counts as the other side
+        (2.0, [1.0, 2.0, 3.0, -0.1], 0.5),
+        (2.0, [1.0, 2.0, 3.0, 4.0], 0.0),  # no resample across: below the 2 / resamples resolution
+        (1.0, [-1.0, -2.0, 3.0, -4.0], 1.0),  # capped at 1
+        (0.0, [1.0, 2.0, 3.0, 4.0], 1.0),
+    ],
+)
+def test_bootstrap_p_value(point, distribution, p):
+    assert bootstrap_p_value(point, distribution) == p
+    assert bootstrap_p_value([point, -point], [distribution, [-v for v in distribution]]).tolist() == [p, p]

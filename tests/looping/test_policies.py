@@ -129,7 +129,7 @@ def test_sweeps_run_a_looped_backbone(tmp_path):
     ]
     preferred = read_csv(ctx.results_path("preferred_depth.csv"))
     assert {(r["model"], r["train_loops"]) for r in preferred} == {("base", "1"), ("train2", "2")}
-    assert (ctx.cells_dir("nll") / "train2-train-euler-w2-3-K2-decode-full.csv").is_file()
+    assert (ctx.cells_dir("nll") / "train2-heldout-euler-w2-3-K2-decode-full.csv").is_file()
     em = read_csv(ctx.results_path("exact_match.csv"))
     assert {r["policy"] for r in em} == {"euler-w2-3-K1-decode-full", "euler-w2-3-K2-decode-full"}
     latency = read_csv(ctx.results_path("latency.csv"))

@@ -20,8 +20,8 @@ from tests.support.fake_run import make_fake_run
 from .helpers import PNG_MAGIC, curves, legend_texts
 
 ALL_FIGURES = (
-    "nll_vs_loops", "exact_match", "latency", "frontier", "sft_loss", "schedules", "adaptive_frontier",
-    "adaptive_depths",
+    "nll_vs_loops", "exact_match", "latency", "frontier", "sft_loss", "depth_shift", "schedules",
+    "adaptive_frontier", "adaptive_depths",
 )  # fmt: skip
 
 
@@ -96,9 +96,9 @@ def test_nll_figure_draws_every_curve_in_its_style_with_its_legend(fake_run: Pat
     ax = report.plot_nll_vs_loops(results).axes[0]
     nll = pd.read_csv(fake_run / "results" / "nll_summary.csv")
     drawn = curves(ax)
-    assert len(drawn) == 3 * 2  # models × splits
+    assert len(drawn) == 3 * 2  # models × (test, heldout): the seen slice (SFT data) is not drawn by default
     for model in ("base", "train8", "train4"):
-        for split in ("test", "train"):
+        for split in ("test", "heldout"):
             rows = nll[(nll["model"] == model) & (nll["split"] == split)].sort_values("inference_loops")
             (line,) = [
                 c
@@ -131,11 +131,19 @@ def test_nll_figure_draws_every_curve_in_its_style_with_its_legend(fake_run: Pat
         "Train8 (trained at 8 loops)",
         "Train4 (trained at 4 loops)",
         "test (bootstrap 95% CI band)",
-        "train diagnostics",
+        "heldout (train questions outside SFT)",
         "argmin, test",
-        "argmin, train",
+        "argmin, heldout",
         "training loop count",
     ]
+
+
+def test_the_seen_slice_is_drawn_only_on_request_and_labelled_as_sft_data(fake_run: Path) -> None:
+    results = report.load_results(fake_run)
+    ax = report.plot_nll_vs_loops(results, splits=(report.TEST, report.HELDOUT, report.SEEN)).axes[0]
+    assert len(curves(ax)) == 3 * 3
+    assert [line.get_linestyle() for line in curves(ax)][:3] == ["-", "--", "-."]
+    assert "seen (SFT data)" in legend_texts(ax) and "argmin, heldout, seen" in legend_texts(ax)
 
 
 def test_exact_match_figure_has_one_panel_per_extraction_with_its_accuracies(fake_run: Path) -> None:

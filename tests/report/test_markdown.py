@@ -20,17 +20,17 @@ def test_table1_holds_the_fake_numbers(fake_run: Path, report_text: str) -> None
     assert "results/preferred_depth.csv" in table and "results/nll_summary.csv" in table
     for model, label, train_loops in (("base", "Base", 8), ("train8", "Train8", 8), ("train4", "Train4", 4)):
         test = preferred[(preferred["model"] == model) & (preferred["split"] == "test")].iloc[0]
-        train = preferred[(preferred["model"] == model) & (preferred["split"] == "train")].iloc[0]
+        heldout = preferred[(preferred["model"] == model) & (preferred["split"] == "heldout")].iloc[0]
         best = nll[(nll["model"] == model) & (nll["split"] == "test") & (nll["inference_loops"] == test["best_loops"])]
         row = table_row(table, label)
         assert row[1] == str(train_loops)
         assert row[2] == str(test["best_loops"])
         assert row[3] == f"{test['best_nll']:.3f} [{best['ci_low'].iloc[0]:.3f}, {best['ci_high'].iloc[0]:.3f}]"
-        assert row[4] == str(train["best_loops"])
-        assert row[5] == f"{train['best_nll']:.3f}"
+        assert row[4] == str(heldout["best_loops"])
+        assert row[5] == f"{heldout['best_nll']:.3f}"
         assert row[6] == ("yes" if test["train_test_match"] else "no")
         assert row[7] == f"{test['p_best_is_train_loops']:.2f}"
-    # train4 is best at 6 on test but at 4 on train: a mismatch, and gaps to 4 and 8 loops
+    # train4 is best at 6 on test but at 4 on heldout: a mismatch, and gaps to 4 and 8 loops
     train4 = table_row(table, "Train4")
     assert train4[2] == "6" and train4[6] == "no"
     assert train4[8].startswith("4 loops: +") and "8 loops: +" in train4[8]
@@ -45,6 +45,9 @@ def test_report_header_manifest_and_other_tables(report_text: str) -> None:
     run = section(report_text, "What was run")
     for expected in ("seed 2026", "ab" * 32, "embedded:mini", "feedfacecafebeef", "torch 2.13.0", "| nll |"):
         assert expected in run
+    slices = next(line for line in run.splitlines() if line.startswith("- **Slices:**"))
+    assert "test 300 test questions; heldout 300 train questions that no SFT subset contains" in slices
+    assert "seen (SFT data) 300 questions of seed 2026's SFT subset; SFT 512 train questions per replicate" in slices
     assert "Passed: all 2 sanity checks passed" in report_text
     em = section(report_text, "Exact match")
     assert "| Train8 | strict |" in em and "results/exact_match.csv" in em

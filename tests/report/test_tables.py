@@ -35,9 +35,9 @@ def test_frontier_points_mark_best_and_tied_depths(fake_run: Path) -> None:
 def test_table1_has_each_models_argmins_and_neighbour_gaps(fake_run: Path) -> None:
     table = table1(load_results(fake_run)).set_index("model")
     assert list(table.index) == ["base", "train8", "train4"]
-    # train4 is best at 6 on test but at 4 on train: a mismatch, with gaps to 4 and 8 loops
+    # train4 is best at 6 on test but at 4 on heldout: a mismatch, with gaps to 4 and 8 loops
     train4 = table.loc["train4"]
-    assert (train4["best_test_loops"], train4["best_train_loops"], train4["train_test_match"]) == (6, 4, False)
+    assert (train4["best_test_loops"], train4["best_heldout_loops"], train4["train_test_match"]) == (6, 4, False)
     assert [gap["loops"] for gap in train4["neighbour_gaps"]] == [4, 8]
     assert all(gap["ci_low"] > 0 for gap in train4["neighbour_gaps"])
     assert all(gap["ci_low"] <= 0 for gap in table.loc["base", "neighbour_gaps"])  # the base's are tied
@@ -48,4 +48,4 @@ def test_best_halting_is_the_lowest_nll_halting_row(fake_run: Path) -> None:
     best = best_halting(results, "train8")
     halting = results.adaptive[(results.adaptive["model"] == "train8") & (results.adaptive["kind"] == "halting")]
     assert best["nll_per_token"] == halting["nll_per_token"].min() and best["policy"] == "ladder-2-4-8-kl0.1"
-    assert best_halting(results, "train8", split="train") is None  # halting policies run on test only
+    assert best_halting(results, "train8", split="heldout") is None  # halting policies run on test only

@@ -141,7 +141,7 @@ def test_stage_writes_oracle_best_fixed_and_halting_rows(stage_run):
     rows = read_csv(stage_run.results_path("adaptive.csv"))
     assert tuple(rows[0]) == ADAPTIVE_COLUMNS
     for model in ("base", "train2"):
-        for split in ("test", "train"):
+        for split in ("test", "heldout", "seen"):
             kinds = {r["kind"] for r in rows if r["model"] == model and r["split"] == split}
             assert {"fixed", "best_fixed", "oracle"} <= kinds
         halting = [r for r in rows if r["model"] == model and r["kind"] == "halting"]

@@ -171,8 +171,9 @@ def test_stage_counts_a_model_right_only_under_flexible_extraction(tmp_path, mon
 
     ctx = make_context(tmp_path)
     answer = "16 + 2 = 18\n#### 18"
-    rows = [Example(split, i, "How many apples?", answer) for split in ("train", "test") for i in range(8)]
-    ctx.dataset_loader = lambda: Dataset("bundled", rows[:8], rows[8:], {"train": "-", "test": "-"})
+    train = [Example("train", i, "How many apples?", answer) for i in range(11)]  # 8 SFT, 3 heldout
+    test = [Example("test", i, "How many apples?", answer) for i in range(8)]
+    ctx.dataset_loader = lambda: Dataset("bundled", train, test, {"train": "-", "test": "-"})
     longer = ctx.config.exact_match.model_copy(update={"max_new_tokens": 16})
     ctx.config = ctx.config.model_copy(update={"exact_match": longer})
     tokenizer = gpt2_tokenizer()

@@ -16,7 +16,7 @@ from study.stages.sft import build_trainer, last_complete_checkpoint, run, sft_p
 from tests.support.helpers_sweep import one_thread, tiny_model
 
 
-def _context(tmp_path: Path, **sft) -> RunContext:
+def _context(tmp_path: Path, replicates: list[int] | None = None, **sft) -> RunContext:
     base = tmp_path / "base"
     tiny_model(seed=0, block_size=512).save_pretrained(base)
     config = StudyConfig(
@@ -24,10 +24,13 @@ def _context(tmp_path: Path, **sft) -> RunContext:
         seed=3,
         device="cpu",
         model=ModelConfig(source=str(base), tokenizer="gpt2"),
-        data=DataConfig(sft_examples=4, nll_test_examples=2, nll_train_examples=2, em_examples=2),
+        data=DataConfig(
+            sft_examples=4, nll_test_examples=2, nll_heldout_examples=2, nll_seen_examples=2, em_examples=2
+        ),
         sft=SFTConfig(
             **{"train_loops": [2], "epochs": 1, "grad_accum": 2, "max_length": 256, "learning_rate": 1e-3} | sft
         ),
+        **({} if replicates is None else {"replicates": replicates}),
     )
     return RunContext(config=config, run_dir=tmp_path / "run", device=torch.device("cpu"))
 
@@ -67,9 +70,27 @@ def test_sft_trains_at_its_loop_count_and_logs_every_step(tmp_path: Path, capsys
     assert set(base) == set(tuned)
     assert any(not torch.equal(base[k], tuned[k]) for k in base)
     rows = read_csv(ctx.results_path("sft_loss.csv"))
-    assert [int(r["step"]) for r in rows] == [1, 2] and {r["train_loops"] for r in rows} == {"2"}
-    # every checkpoint is complete, so a rerun would resume from the last one
-    assert last_complete_checkpoint(trainer_dir(ctx, "train2")).name == "checkpoint-2"
+    assert [int(r["step"]) for r in rows] == [1, 2] and {(r["train_loops"], r["seed"]) for r in rows} == {("2", "3")}
+    # the model is final: its resume points (one per step here) are gone, not left to fill the disk
+    assert not trainer_dir(ctx, "train2").exists()
+
+
+def test_each_replicate_trains_on_its_own_subset_with_its_own_seed(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, replicates=[3, 4])
+    specs = ctx.sft_specs()
+    assert [(s.name, s.seed) for s in specs] == [("train2-s3", 3), ("train2-s4", 4)]
+    for spec in specs:
+        trainer = build_trainer(ctx, spec)
+        assert (trainer.args.seed, trainer.args.data_seed) == (spec.seed, spec.seed)
+        prompts = [row["prompt"] for row in trainer.train_dataset]
+        assert prompts == [ex.prompt for ex in ctx.sft_examples(spec.seed)]
+    assert ctx.subsets.sft[3] != ctx.subsets.sft[4]
+    with one_thread():
+        run(ctx)
+    first, second = (load_file(ctx.model_dir(s.name) / "model.safetensors") for s in specs)
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    rows = read_csv(ctx.results_path("sft_loss.csv"))
+    assert {(r["model"], r["seed"]) for r in rows} == {("train2-s3", "3"), ("train2-s4", "4")}
 
 
 def test_half_written_checkpoint_is_discarded(tmp_path: Path) -> None:
@@ -96,9 +117,9 @@ def test_loss_is_on_the_completion_only(tmp_path: Path) -> None:
     """In a collated training batch every prompt position (and padding) is -100; the
     completion (gold solution + EOS) keeps its token ids."""
     ctx = _context(tmp_path, batch_size=2)
-    trainer = build_trainer(ctx, 2)
+    trainer = build_trainer(ctx, ctx.sft_spec(2))
     tokenizer = trainer.processing_class
-    examples = {ex.prompt: ex for ex in ctx.examples("sft")}
+    examples = {ex.prompt: ex for ex in ctx.sft_examples(3)}
     seen = truncated = 0
     for batch in trainer.get_train_dataloader():
         for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist(), strict=True):

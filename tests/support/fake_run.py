@@ -28,8 +28,15 @@ from study.io import atomic_write_csv, atomic_write_json  # noqa: E402
 from study.stages.adaptive import ADAPTIVE_COLUMNS, DEPTH_COLUMNS, FRONTIER_COLUMNS  # noqa: E402
 from study.stages.exact_match import EM_COLUMNS  # noqa: E402
 from study.stages.latency import FIT_COLUMNS, LATENCY_COLUMNS  # noqa: E402
-from study.stages.nll import PREFERRED_COLUMNS  # noqa: E402
+from study.stages.nll import PREFERRED_COLUMNS, SPLITS  # noqa: E402
 from study.stages.nll import SUMMARY_COLUMNS as NLL_COLUMNS  # noqa: E402
+from study.stages.nll_shift import (  # noqa: E402
+    DEPTH_SHIFT_COLUMNS,
+    REPLICATION_COLUMNS,
+    DepthCurves,
+    depth_shift_rows,
+    replication_rows,
+)
 from study.stages.sft import LOSS_COLUMNS as SFT_COLUMNS  # noqa: E402
 from study.tasks.gsm8k import EXTRACTIONS  # noqa: E402
 
@@ -45,11 +52,13 @@ RESULT_FILES = (
     "adaptive.csv",
     "oracle_frontier.csv",
     "adaptive_depths.csv",
+    "replication.csv",
+    "depth_shift.csv",
 )
 
 
 # the loop count where each fake model's test NLL bottoms out, and its depth
-# (train4 prefers 6 on test: a train/test mismatch the report must show)
+# (train4 prefers 6 on test and 4 on heldout: a test/heldout mismatch the report must show)
 OPTIMA = {"base": (8, 8), "train8": (8, 8), "train4": (6, 4)}
 
 
@@ -123,6 +132,7 @@ def make_fake_run(
             sft_rows.append(
                 {
                     "model": model,
+                    "seed": seed,
                     "train_loops": OPTIMA[model][1],
                     "step": step,
                     "epoch": round(step / 64, 4),
@@ -140,8 +150,8 @@ def make_fake_run(
     for model in models:
         optimum, _ = OPTIMA[model]
         floor = {"base": 1.9, "train8": 1.45, "train4": 1.5}[model] + nll_shift
-        for split in ("test", "train"):
-            split_floor = floor - (0.08 if split == "train" and model != "base" else 0.0)
+        for split in SPLITS:
+            split_floor = floor - (0.08 if split == "seen" and model != "base" else 0.0)  # SFT data: lower NLL
             split_optimum = optimum if split == "test" or model != "train4" else 4
             nll = np.array([split_floor + 0.35 * math.log(loops / split_optimum) ** 2 for loops in grid])
             nll += rng.normal(0, 0.002, len(grid))
@@ -152,6 +162,7 @@ def make_fake_run(
                 nll_rows.append(
                     {
                         "model": model,
+                        "seed": None if model == "base" else seed,
                         "split": split,
                         "inference_loops": loops,
                         "examples": 300,
@@ -168,8 +179,8 @@ def make_fake_run(
                 )
     for model in models:
         _, train_loops = OPTIMA[model]
-        match = best[model, "test"] == best[model, "train"]
-        for split in ("test", "train"):
+        match = best[model, "test"] == best[model, "heldout"]
+        for split in SPLITS:
             nll = values[model, split]
             best_loops = best[model, split]
             best_nll = float(nll.min())
@@ -183,6 +194,7 @@ def make_fake_run(
                 preferred_rows.append(
                     {
                         "model": model,
+                        "seed": None if model == "base" else seed,
                         "split": split,
                         "train_loops": train_loops,
                         "inference_loops": loops,
@@ -296,6 +308,7 @@ def make_fake_run(
         ["model", "split", "policy", "steps", "uniform", "nll_per_token", "ci_low", "ci_high", "rank"],
     )
     _write_adaptive(write, models, rng)
+    _write_shift(write, models, grid, np.random.default_rng(seed + 1))  # its own stream: the numbers above stay
     return run_dir
 
 
@@ -306,7 +319,7 @@ def _write_adaptive(
     ladder halting at two thresholds (one cheaper than 8 loops, one dearer)."""
     rows, frontier, depths = [], [], []
     for model in models:
-        for split in ("test", "train"):
+        for split in SPLITS:
             nll = {loops: 2.0 + 0.1 * (8 / loops - 1) + rng.normal(0, 0.002) for loops in (2, 4, 8)}
             best = min(nll, key=nll.get)
             oracle = nll[best] - 0.01
@@ -344,6 +357,41 @@ def _write_adaptive(
     write("adaptive_depths.csv", depths, DEPTH_COLUMNS)
 
 
+def _write_shift(
+    write: Callable[[str, list[dict], Sequence[str]], None],
+    models: list[str],
+    grid: list[int],
+    rng: np.random.Generator,
+) -> None:
+    """replication.csv and depth_shift.csv, computed by study.stages.nll_shift from synthetic
+    per-question NLL: three seeds per SFT model (the base once), 40 questions, each model's
+    curve bottoming out at its OPTIMA depth, so train4 - train8 has a clear shift."""
+    questions, seeds = 40, [2026, 2027, 2028]
+    tokens = rng.integers(20, 80, questions).astype(float)
+    difficulty = rng.uniform(1.2, 2.0, questions)
+    curves = []
+    for split in ("test", "heldout"):
+        for model in models:
+            optimum, train_loops = OPTIMA[model]
+            replicates = [None] if model == "base" else seeds
+            per_token = np.stack(
+                [
+                    [
+                        difficulty + 0.05 * math.log(loops / optimum) ** 2 + rng.normal(0, 0.01, questions)
+                        for loops in grid
+                    ]
+                    for _ in replicates
+                ]
+            )
+            curves.append(
+                DepthCurves(
+                    model, train_loops, split, grid, replicates, list(range(questions)), per_token * tokens, tokens
+                )
+            )
+    write("replication.csv", replication_rows(curves, 200, 0.95, 2026), REPLICATION_COLUMNS)
+    write("depth_shift.csv", depth_shift_rows(curves, 200, 0.95, 2026), DEPTH_SHIFT_COLUMNS)
+
+
 def _manifest(config: StudyConfig, checks_skipped: bool) -> dict:
     stages = {}
     for index, stage in enumerate(("check", "sft", "nll", "exact_match", "latency")):
@@ -359,6 +407,14 @@ def _manifest(config: StudyConfig, checks_skipped: bool) -> dict:
         "data": {
             "source": config.data.source,
             "sha256": {"train.jsonl": "ab" * 32, "test.jsonl": "cd" * 32},
+            # ids as the manifest lists them (made up: only their counts are shown)
+            "subsets": {
+                "sft": {str(seed): list(range(100, 100 + config.data.sft_examples)) for seed in config.replicates},
+                "nll_test": list(range(config.data.nll_test_examples)),
+                "nll_heldout": list(range(config.data.nll_heldout_examples)),
+                "nll_seen": list(range(100, 100 + config.data.nll_seen_examples)),
+                "em": list(range(config.data.em_examples)),
+            },
         },
         "model": {
             "source": config.model.source,

@@ -59,7 +59,9 @@ def looped_context(
         device="cpu",
         model=ModelConfig(source=str(base_dir), backbone="looped_decoder", tokenizer="auto"),
         looping=LoopingConfig(window=[2, 3], strategy=strategy),
-        data=DataConfig(sft_examples=4, nll_test_examples=3, nll_train_examples=2, em_examples=2),
+        data=DataConfig(
+            sft_examples=4, nll_test_examples=3, nll_heldout_examples=2, nll_seen_examples=2, em_examples=2
+        ),
         sft=SFTConfig(train_loops=list(sft_loops), epochs=1, grad_accum=2, max_length=96, save_steps=100),
         nll=NLLConfig(inference_loops=list(nll_loops), batch_size=2, bootstrap_resamples=100),
         exact_match=ExactMatchConfig(inference_loops=list(nll_loops), max_new_tokens=3, batch_size=2),

@@ -21,7 +21,6 @@ from study.config import (
     NLLConfig,
     SFTConfig,
     StudyConfig,
-    sft_model_name,
 )
 from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
 from study.pipeline import RunContext
@@ -96,9 +95,11 @@ def make_context(
     em_loops: tuple[int, ...] = (1, 2),
     latency_loops: tuple[int, ...] = (1, 2),
     sft_loops: tuple[int, ...] = (4,),
+    replicates: tuple[int, ...] | None = None,
 ) -> RunContext:
     """A run directory with the tiny base in ``tmp_path/base`` and one perturbed
-    copy per SFT entry in ``models/train<L>``, as the SFT stage would leave them."""
+    copy per SFT model (``models/train<L>``, or ``train<L>-s<seed>`` with several
+    ``replicates``), as the SFT stage would leave them."""
     base_dir = tmp_path / "base"
     tiny_model(seed=0).save_pretrained(base_dir)
     config = StudyConfig(
@@ -106,13 +107,16 @@ def make_context(
         seed=7,
         device="cpu",
         model=ModelConfig(source=str(base_dir), tokenizer="gpt2"),
-        data=DataConfig(sft_examples=8, nll_test_examples=5, nll_train_examples=3, em_examples=3),
+        data=DataConfig(
+            sft_examples=8, nll_test_examples=5, nll_heldout_examples=3, nll_seen_examples=3, em_examples=3
+        ),
         sft=SFTConfig(train_loops=list(sft_loops)),
+        **({} if replicates is None else {"replicates": list(replicates)}),
         nll=NLLConfig(inference_loops=list(nll_loops), batch_size=2, bootstrap_resamples=200),
         exact_match=ExactMatchConfig(inference_loops=list(em_loops), max_new_tokens=4, batch_size=2),
         latency=LatencyConfig(inference_loops=list(latency_loops), new_tokens=3, warmup=1, samples=2),
     )
     ctx = RunContext(config=config, run_dir=tmp_path / "run", device=torch.device("cpu"))
-    for i, loops in enumerate(sft_loops):
-        tiny_model(seed=i + 1, train_loops=loops).save_pretrained(ctx.model_dir(sft_model_name(loops)))
+    for i, spec in enumerate(ctx.sft_specs()):
+        tiny_model(seed=i + 1, train_loops=spec.train_loops).save_pretrained(ctx.model_dir(spec.name))
     return ctx

@@ -10,11 +10,13 @@ import pytest
 from study.tasks.gsm8k import (
     BUNDLED_DIR,
     DataError,
+    Subsets,
     encode_example,
     final_answer,
     load_gsm8k,
     make_subsets,
     read_jsonl,
+    sft_subset,
 )
 from study.tokenizer import load_tokenizer
 from tests.conftest import shared_dir
@@ -56,21 +58,66 @@ def test_final_answer(answer: str, gold: str) -> None:
     assert final_answer(answer) == gold
 
 
+def subsets(dataset, seed=2026, replicates=(2026,), sft=512, test=300, heldout=300, seen=300, em=40):
+    return make_subsets(
+        dataset, seed, replicates=list(replicates), sft_examples=sft, nll_test_examples=test,
+        nll_heldout_examples=heldout, nll_seen_examples=seen, em_examples=em,
+    )  # fmt: skip
+
+
 def test_subsets_are_seeded_nested_and_independent(dataset) -> None:
-    a = make_subsets(dataset, 2026, 512, 300, 300, 40)
-    b = make_subsets(dataset, 2026, 512, 300, 300, 40)
-    assert a == b
-    assert len(set(a.sft)) == 512 and set(a.nll_train) <= set(a.sft)
-    smaller = make_subsets(dataset, 2026, 512, 200, 200, 40)
-    assert smaller.nll_test == a.nll_test[:200] and smaller.nll_train == a.nll_train[:200]  # v16 within v17
-    other_em = make_subsets(dataset, 2026, 512, 300, 300, 10)
+    a = subsets(dataset)
+    assert a == subsets(dataset)
+    sft = a.sft[2026]
+    assert len(set(sft)) == 512 and set(a.nll_seen) <= set(sft)
+    smaller = subsets(dataset, test=200, heldout=200, seen=200)
+    assert smaller.nll_test == a.nll_test[:200] and smaller.nll_seen == a.nll_seen[:200]  # v16 within v17
+    assert smaller.nll_heldout == a.nll_heldout[:200]
+    other_em = subsets(dataset, em=10)
     assert other_em.nll_test == a.nll_test and other_em.em == a.em[:10]
-    assert make_subsets(dataset, 7, 512, 300, 300, 40).sft != a.sft
+    assert subsets(dataset, 7, replicates=[7]).sft[7] != sft
+
+
+def test_one_replicate_draws_the_subsets_of_the_runs_before_replicates(dataset) -> None:
+    """The SFT subset and the seen slice (the old train slice) keep their ids (checked
+    against the code before replicates: these are its first ids)."""
+    a = subsets(dataset)
+    assert a.sft[2026][:4] == [2782, 5568, 2547, 6638] and a.nll_seen[:4] == [2761, 6053, 2419, 1674]
+    assert sft_subset(dataset, 2026, 512) == a.sft[2026]
+
+
+def test_heldout_is_disjoint_from_every_replicates_sft_subset(dataset) -> None:
+    seeds = [2026, 2027, 2028, 11, 12]
+    a = subsets(dataset, replicates=seeds, sft=800, heldout=400)
+    assert list(a.sft) == seeds and all(len(set(a.sft[s])) == 800 for s in seeds)
+    assert len({tuple(ids) for ids in a.sft.values()}) == len(seeds)  # each seed its own subset
+    for seed in seeds:
+        assert subsets(dataset, replicates=[seed], sft=800).sft[seed] == a.sft[seed]  # a seed's subset is its own
+        assert not set(a.nll_heldout) & set(a.sft[seed])
+    assert len(set(a.nll_heldout)) == 400 and set(a.nll_seen) <= set(a.sft[2026])
+    assert a.as_dict()["nll_heldout"] == a.nll_heldout and a.as_dict()["sft"]["2028"] == a.sft[2028]
+    # the run seed draws the heldout slice: the same replicates and seed give the same ids
+    assert subsets(dataset, replicates=seeds, sft=800, heldout=400) == a
+    assert subsets(dataset, 9, replicates=seeds, sft=800, heldout=400).nll_heldout != a.nll_heldout
+
+
+def test_heldout_larger_than_what_the_sft_subsets_leave_is_refused(dataset) -> None:
+    left = len(dataset.train) - 7000
+    with pytest.raises(DataError, match=rf"nll_heldout_examples: asked for {left + 1} .* only {left} are left"):
+        subsets(dataset, sft=7000, heldout=left + 1, seen=4)
+    assert len(subsets(dataset, sft=7000, heldout=left, seen=4).nll_heldout) == left
+
+
+def test_a_heldout_id_inside_an_sft_subset_is_refused() -> None:
+    with pytest.raises(DataError, match=r"nll_heldout: train ids \[3\] are in an SFT subset"):
+        Subsets(sft={1: [1, 2], 2: [3]}, nll_test=[0], nll_heldout=[3, 4], nll_seen=[1], em=[0])
+    with pytest.raises(DataError, match=r"nll_seen: ids outside the first replicate"):
+        Subsets(sft={1: [1, 2], 2: [3]}, nll_test=[0], nll_heldout=[4], nll_seen=[3], em=[0])
 
 
 def test_subset_larger_than_split_is_refused(dataset) -> None:
     with pytest.raises(DataError, match=r"data\.nll_test_examples: asked for 2000"):
-        make_subsets(dataset, 0, 8, 2000, 4, 4)
+        subsets(dataset, 0, replicates=[0], sft=8, test=2000, heldout=4, seen=4, em=4)
 
 
 def _write(path: Path, lines: list[str]) -> Path:

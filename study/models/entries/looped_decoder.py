@@ -19,7 +19,7 @@ token reads an exited token's missing passes from its last computed one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,7 +35,13 @@ from study.models.adaptive import PromptHalting, SignalRecorder, TraceStep, prom
 from study.models.backbone import Backbone, PolicyRunner
 from study.models.generation import DEFAULT_STOP_STRINGS, greedy_generate
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
-from study.models.looped_decoder import LoopedCausalLMOutput, LoopedDecoder, loop_decoder
+from study.models.looped_decoder import (
+    LoopedCausalLMOutput,
+    LoopedDecoder,
+    LoopedModelOutput,
+    PrefixStates,
+    loop_decoder,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -100,15 +106,32 @@ class LoopedDecoderRunner(PolicyRunner):
 
     def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         out = self.looped.base_forward(input_ids, use_cache=False)
+        return self._hidden_and_executed(out, input_ids.shape[0])
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.model.lm_head(hidden)
+
+    @classmethod
+    def prefix_key(cls, policy: DepthPolicy) -> Hashable | None:
+        # layers 0..a-1 without a cache depend on the window start alone (not on K,
+        # the strategy, the cache or decode mode, nor a halting rule)
+        assert isinstance(policy, LoopedWindow | HaltingWindow)
+        return (policy.backbone, "layers-before", policy.spec.window[0])
+
+    def prefix(self, input_ids: Tensor) -> PrefixStates:
+        return self.looped.prefix(input_ids)
+
+    def hidden_from_prefix(self, prefix: PrefixStates, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        out = self.looped.forward_from_prefix(prefix)
+        return self._hidden_and_executed(out, prefix.hidden.shape[0])
+
+    def _hidden_and_executed(self, out: LoopedModelOutput, batch: int) -> tuple[Tensor, Tensor]:
         hidden = out.last_hidden_state  # [B, T, H]
         assert hidden is not None
         executed = out.executed_loops  # [B], None when no row can stop early
         if executed is None:
-            executed = torch.full((input_ids.shape[0],), float(self.policy.inference_loops))
+            executed = torch.full((batch,), float(self.policy.inference_loops))
         return hidden, executed.detach().float().cpu()
-
-    def head(self, hidden: Tensor) -> Tensor:
-        return self.model.lm_head(hidden)
 
     def generate(self, tokenizer, prompts, max_new_tokens, stop_strings=DEFAULT_STOP_STRINGS, early_stop=True):
         # the wrapper brings its own loop; its cache is a plain one (the looped layers append and crop)
@@ -143,14 +166,25 @@ class HaltingWindowRunner(LoopedDecoderRunner):
         self.looped.make_halting = make_halting
 
     def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if prompt_lengths is None:
-            raise ValueError(f"policy {self.policy.id} decides its depth from the prompt: give prompt_lengths")
-        mask = prompt_mask(prompt_lengths.cpu(), input_ids.shape[1]).to(input_ids.device)
-        self.decision = (mask, (prompt_lengths - 1).to(input_ids.device))
+        self.decision = self._decision(prompt_lengths, input_ids.shape[1], input_ids.device)
         try:
             return super().hidden(input_ids)
         finally:
             self.decision = None
+
+    def hidden_from_prefix(self, prefix: PrefixStates, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self.decision = self._decision(prompt_lengths, prefix.hidden.shape[1], prefix.hidden.device)
+        try:
+            return super().hidden_from_prefix(prefix)
+        finally:
+            self.decision = None
+
+    def _decision(self, prompt_lengths: Tensor | None, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(prompt mask [B, T], last prompt position [B]) of a teacher-forced batch."""
+        if prompt_lengths is None:
+            raise ValueError(f"policy {self.policy.id} decides its depth from the prompt: give prompt_lengths")
+        mask = prompt_mask(prompt_lengths.cpu(), length).to(device)
+        return mask, (prompt_lengths - 1).to(device)
 
 
 def window_readout(model: nn.Module) -> Callable[[Tensor], Tensor]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from study.report.figures import (
     adaptive_depths,
     adaptive_frontier,
+    depth_shift,
     exact_match,
     frontier,
     latency,
@@ -28,6 +29,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     latency.FIGURE,
     frontier.FIGURE,
     sft_loss.FIGURE,
+    depth_shift.FIGURE,
     schedules.FIGURE,
     adaptive_frontier.FIGURE,
     adaptive_depths.FIGURE,

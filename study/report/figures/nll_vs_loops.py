@@ -8,7 +8,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from study.report.results import TEST, TRAIN, Results
+from study.report.results import HELDOUT, SEEN, SPLIT_LABELS, TEST, Results
 from study.report.style import (
     FigureSpec,
     colors,
@@ -21,11 +21,15 @@ from study.report.style import (
 )
 from study.report.tables import row_at
 
+# the seen slice (SFT data) is dash-dotted, never drawn like the diagnostics
+LINESTYLES = {TEST: "-", HELDOUT: "--", SEEN: "-."}
+
 
 @styled
-def plot_nll_vs_loops(results: Results, ax: Axes | None = None, splits: Sequence[str] = (TEST, TRAIN)) -> Figure:
-    """NLL per token against inference loops, one colour per model; test solid,
-    train diagnostics dashed, bootstrap CI bands, each curve's argmin starred and each
+def plot_nll_vs_loops(results: Results, ax: Axes | None = None, splits: Sequence[str] = (TEST, HELDOUT)) -> Figure:
+    """NLL per token against inference loops, one colour per model; test solid, heldout
+    diagnostics (train questions no SFT subset contains) dashed (the seen slice, SFT data,
+    dash-dotted when asked for), bootstrap CI bands, each curve's argmin starred and each
     model's training loop count as a dotted vertical line in its colour."""
     figure, ax = new_figure(ax)
     if missing_inputs(results, [ax], "nll_summary.csv"):
@@ -46,7 +50,7 @@ def plot_nll_vs_loops(results: Results, ax: Axes | None = None, splits: Sequence
             ax.plot(
                 x,
                 rows["nll_per_token"],
-                linestyle="-" if is_test else "--",
+                linestyle=LINESTYLES.get(split, "--"),
                 marker=marker(results, name),
                 markersize=4.5 if is_test else 3.5,
                 color=colour,
@@ -73,13 +77,19 @@ def plot_nll_vs_loops(results: Results, ax: Axes | None = None, splits: Sequence
     handles = [
         Line2D([], [], color=palette[n], marker=marker(results, n), lw=2, label=results.legend_label(n)) for n in models
     ]
+    handles.append(Line2D([], [], color="0.3", lw=2, label="test (bootstrap 95% CI band)"))
+    others = [split for split in splits if split != TEST]
     handles += [
-        Line2D([], [], color="0.3", lw=2, label="test (bootstrap 95% CI band)"),
-        Line2D([], [], color="0.3", lw=1.3, ls="--", label="train diagnostics"),
-        Line2D([], [], color="0.3", marker="*", ms=12, ls="none", mfc="0.3", mec="black", label="argmin, test"),
-        Line2D([], [], color="0.3", marker="*", ms=10, ls="none", mfc="white", mec="0.3", label="argmin, train"),
-        Line2D([], [], color="0.3", lw=1.6, ls=":", label="training loop count"),
+        Line2D([], [], color="0.3", lw=1.3, ls=LINESTYLES.get(split, "--"), label=SPLIT_LABELS.get(split, split))
+        for split in others
     ]
+    handles.append(
+        Line2D([], [], color="0.3", marker="*", ms=12, ls="none", mfc="0.3", mec="black", label="argmin, test")
+    )
+    if others:
+        label = "argmin, " + ", ".join(split for split in others)
+        handles.append(Line2D([], [], color="0.3", marker="*", ms=10, ls="none", mfc="white", mec="0.3", label=label))
+    handles.append(Line2D([], [], color="0.3", lw=1.6, ls=":", label="training loop count"))
     ax.legend(handles=handles, loc="upper center", ncols=2)
     return figure
 
@@ -89,7 +99,8 @@ FIGURE = FigureSpec(
     "NLL per token vs inference loops",
     plot_nll_vs_loops,
     ("nll_summary.csv",),
-    "Test NLL (solid, bootstrap 95% CI band) and train diagnostics (dashed) per model; stars mark each "
+    "Test NLL (solid, bootstrap 95% CI band) and heldout diagnostics (dashed: GSM8K train questions that no SFT "
+    "subset contains) per model; stars mark each "
     "curve's argmin and the dotted vertical lines each model's training loop count. "
     "Source: `results/nll_summary.csv`.",
 )
