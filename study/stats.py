@@ -9,7 +9,10 @@ arrays passed in, from a generator seeded with the run's seed. On it sit
 - ``paired_depth_bootstrap``: every depth at once, each one's gap to the best and how
   often it wins a resample (``DepthPreference``);
 
-and beside it ``wilson_interval``, the Wilson score interval of an accuracy.
+and beside it ``wilson_interval``, the Wilson score interval of an accuracy, and for
+per-question correctness at several depths (the benchmarks stage)
+``paired_accuracy_depths``: each depth's accuracy gap to the best with a paired
+bootstrap CI, how often it wins a resample, and the exact McNemar test (``mcnemar_exact``).
 
 Where training randomness varies too (replicate seeds), ``two_level_bootstrap`` resamples
 seeds, then questions (one question resample shared by every seed and curve of a draw),
@@ -22,7 +25,10 @@ One policy for inputs that carry no interval:
   diverged model or overflowing weights must stop the run, never win an argmin or
   widen a CI silently. The depth oracle (``study.looping.oracle``) refuses the same way.
 - Fewer than two examples: there is no spread to resample, so every bootstrap CI bound
-  is NaN (the point values are still computed, and written as they are).
+  is NaN in memory (the point values are still computed, and written as they are). NaN
+  is never written as a number: results files hold such a bound as an empty cell
+  (``ci_cells``; ``study.io.atomic_write_csv`` refuses a NaN), and the report writes
+  ``NO_CI`` ("no CI (n < 2)") where the interval would be.
 - Identical paired inputs (a depth against itself) are not special: every resample
   gives the same value, so the CI collapses onto the point.
 - ``wilson_interval`` needs at least one trial (``n >= 1``) and ``0 <= correct <= n``;
@@ -31,6 +37,7 @@ One policy for inputs that carry no interval:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +50,18 @@ from scipy import stats
 from study.errors import StudyError  # a user-facing error: one line, a user-error exit code
 
 NAN_CI = (float("nan"), float("nan"))  # the interval of fewer than two examples
+NO_CI = "no CI (n < 2)"  # what the report writes in its place
+# p10/p90 of fewer timing samples are an order statistic or two, not a spread: the
+# latency stage writes them only from this many samples (the median alone below it)
+PERCENTILE_MIN_SAMPLES = 10
+
+
+def ci_cells(low: float, high: float) -> tuple[float | str, float | str]:
+    """A CI's bounds as results-file cells: the interval of fewer than two examples (NaN
+    bounds) becomes two empty cells, never the text ``nan``."""
+    if math.isnan(low) or math.isnan(high):
+        return "", ""
+    return low, high
 
 
 def require_finite(what: str, *arrays: np.ndarray) -> None:
@@ -258,3 +277,72 @@ def bootstrap_p_value(point: ArrayLike, distribution: ArrayLike) -> np.ndarray:
     across = np.where(point[..., None] < 0, distribution >= 0, distribution <= 0)
     p = np.minimum(1.0, 2 * np.mean(across, axis=-1))
     return np.where(point == 0, 1.0, p)
+
+
+@dataclass(frozen=True)
+class AccuracyPreference:
+    """Per-question correctness (0/1) at several depths, each against the most accurate."""
+
+    best_index: int  # into the depth axis; ties go to the first (the fewest loops)
+    accuracy: list[float]
+    difference: list[float]  # accuracy - best accuracy (<= 0)
+    difference_ci: list[tuple[float, float]]  # paired percentile bootstrap over questions
+    p_best: list[float]  # share of resamples in which each depth is the most accurate (first on ties)
+    only_best: list[int]  # questions right at the best depth and wrong at this one
+    only_this: list[int]  # questions right at this depth and wrong at the best
+    mcnemar_p: list[float]  # exact two-sided McNemar p-value of this depth against the best
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar p-value: the discordant questions (right under one condition
+    only) as a binomial with p = 1/2. No discordant question: nothing tells them apart (1.0)."""
+    if only_a < 0 or only_b < 0:
+        raise StudyError(f"benchmarks: discordant counts {only_a}, {only_b} are not counts; the test is refused")
+    if only_a + only_b == 0:
+        return 1.0
+    return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def paired_accuracy_depths(
+    correct: ArrayLike, resamples: int, confidence: float, seed: int, what: str = "benchmarks"
+) -> AccuracyPreference:
+    """``correct`` is (depths, questions) of 0/1, the same questions at every depth. One set
+    of question indices is drawn per resample and every depth is scored on it, so the
+    accuracy gaps and the wins are paired across depths, as McNemar's test is."""
+    table = np.asarray(correct, dtype=float)
+    if table.ndim != 2 or table.shape[1] < 1:
+        raise StudyError(f"{what}: expected correctness of shape (depths, questions), got {table.shape}")
+    require_finite(what, table)
+    if not np.isin(table, (0.0, 1.0)).all():
+        raise StudyError(f"{what}: per-question correctness must be 0 or 1; the paired test is refused")
+    depths = len(table)
+    accuracy = table.mean(axis=1)
+    best = int(np.argmax(accuracy))  # argmax takes the first maximum: the fewest loops on a tie
+    only_best = [int(((table[best] == 1) & (row == 0)).sum()) for row in table]
+    only_this = [int(((row == 1) & (table[best] == 0)).sum()) for row in table]
+    mcnemar = [mcnemar_exact(a, b) for a, b in zip(only_best, only_this, strict=True)]
+    difference = [float(v - accuracy[best]) for v in accuracy]
+    if table.shape[1] < 2:
+        wins = [float(i == best) for i in range(depths)]
+        return AccuracyPreference(
+            best, [float(v) for v in accuracy], difference, [NAN_CI] * depths, wins, only_best, only_this, mcnemar
+        )
+
+    def means_and_gaps(*rows: np.ndarray, axis: int = -1) -> np.ndarray:
+        means = np.stack([np.mean(row, axis=axis) for row in rows])
+        return np.concatenate([means, means - means[best]])
+
+    result = paired_bootstrap(tuple(table), means_and_gaps, resamples, confidence, seed)
+    resampled = result.bootstrap_distribution[:depths]  # (depths, resamples)
+    low, high = result.confidence_interval.low[depths:], result.confidence_interval.high[depths:]
+    shares = np.bincount(np.argmax(resampled, axis=0), minlength=depths) / resamples
+    return AccuracyPreference(
+        best_index=best,
+        accuracy=[float(v) for v in accuracy],
+        difference=difference,
+        difference_ci=[(float(a), float(b)) for a, b in zip(low, high, strict=True)],
+        p_best=[float(v) for v in shares],
+        only_best=only_best,
+        only_this=only_this,
+        mcnemar_p=mcnemar,
+    )

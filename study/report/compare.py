@@ -1,5 +1,6 @@
 """Comparing runs: Table 1 across run directories (``compare.csv``, ``compare.md``) and an
-overlay of the NLL figure, one line style per run.
+overlay of the NLL figure, one line style per run. Runs of different backbones or
+tokenizers are refused (``require_one_scale``): their nats per token are not on one scale.
 
     python -m study.report compare runs/v16-seed2026 runs/v17-seed2026 --out runs/compare
 """
@@ -17,8 +18,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from study.errors import StudyError
 from study.io import atomic_write_csv, atomic_write_text
-from study.report.formats import format_nll, gaps_text, markdown_table, yes_no
+from study.report.formats import format_ci, format_nll, format_share, gaps_text, markdown_table, yes_no
 from study.report.results import TEST, Results, load_results
 from study.report.style import MODEL_MARKERS, RUN_LINESTYLES, model_colors, new_figure, not_run, save_figure, styled
 from study.report.tables import row_at, table1
@@ -92,6 +94,7 @@ def compare(run_dirs: Sequence[Path], out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     runs = [load_results(d) for d in run_dirs]
     names = _run_names(run_dirs)
+    require_one_scale(runs, names)  # before anything is written
     records = []
     for results, name in zip(runs, names, strict=True):
         table = table1(results)
@@ -106,6 +109,7 @@ def compare(run_dirs: Sequence[Path], out_dir: Path) -> Path:
                     **{k: _plain(row[k]) for k in ("model", "label", "train_test_match")},
                     **{k: _int(row[k]) for k in ("train_loops", "best_test_loops", "best_heldout_loops")},
                     **{k: _float(row[k]) for k in FLOAT_COLUMNS},
+                    "p_best_is_train_loops": _plain(row["p_best_is_train_loops"]),  # a share, or "not in grid"
                     "test_gap_to_neighbours": gaps_text(row["neighbour_gaps"]),
                 }
             )
@@ -151,15 +155,11 @@ def compare(run_dirs: Sequence[Path], out_dir: Path) -> Path:
             "—" if r["train_loops"] is None else r["train_loops"],
             "—" if r["best_test_loops"] is None else r["best_test_loops"],
             format_nll(r["best_test_nll"])
-            + (
-                f" [{format_nll(r['best_test_ci_low'])}, {format_nll(r['best_test_ci_high'])}]"
-                if r["best_test_ci_low"] is not None
-                else ""
-            ),
+            + ("" if r["best_test_nll"] is None else f" {format_ci(r['best_test_ci_low'], r['best_test_ci_high'])}"),
             "—" if r["best_heldout_loops"] is None else r["best_heldout_loops"],
             format_nll(r["best_heldout_nll"]),
             yes_no(r["train_test_match"]),
-            "—" if r["p_best_is_train_loops"] is None else f"{r['p_best_is_train_loops']:.2f}",
+            format_share(r["p_best_is_train_loops"]),
             r["test_gap_to_neighbours"],
         ]
         for r in records
@@ -187,9 +187,36 @@ def compare(run_dirs: Sequence[Path], out_dir: Path) -> Path:
     return path
 
 
-FLOAT_COLUMNS = (
-    "best_test_nll", "best_test_ci_low", "best_test_ci_high", "best_heldout_nll", "p_best_is_train_loops",
-)  # fmt: skip
+FLOAT_COLUMNS = ("best_test_nll", "best_test_ci_low", "best_test_ci_high", "best_heldout_nll")
+
+
+def scale_of(results: Results) -> tuple[str, str]:
+    """(backbone, tokenizer) of a run, as its manifest records them: what its nats per
+    token are measured in. The tokenizer is its vocabulary's sha256 when the manifest has
+    it (``study.manifest.tokenizer_record``), else the tokenizer setting and the base
+    source it resolves from (manifests written before the record existed)."""
+    model = (results.manifest or {}).get("model") or {}
+    record = model.get("tokenizer") or {}
+    if record.get("sha256"):
+        return results.backbone, f"a {record.get('vocab_size')}-token vocabulary (sha256 {record['sha256'][:12]})"
+    choice = results.config.model.tokenizer if results.config is not None else "auto"
+    source = model.get("source") or (results.config.model.source if results.config is not None else "unknown")
+    return results.backbone, (f"the tokenizer of {source}" if choice == "auto" else f"tokenizer {choice}")
+
+
+def require_one_scale(runs: Sequence[Results], names: Sequence[str]) -> None:
+    """Refuse to overlay runs of different backbones or tokenizers: NLL per token is per
+    token of a vocabulary, so GPT-2's 50k, SmolLM2's 49k and the mini model's 2k tokens
+    put the same text on different scales (no separate axes: one refusal, one line)."""
+    scales = [scale_of(r) for r in runs]
+    for name, scale in zip(names[1:], scales[1:], strict=True):
+        if scale != scales[0]:
+            what = "backbones" if scale[0] != scales[0][0] else "tokenizers"
+            first, other = (f"{s[0]}, {s[1]}" for s in (scales[0], scale))
+            raise StudyError(
+                f"compare: runs {names[0]} ({first}) and {name} ({other}) differ in {what}: their nats per "
+                "token are not comparable; compare runs of one backbone and tokenizer"
+            )
 
 
 def _float(value: Any) -> float | None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pandas as pd
+
+from study.stats import NO_CI
 
 
 def format_nll(value: float | None) -> str:
@@ -33,6 +35,25 @@ def signed(value: float) -> str:
     return f"{value:+.3f}"
 
 
+def has_ci(low: Any, high: Any) -> bool:
+    """A CI whose bounds exist: results files leave both cells empty for fewer than two
+    examples (read back as NaN), and the report then writes ``NO_CI`` instead."""
+    return not (low is None or high is None or pd.isna(low) or pd.isna(high))
+
+
+def format_ci(low: Any, high: Any, number: Callable[[float], str] = format_nll) -> str:
+    """``[low, high]`` with ``number`` for each bound, or ``no CI (n < 2)``."""
+    return f"[{number(float(low))}, {number(float(high))}]" if has_ci(low, high) else NO_CI
+
+
+def format_share(value: Any) -> str:
+    """A share such as ``p_best_is_train_loops`` with two decimals, the words a results file
+    wrote in its place (``not in grid``) as they are, or — when absent."""
+    if isinstance(value, str):
+        return value
+    return "—" if value is None or pd.isna(value) else f"{float(value):.2f}"
+
+
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     def cell(value: Any) -> str:
         return str(value).replace("|", "\\|").replace("\n", " ")
@@ -51,9 +72,10 @@ def gaps_text(gaps: list[dict[str, float]]) -> str:
         return "—"
     parts = []
     for gap in gaps:
+        if not has_ci(gap["ci_low"], gap["ci_high"]):  # one example: neither tied nor worse can be said
+            parts.append(f"{gap['loops']} loops: {signed(gap['gap'])} ({NO_CI})")
+            continue
         verdict = "worse" if gap["ci_low"] > 0 else "tied"
-        parts.append(
-            f"{gap['loops']} loops: {signed(gap['gap'])} [{signed(gap['ci_low'])}, {signed(gap['ci_high'])}] "
-            f"({verdict})"
-        )
+        parts.append(f"{gap['loops']} loops: {signed(gap['gap'])} {format_ci(gap['ci_low'], gap['ci_high'], signed)} "
+                     f"({verdict})")  # fmt: skip
     return "; ".join(parts)

@@ -16,11 +16,24 @@ from typing import Any
 import pandas as pd
 
 from study.io import atomic_write_text
+from study.report.benchmarks import benchmarks_section
 from study.report.figures import FIGURES, figure_number, figure_spec, write_figures
-from study.report.formats import format_nll, format_percent, format_seconds, gaps_text, markdown_table, yes_no
+from study.report.figures.latency import has_percentiles
+from study.report.formats import (
+    format_ci,
+    format_nll,
+    format_percent,
+    format_seconds,
+    format_share,
+    gaps_text,
+    has_ci,
+    markdown_table,
+    yes_no,
+)
 from study.report.results import ADAPTIVE_FILES, TEST, Results, load_results
 from study.report.shift_sections import depth_shift_section, replication_section
 from study.report.tables import row_at, table1
+from study.stats import NO_CI, PERCENTILE_MIN_SAMPLES
 from study.tasks.gsm8k import EXTRACTIONS
 
 Figures = dict[str, Path | None]  # figure name -> its PNG (None: not drawn)
@@ -52,7 +65,7 @@ def _header(results: Results) -> list[str]:
 
 
 def _stage_order(name: str) -> tuple[int, str]:
-    known = ("check", "sft", "nll", "exact_match", "latency", "report")  # the pipeline's order
+    known = ("check", "sft", "nll", "exact_match", "latency", "benchmarks", "report")  # the pipeline's order
     return (known.index(name) if name in known else len(known), name)
 
 
@@ -186,12 +199,9 @@ def _table1_section(results: Results) -> list[str]:
     confidence = f"{100 * results.config.nll.confidence:g}%" if results.config else "95%"
     rows = []
     for _, row in table.iterrows():
-        ci = (
-            f" [{format_nll(row['best_test_ci_low'])}, {format_nll(row['best_test_ci_high'])}]"
-            if pd.notna(row["best_test_ci_low"])
-            else ""
-        )
-        p_train = row["p_best_is_train_loops"]
+        # nll_summary.csv read but its CI cells empty (one example): said, not left out
+        known = results.nll is not None and pd.notna(row["best_test_nll"])
+        ci = f" {format_ci(row['best_test_ci_low'], row['best_test_ci_high'])}" if known else ""
         rows.append(
             [
                 row["label"],
@@ -201,7 +211,7 @@ def _table1_section(results: Results) -> list[str]:
                 "—" if pd.isna(row["best_heldout_loops"]) else int(row["best_heldout_loops"]),
                 format_nll(row["best_heldout_nll"]),
                 yes_no(None if pd.isna(row["train_test_match"]) else bool(row["train_test_match"])),
-                "—" if p_train is None or pd.isna(p_train) else f"{p_train:.2f}",
+                format_share(row["p_best_is_train_loops"]),
                 gaps_text(row["neighbour_gaps"]),
             ]
         )
@@ -216,8 +226,9 @@ def _table1_section(results: Results) -> list[str]:
         "",
         f"NLL in nats/token. CIs are bootstrap {confidence} intervals{resamples}; gaps are NLL(loops) − NLL(best) "
         'with paired-bootstrap CIs ("tied" when the CI contains 0). P(argmin = train loops) is the bootstrap '
-        "share of resamples whose argmin is the training loop count. Heldout: GSM8K train questions that no SFT "
-        "subset of the run contains; the seen slice (SFT data) is in `results/preferred_depth.csv` only.",
+        'share of resamples whose argmin is the training loop count ("not in grid" when the grid lacks that '
+        "count). Heldout: GSM8K train questions that no SFT subset of the run contains; the seen slice (SFT data) "
+        f"is in `results/preferred_depth.csv` only. A split of fewer than two examples has no interval: {NO_CI}.",
         "",
         "Sources: `results/preferred_depth.csv` (best loops, match, P, gaps) and `results/nll_summary.csv` (CIs).",
         "",
@@ -306,22 +317,31 @@ def _latency_section(results: Results, figures: Figures, rel: str) -> list[str]:
                 fit_cells = [
                     format_seconds(f["slope_s_per_loop"]),
                     format_seconds(f["intercept_s"]),
-                    f"{f['r_squared']:.3f}",
+                    "—" if pd.isna(f["r_squared"]) else f"{f['r_squared']:.3f}",  # one loop count: no fit
                 ]
             rows.append([results.model(name).label, *cells, *fit_cells])
         headers = ["Model", *(f"{g} loops" for g in grid), "Slope (s/loop)", "Intercept (s)", "R²"]
         lines.append(markdown_table(headers, rows))
         details = []
-        for column, text in (("device", "device"), ("new_tokens", "new tokens per sample"), ("samples", "samples")):
+        for column, text in (
+            ("device", "device"), ("threads", "torch threads"), ("new_tokens", "new tokens per sample"),
+            ("samples", "samples"),
+        ):  # fmt: skip
             if column in latency.columns and latency[column].nunique() == 1:
                 details.append(f"{text}: {latency[column].iloc[0]}")
+        spread = (
+            f"p10–p90 ranges are in Figure {figure_number('latency')}"
+            if has_percentiles(latency)
+            else f"median only: fewer than {PERCENTILE_MIN_SAMPLES} samples per depth give no p10–p90"
+        )
         lines += [
             "",
             "Median seconds per sample (3 significant digits)"
             + (f"; {'; '.join(details)}" if details else "")
-            + f". p10–p90 ranges are in Figure {figure_number('latency')}. Slope, intercept and R² are a "
-            "least-squares fit of median latency on loop count.",
+            + f". {spread}. Depths were timed interleaved, in a seeded shuffled order per sample. Slope, "
+            "intercept and R² are a least-squares fit of median latency on loop count.",
             "",
+            *_latency_rates(results, latency),
             "Sources: `results/latency.csv` (medians), "
             + (
                 "`results/latency_fit.csv` (fit)."
@@ -331,6 +351,38 @@ def _latency_section(results: Results, figures: Figures, rel: str) -> list[str]:
             "",
         ]
     return lines + _figure_block(results, "latency", figures, rel) + _figure_block(results, "frontier", figures, rel)
+
+
+def _latency_rates(results: Results, latency: pd.DataFrame) -> list[str]:
+    """Prefill seconds and decode tokens per second apart, and the machine's load."""
+    if not {"prefill_s", "decode_tokens_per_s"} <= set(latency.columns):
+        return []
+    rows = []
+    for name in results.models_in(latency):
+        subset = latency[latency["model"] == name].sort_values("inference_loops")
+        for _, r in subset.iterrows():
+            rate = r["decode_tokens_per_s"]
+            rows.append(
+                [
+                    results.model(name).label,
+                    int(r["inference_loops"]),
+                    format_seconds(r["prefill_s"]),
+                    "—" if pd.isna(rate) else f"{rate:.1f}",
+                    "" if "note" not in r or pd.isna(r["note"]) else r["note"],
+                ]
+            )
+    load = ""
+    if {"load_1m_before", "load_1m_after"} <= set(latency.columns) and latency["load_1m_before"].notna().any():
+        low = min(latency["load_1m_before"].min(), latency["load_1m_after"].min())
+        high = max(latency["load_1m_before"].max(), latency["load_1m_after"].max())
+        load = f" The 1-minute load average was {low:.2f}-{high:.2f} around the timings."
+    return [
+        markdown_table(["Model", "Loops", "Prefill (s, median)", "Decode (tokens/s)", "Note"], rows),
+        "",
+        "Prefill is the prompt's forward pass alone; the decode rate is the tokens after the first over the median "
+        f"of (generation − prefill), so it excludes the prefill.{load}",
+        "",
+    ]
 
 
 def _sft_section(results: Results, figures: Figures, rel: str) -> list[str]:
@@ -377,11 +429,9 @@ def _schedules_section(results: Results, figures: Figures, rel: str) -> list[str
             [
                 results.model(name).label,
                 len(subset),
-                f"{best['steps']}: {format_nll(best['nll_per_token'])} "
-                f"[{format_nll(best['ci_low'])}, {format_nll(best['ci_high'])}]",
+                f"{best['steps']}: {format_nll(best['nll_per_token'])} {format_ci(*best[['ci_low', 'ci_high']])}",
                 uniform_text,
-                f"{worst['steps']}: {format_nll(worst['nll_per_token'])} "
-                f"[{format_nll(worst['ci_low'])}, {format_nll(worst['ci_high'])}]",
+                f"{worst['steps']}: {format_nll(worst['nll_per_token'])} {format_ci(*worst[['ci_low', 'ci_high']])}",
                 format_nll(float(worst["nll_per_token"] - best["nll_per_token"])),
             ]
         )
@@ -397,7 +447,7 @@ def _schedules_section(results: Results, figures: Figures, rel: str) -> list[str
 
 
 def _ci(low: float, high: float) -> str:
-    return f"[{low:+.4f}, {high:+.4f}]"
+    return f"[{low:+.4f}, {high:+.4f}]" if has_ci(low, high) else NO_CI
 
 
 def _adaptive_section(results: Results, figures: Figures, rel: str) -> list[str]:
@@ -483,6 +533,7 @@ def render_report(results: Results, figures: Figures, figures_rel: str = "figure
     lines += _figure_block(results, "depth_shift", figures, figures_rel)
     lines += replication_section(results)
     lines += _schedules_section(results, figures, figures_rel)
+    lines += benchmarks_section(results, lambda name: _figure_block(results, name, figures, figures_rel))
     lines += _adaptive_section(results, figures, figures_rel)
     return "\n".join(lines).rstrip() + "\n"
 

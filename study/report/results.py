@@ -63,12 +63,22 @@ RESULT_FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     # replicate seeds and the depth-shift test (study.stages.nll_shift); older runs have neither
     "replication.csv": ("replication", "nll", REPLICATION_NEEDS),
     "depth_shift.csv": ("depth_shift", "nll", DEPTH_SHIFT_NEEDS),
+    "benchmarks.csv": (
+        "benchmarks",
+        "benchmarks",
+        ("model", "inference_loops", "task", "metric", "value", "ci_low", "ci_high", "n"),
+    ),
+    "benchmarks_depth.csv": (
+        "benchmarks_depth",
+        "benchmarks",
+        ("model", "task", "metric", "inference_loops", "preferred", "difference", "diff_ci_low", "diff_ci_high"),
+    ),
 }
 # the adaptive stage writes these together; its figures and report section need all three
 ADAPTIVE_FILES = ("adaptive.csv", "oracle_frontier.csv", "adaptive_depths.csv")
 # the files the depth-shift figure and report sections read (the nll stage writes them together)
 SHIFT_FILES = ("depth_shift.csv", "replication.csv")
-BOOL_COLUMNS = ("is_best", "train_test_match", "uniform")
+BOOL_COLUMNS = ("is_best", "train_test_match", "uniform", "preferred")
 # read as text, an empty field as "": seeds ("all", "2026", "" for the base), notes and three-way flags
 TEXT_COLUMNS = ("seed", "note", "best_is_train_loops", "pairing")
 
@@ -104,6 +114,8 @@ class Results:
     adaptive_depths: pd.DataFrame | None = None
     replication: pd.DataFrame | None = None
     depth_shift: pd.DataFrame | None = None
+    benchmarks: pd.DataFrame | None = None
+    benchmarks_depth: pd.DataFrame | None = None
     problems: list[str] = field(default_factory=list)  # files present but unreadable
 
     @property

@@ -89,7 +89,8 @@ def table1(results: Results) -> pd.DataFrame:
     their NLL (and bootstrap CI on test), whether they agree (``train_test_match``: the
     heldout questions are GSM8K train questions no SFT subset contains), P(argmin = training depth)
     on test, and the paired-bootstrap gap CIs to the loop counts either side of the test
-    argmin. Empty when neither preferred_depth.csv nor nll_summary.csv exists."""
+    argmin (``not in grid`` when the training depth is not on it). Empty when neither
+    preferred_depth.csv nor nll_summary.csv exists."""
     columns = [
         "model", "label", "train_loops", "best_test_loops", "best_test_nll", "best_test_ci_low", "best_test_ci_high",
         "best_heldout_loops", "best_heldout_nll", "train_test_match", "p_best_is_train_loops", "neighbour_gaps",
@@ -103,13 +104,15 @@ def table1(results: Results) -> pd.DataFrame:
         heldout_best = int(heldout["inference_loops"]) if heldout is not None else None
         ci = _nll_ci(results, name, TEST, test_loops) if test_loops is not None else None
         match: bool | None = None
-        p_train: float | None = None
         if test is not None and "train_test_match" in test.index:
             match = bool(test["train_test_match"])
         elif test_loops is not None and heldout_best is not None:
             match = test_loops == heldout_best
-        if test is not None and "p_best_is_train_loops" in test.index and pd.notna(test["p_best_is_train_loops"]):
-            p_train = float(test["p_best_is_train_loops"])
+        p_train = (
+            share_of(test["p_best_is_train_loops"])
+            if test is not None and "p_best_is_train_loops" in test.index
+            else None
+        )
         rows.append(
             {
                 "model": name,
@@ -127,6 +130,17 @@ def table1(results: Results) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=columns)
+
+
+def share_of(value: Any) -> float | str | None:
+    """A ``p_best_is_train_loops`` cell as read back: a number, the words the NLL stage
+    wrote when the training depth is off the grid (``not in grid``), or None when absent."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return str(value)
 
 
 def _neighbour_gaps(results: Results, model: str, best_loops: int | None) -> list[dict[str, float]]:

@@ -20,7 +20,7 @@ from typing import Any
 from study.stages.stage import Stage
 
 # the stage modules, in the order a run takes them; each module's STAGE.name is its own name
-PIPELINE_ORDER: tuple[str, ...] = ("check", "sft", "nll", "adaptive", "exact_match", "latency", "report")
+PIPELINE_ORDER: tuple[str, ...] = ("check", "sft", "nll", "adaptive", "exact_match", "latency", "benchmarks", "report")
 
 
 @cache

@@ -46,7 +46,7 @@ from study.scoring import score_trace
 from study.stages.nll import SPLITS
 from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
-from study.stats import paired_gap_ci, ratio_ci
+from study.stats import ci_cells, paired_gap_ci, ratio_ci
 from study.tasks.gsm8k import encode_example
 
 ADAPTIVE_COLUMNS = (
@@ -254,14 +254,16 @@ def summarize(
                     for p in frontier]  # fmt: skip
 
     def row(policy: str, kind: str, detail: str, tau: float | None, mean_loops: float, per_example: np.ndarray):
-        ci = ratio_ci(per_example, tokens, resamples, confidence, seed)
-        gap = paired_gap_ci(per_example, nll[:, best], tokens, resamples, confidence, seed)
+        # one example has no interval: empty CI cells (study.stats.ci_cells), never NaN
+        ci = ci_cells(*ratio_ci(per_example, tokens, resamples, confidence, seed))
+        point, *gap_ci = paired_gap_ci(per_example, nll[:, best], tokens, resamples, confidence, seed)
+        gap = (point, *ci_cells(*gap_ci))
         fitting = [d for d in range(len(loops)) if loops[d] <= mean_loops + 1e-9]
         equal = min(fitting, key=lambda d: fixed_nll[d]) if fitting else None
-        equal_gap = (
-            paired_gap_ci(per_example, nll[:, equal], tokens, resamples, confidence, seed)
-            if equal is not None else ("", "", "")
-        )  # fmt: skip
+        equal_gap: tuple[float | str, ...] = ("", "", "")
+        if equal is not None:
+            point, *equal_ci = paired_gap_ci(per_example, nll[:, equal], tokens, resamples, confidence, seed)
+            equal_gap = (point, *ci_cells(*equal_ci))
         out.rows.append(
             {
                 "model": name, "split": split, "policy": policy, "kind": kind, "detail": detail,

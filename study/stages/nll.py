@@ -22,8 +22,10 @@ replicate's SFT subset: SFT data, labelled so wherever it is shown). Then:
   headline) with a percentile bootstrap CI over examples;
 - ``preferred_depth.csv``: per (model, split), the best loop count and, from a
   paired bootstrap (the same resampled examples for every loop count), each loop's
-  gap to the best with its CI and how often it wins; ``train_test_match``: whether the
-  argmins on ``test`` and ``heldout`` (train-split questions) agree;
+  gap to the best with its CI and how often it wins (``p_best_is_train_loops`` is
+  ``not in grid`` when the training depth is not a loop count of the grid);
+  ``train_test_match``: whether the argmins on ``test`` and ``heldout`` (train-split
+  questions) agree;
 - ``replication.csv`` and ``depth_shift.csv`` (``study.stages.nll_shift``): per model
   family, split and replicate seed the argmin depth and every depth's gap to it, across
   seeds with a two-level (seeds, then questions) bootstrap; and for every two training
@@ -50,6 +52,7 @@ from study.pipeline import RunContext
 from study.scoring import ContinuationScore, score_continuations, score_continuations_group
 from study.stages.nll_shift import (
     DEPTH_SHIFT_COLUMNS,
+    NOT_IN_GRID,
     REPLICATION_COLUMNS,
     DepthCurves,
     depth_shift_rows,
@@ -57,7 +60,7 @@ from study.stages.nll_shift import (
 )
 from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
-from study.stats import paired_depth_bootstrap, ratio_ci, ratio_of_sums
+from study.stats import ci_cells, paired_depth_bootstrap, ratio_ci, ratio_of_sums
 from study.tasks.gsm8k import encode_example
 
 SPLITS = {"test": "nll_test", "heldout": "nll_heldout", "seen": "nll_seen"}  # split value -> ctx.examples subset
@@ -74,6 +77,7 @@ PREFERRED_COLUMNS = (
     "model", "seed", "split", "train_loops", "policy", "inference_loops", "nll_per_token", "best_loops", "best_nll",
     "is_best", "gap_to_best", "gap_ci_low", "gap_ci_high", "p_best", "p_best_is_train_loops", "train_test_match",
 )  # fmt: skip
+
 SCHEDULE_COLUMNS = (
     "model", "split", "policy", "steps", "uniform", "nll_per_token", "ci_low", "ci_high", "rank",
 )  # fmt: skip
@@ -221,8 +225,9 @@ def cell_summary(rows: list[dict], resamples: int, confidence: float, seed: int)
     tokens = np.array([r["answer_tokens"] for r in rows])
     final_nll = np.array([r["final_nll_sum"] for r in rows])
     final_tokens = np.array([r["final_tokens"] for r in rows])
-    ci = ratio_ci(nll, tokens, resamples, confidence, seed)
-    final_ci = ratio_ci(final_nll, final_tokens, resamples, confidence, seed)
+    # one example has no interval: empty cells (study.stats.ci_cells), never NaN
+    ci = ci_cells(*ratio_ci(nll, tokens, resamples, confidence, seed))
+    final_ci = ci_cells(*ratio_ci(final_nll, final_tokens, resamples, confidence, seed))
     return {
         "executed_loops": float(np.mean([r["executed_loops"] for r in rows])),
         "examples": len(rows),
@@ -274,9 +279,10 @@ def write_results(ctx: RunContext, cells: dict[tuple[str, str, str], list[dict]]
         match = loops[results["test"].best_index] == loops[results["heldout"].best_index]
         for split, result in results.items():
             best = result.best_index
-            # a train depth outside the grid never wins a resample
-            p_train = result.p_best[loops.index(spec.train_loops)] if spec.train_loops in loops else 0.0
+            # a train depth outside the grid has no share to report: said in words, never as 0.0
+            p_train = result.p_best[loops.index(spec.train_loops)] if spec.train_loops in loops else NOT_IN_GRID
             for i, policy in enumerate(grid):
+                gap_ci = ci_cells(*result.gap_ci[i])
                 preferred.append(
                     {
                         "model": spec.name,
@@ -290,8 +296,8 @@ def write_results(ctx: RunContext, cells: dict[tuple[str, str, str], list[dict]]
                         "best_nll": result.nll_per_token[best],
                         "is_best": i == best,
                         "gap_to_best": result.gap[i],
-                        "gap_ci_low": result.gap_ci[i][0],
-                        "gap_ci_high": result.gap_ci[i][1],
+                        "gap_ci_low": gap_ci[0],
+                        "gap_ci_high": gap_ci[1],
                         "p_best": result.p_best[i],
                         "p_best_is_train_loops": p_train,
                         "train_test_match": match,

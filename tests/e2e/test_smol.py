@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
+from study.io import read_csv
 from tests.support.study_runner import project_deprecations, run_study
 
 pytestmark = pytest.mark.slow
@@ -53,3 +54,25 @@ def test_smol_smoke_runs_offline_end_to_end(tmp_path: Path) -> None:
         with safe_open(folder / "model.safetensors", "pt") as tensors:
             assert all(key.startswith(("model.", "lm_head.")) for key in tensors.keys())  # noqa: SIM118
     assert len(list((run_dir / "figures").glob("*.png"))) >= 5
+    check_benchmarks(run_dir, report)
+
+
+def check_benchmarks(run_dir: Path, report: str) -> None:
+    """lm-eval's tasks at every K through the loopdepth model: accuracy rows inside their
+    Wilson CIs for every model, depth, task and metric, and the paired test across depths."""
+    from study.stages.benchmarks import BENCHMARK_COLUMNS, DEPTH_COLUMNS
+
+    rows = read_csv(run_dir / "results" / "benchmarks.csv")
+    assert rows and list(rows[0]) == list(BENCHMARK_COLUMNS)
+    tasks, depths, models = ({r[key] for r in rows} for key in ("task", "inference_loops", "model"))
+    assert len(tasks) >= 2 and len(depths) >= 3 and models == {"base", "train2", "train4"}
+    assert {(r["model"], r["inference_loops"], r["task"]) for r in rows} == {
+        (m, k, t) for m in models for k in depths for t in tasks
+    }
+    for row in rows:
+        assert float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"]), row
+        assert int(row["n"]) >= 1 and row["metric"] in ("acc", "acc_norm") and row["seed"] == "2026"
+        assert "cache-per_loop" in row["policy"]  # the config's own policies
+    depth = read_csv(run_dir / "results" / "benchmarks_depth.csv")
+    assert list(depth[0]) == list(DEPTH_COLUMNS) and len(depth) == len(rows)
+    assert "## lm-eval benchmarks at each depth" in report and "](figures/benchmarks.png)" in report

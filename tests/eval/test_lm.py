@@ -106,3 +106,20 @@ def test_loopformer_runs_its_own_policies(tiny_llama_dir):
 def test_bad_model_args_are_refused_in_one_line(tiny_llama_dir, pretrained, policy, says):
     with pytest.raises(ValueError, match=says):
         loopdepth(str(tiny_llama_dir) if pretrained == "TINY" else pretrained, policy)
+
+
+def test_a_loaded_model_and_policy_object_score_as_the_folder_and_id(tiny_llama_dir):
+    """The pipeline's benchmarks stage hands over the model its sweep loaded and the policy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from study.looping.policies import parse_policy
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    policy = parse_policy("euler-w1-2-K3")
+    loaded = LoopDepthLM(pretrained=model, tokenizer=tokenizer, policy=policy, batch_size=2)
+    assert loaded.model is model and loaded.policy is policy
+    expected = scores(loopdepth(tiny_llama_dir, "euler-w1-2-K3").loglikelihood(LOGLIKELIHOOD, True))
+    assert scores(loaded.loglikelihood(LOGLIKELIHOOD, True)) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(TypeError, match="tokenizer"):
+        LoopDepthLM(pretrained=model, policy=policy)

@@ -1,4 +1,5 @@
-"""study.pilot: the window pilot on a tiny looped decoder, the looping tool's arguments, both --help texts."""
+"""study.pilot: the window pilot on a tiny looped decoder, the looping tool's arguments, both --help texts,
+and the learning-rate pilot on the embedded mini model."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from study import pilot
-from study.io import read_csv
+from study.io import read_csv, read_json
 from tests.support.helpers_looped import looped_context
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,3 +60,75 @@ def test_help_of_both_tools(capsys):
         with pytest.raises(SystemExit) as exited:
             pilot.main(argv)
         assert exited.value.code == 0 and wanted in capsys.readouterr().out
+
+
+# ---- the learning-rate pilot (python -m study.pilot lr) ---------------------------------
+
+
+def test_lr_pilot_trains_with_the_sft_stage_and_scores_held_out_train_questions(tmp_path, monkeypatch, capsys):
+    """Each (lr, depth) is one short SFT through the SFT stage's trainer at that lr, scored
+    on the heldout slice (train questions outside every SFT subset); the CSVs, the chosen
+    lr and the ordering check come out, and a rerun reuses every finished pair."""
+    from study.config import load_config
+    from study.pipeline import RunContext
+    from study.stages import sft
+
+    built = []
+    real = sft.build_trainer
+
+    def spy(ctx, spec):
+        trainer = real(ctx, spec)
+        built.append((trainer.args.learning_rate, spec.train_loops))
+        return trainer
+
+    monkeypatch.setattr(sft, "build_trainer", spy)
+    run_dir = tmp_path / "lr"
+    argv = ["lr", "--version", "smoke", "--lrs", "1e-4,1e-3", "--steps", "1", "--examples", "3", "--resamples", "20",
+            "--run-dir", str(run_dir)]  # fmt: skip
+    assert pilot.main(argv) == 0
+    assert built == [(1e-4, 8), (1e-4, 4), (1e-3, 8), (1e-3, 4)]  # smoke's depths, each at each lr
+    rows = read_csv(run_dir / "lr_pilot.csv")
+    assert tuple(rows[0]) == pilot.LR_COLUMNS
+    assert [(r["lr"], r["train_loops"], r["policy"], r["steps"]) for r in rows] == [
+        ("0.0001", "8", "M8", "1"), ("0.0001", "4", "M4", "1"), ("0.001", "8", "M8", "1"), ("0.001", "4", "M4", "1")
+    ]  # fmt: skip
+    for row in rows:
+        low, point, high = (float(row[k]) for k in ("ci_low", "nll_per_token", "ci_high"))
+        assert row["examples"] == "3" and low <= point <= high and math.isfinite(float(row["final_train_loss"]))
+    losses = read_csv(run_dir / "lr_pilot_loss.csv")
+    assert len(losses) == 4 and {r["step"] for r in losses} == {"1"}
+    config = load_config("smoke")
+    ctx = RunContext(config=config, run_dir=run_dir, device=torch.device("cpu"))
+    scored = read_json(run_dir / "cells" / "lr0.0001-train8.json")["example_ids"]
+    assert scored == [e.id for e in ctx.examples("nll_heldout")][:3]  # the run's heldout slice, never test
+    assert not set(scored) & set(ctx.subsets.sft_union)
+    out = capsys.readouterr().out
+    chosen, same, _ = pilot.summarize([{**r, "lr": float(r["lr"]), "nll_per_token": float(r["nll_per_token"])}
+                                          for r in rows])  # fmt: skip
+    assert f"chosen lr: {chosen:g}" in out
+    assert "same ordering at every lr: " + ("yes" if same else "no") in out
+
+    built.clear()
+    assert pilot.main(argv) == 0 and built == []  # every pair read back
+    assert read_csv(run_dir / "lr_pilot.csv") == rows
+
+
+def test_lr_pilot_summary_and_arguments(capsys):
+    rows = [
+        {"lr": 1e-5, "train_loops": 2, "nll_per_token": 1.50}, {"lr": 1e-5, "train_loops": 4, "nll_per_token": 1.40},
+        {"lr": 2e-5, "train_loops": 2, "nll_per_token": 1.45}, {"lr": 2e-5, "train_loops": 4, "nll_per_token": 1.30},
+        {"lr": 5e-5, "train_loops": 2, "nll_per_token": 1.20}, {"lr": 5e-5, "train_loops": 4, "nll_per_token": 1.60},
+    ]  # fmt: skip
+    chosen, same, rankings = pilot.summarize(rows)
+    assert chosen == 2e-5  # mean 1.375, against 1.45 and 1.40
+    assert not same and rankings == {1e-5: [4, 2], 2e-5: [4, 2], 5e-5: [2, 4]}
+    assert pilot.summarize(rows[:4])[1]  # the first two agree
+    assert pilot.parse_lrs("1e-5, 2e-5") == [1e-5, 2e-5]
+    for bad in ("", "x", "1e-5,1e-5", "0", "-1e-5", "inf"):
+        with pytest.raises(ValueError, match="--lrs"):
+            pilot.parse_lrs(bad)
+    for argv in (["lr", "--lrs", "2e-5,2e-5"], ["lr", "--steps", "0"]):
+        with pytest.raises(SystemExit) as exited:
+            pilot.main(argv)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and err.count("\n") == 1 and "python -m study.pilot lr: error:" in err

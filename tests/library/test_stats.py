@@ -10,8 +10,10 @@ from scipy import stats
 
 from study import stats as study_stats
 from study.errors import StudyError
+from study.io import atomic_write_csv
 from study.stats import (
     bootstrap_p_value,
+    ci_cells,
     paired_bootstrap,
     paired_depth_bootstrap,
     paired_gap_ci,
@@ -138,6 +140,21 @@ def test_fewer_than_two_examples_give_nan_intervals_and_finite_points():
         [0.0, 1.0],
     )
     assert all(math.isnan(v) for ci in result.gap_ci for v in ci)
+
+
+def test_an_interval_of_one_example_is_written_as_empty_cells_never_nan(tmp_path):
+    """NaN bounds become empty cells (ci_cells); the CSV writer refuses a NaN outright."""
+    assert ci_cells(*ratio_ci([3.0], [2.0], 50, 0.95, 0)) == ("", "")
+    assert ci_cells(0.25, 0.5) == (0.25, 0.5)
+    path = tmp_path / "summary.csv"
+    atomic_write_csv(
+        path, [{"nll_per_token": 1.5, "ci_low": "", "ci_high": ""}], ("nll_per_token", "ci_low", "ci_high")
+    )
+    assert path.read_text() == "nll_per_token,ci_low,ci_high\n1.5,,\n"
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="column ci_low would be written as"):
+            atomic_write_csv(tmp_path / "bad.csv", [{"ci_low": bad}], ("ci_low",))
+        assert not (tmp_path / "bad.csv").exists()  # nothing written
 
 
 # ---- Wilson -------------------------------------------------------------------------------

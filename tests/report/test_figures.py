@@ -20,7 +20,7 @@ from tests.support.fake_run import make_fake_run
 from .helpers import PNG_MAGIC, curves, legend_texts
 
 ALL_FIGURES = (
-    "nll_vs_loops", "exact_match", "latency", "frontier", "sft_loss", "depth_shift", "schedules",
+    "nll_vs_loops", "exact_match", "latency", "frontier", "sft_loss", "depth_shift", "schedules", "benchmarks",
     "adaptive_frontier", "adaptive_depths",
 )  # fmt: skip
 

@@ -122,3 +122,27 @@ def test_schedules_section_and_figure(tmp_path: Path) -> None:
     assert "(rank " in text and (run_dir / "figures" / "schedules.png").is_file()
     missing = make_fake_run(tmp_path / "no-schedules", skip=("schedules.csv",))
     assert "`results/schedules.csv` is missing" in report.regenerate(missing).read_text()
+
+
+def test_latency_section_gives_the_median_only_below_ten_samples_and_prefill_apart(tmp_path: Path) -> None:
+    from study.io import atomic_write_csv
+    from study.report import load_results, plot_latency
+    from study.report.markdown import render_report
+    from study.stages.latency import LATENCY_COLUMNS
+
+    run = make_fake_run(tmp_path / "few-samples")
+    text = section(render_report(load_results(run), {}), "Latency")
+    assert "p10–p90 ranges are in Figure" in text and "torch threads: 1" in text  # the fake has 10 samples
+    assert "| Model | Loops | Prefill (s, median) | Decode (tokens/s) | Note |" in text
+    assert "interleaved, in a seeded shuffled order" in text and "load average was 1.50-1.75" in text
+
+    path = run / "results" / "latency.csv"
+    frame = pd.read_csv(path).astype(object)
+    frame["samples"], frame["p10_s"], frame["p90_s"], frame["note"] = 3, "", "", "median only (n = 3 < 10)"
+    atomic_write_csv(path, frame.fillna("").to_dict("records"), LATENCY_COLUMNS)
+    results = load_results(run)
+    text = section(render_report(results, {}), "Latency")
+    assert "median only: fewer than 10 samples per depth give no p10–p90" in text and "p10–p90 ranges" not in text
+    assert "median only (n = 3 < 10)" in text
+    title = plot_latency(results).axes[0].get_title()
+    assert "median only: < 10 samples" in title and "1 thread" in title

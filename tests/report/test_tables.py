@@ -49,3 +49,32 @@ def test_best_halting_is_the_lowest_nll_halting_row(fake_run: Path) -> None:
     halting = results.adaptive[(results.adaptive["model"] == "train8") & (results.adaptive["kind"] == "halting")]
     assert best["nll_per_token"] == halting["nll_per_token"].min() and best["policy"] == "ladder-2-4-8-kl0.1"
     assert best_halting(results, "train8", split="heldout") is None  # halting policies run on test only
+
+
+def test_a_training_depth_off_the_grid_reads_not_in_grid_never_zero(tmp_path: Path) -> None:
+    """preferred_depth.csv says "not in grid" for the base (its depth is off the grid):
+    Table 1, report.md and compare carry the words, and no share is made up."""
+    from study.io import atomic_write_csv
+    from study.report import compare
+    from study.report.markdown import render_report
+    from study.stages.nll import NOT_IN_GRID, PREFERRED_COLUMNS
+    from tests.support.fake_run import make_fake_run
+
+    from .helpers import section, table_row
+
+    run = make_fake_run(tmp_path / "off-grid")
+    path = run / "results" / "preferred_depth.csv"
+    frame = pd.read_csv(path)
+    frame["p_best_is_train_loops"] = frame["p_best_is_train_loops"].astype(object)
+    frame.loc[frame["model"] == "base", "p_best_is_train_loops"] = NOT_IN_GRID
+    atomic_write_csv(path, frame.astype(object).fillna("").to_dict("records"), PREFERRED_COLUMNS)
+    results = load_results(run)
+    table = table1(results).set_index("model")
+    assert table.loc["base", "p_best_is_train_loops"] == NOT_IN_GRID
+    assert isinstance(table.loc["train8", "p_best_is_train_loops"], float)
+    text = section(render_report(results, {}), "Table 1")
+    assert table_row(text, "Base")[7] == NOT_IN_GRID
+    assert table_row(text, "Train8")[7] == f"{table.loc['train8', 'p_best_is_train_loops']:.2f}"
+    compare([run], tmp_path / "compare")
+    compared = pd.read_csv(tmp_path / "compare" / "compare.csv").set_index("model")
+    assert compared.loc["base", "p_best_is_train_loops"] == NOT_IN_GRID

@@ -14,7 +14,7 @@ from tests.support.helpers_sweep import make_context
 def recompute_summary_from_rows(ctx) -> None:
     """Every summary cell from nll.csv by hand: the headline is token-weighted (sum of NLL
     over sum of tokens), example_mean_nll the plain mean of per-example ratios, and
-    p_best_is_train_loops the p_best of the model's training depth (0 off the grid)."""
+    p_best_is_train_loops the p_best of the model's training depth ("not in grid" off it)."""
     rows = pd.read_csv(ctx.results_path("nll.csv"))
     summary = pd.read_csv(ctx.results_path("nll_summary.csv"))
     preferred = pd.read_csv(ctx.results_path("preferred_depth.csv"))
@@ -36,8 +36,9 @@ def recompute_summary_from_rows(ctx) -> None:
     for (model, split), group in preferred.groupby(["model", "split"]):
         assert set(group["train_loops"]) == {train_loops[model]}
         at_train = group[group["inference_loops"] == train_loops[model]]["p_best"]
-        expected = float(at_train.iloc[0]) if len(at_train) else 0.0
-        assert set(group["p_best_is_train_loops"]) == {expected}, (model, split)
+        # off the grid the share is said in words, never written as 0.0
+        expected = str(float(at_train.iloc[0])) if len(at_train) else "not in grid"
+        assert set(group["p_best_is_train_loops"].astype(str)) == {expected}, (model, split)
         cells = summary[(summary["model"] == model) & (summary["split"] == split)]
         best = cells.loc[cells["nll_per_token"].idxmin()]
         assert set(group["best_loops"]) == {best["inference_loops"]}
@@ -164,3 +165,22 @@ def test_replication_and_depth_shift_are_written_from_the_cells_of_every_seed(tm
     assert set(replication["model"]) == {"base", "train1", "train2"}
     assert set(replication[replication["model"] == "train2"]["seed"]) == {"7", "8", "all"}
     assert set(replication["split"]) == {"test", "heldout", "seen"}
+
+
+def test_one_example_cell_has_empty_ci_cells_and_the_report_says_n_below_two(tmp_path):
+    """NaN never reaches a results file: a cell of one example writes empty CI cells."""
+    from study.io import atomic_write_csv
+    from study.report.formats import format_ci, gaps_text
+
+    row = {"executed_loops": 2.0, "nll_sum": 3.0, "answer_tokens": 2, "final_nll_sum": 1.0, "final_tokens": 1}
+    summary = nll_stage.cell_summary([row], 50, 0.95, 0)
+    assert summary["nll_per_token"] == 1.5
+    assert (summary["ci_low"], summary["ci_high"], summary["final_ci_low"], summary["final_ci_high"]) == ("",) * 4
+    path = tmp_path / "nll_summary.csv"
+    columns = [c for c in SUMMARY_COLUMNS if c in summary]
+    atomic_write_csv(path, [summary], columns)
+    assert "nan" not in path.read_text().lower()
+    read = pd.read_csv(path).iloc[0]
+    assert format_ci(read["ci_low"], read["ci_high"]) == "no CI (n < 2)"
+    gap = {"loops": 4, "gap": 0.01, "ci_low": float("nan"), "ci_high": float("nan")}
+    assert gaps_text([gap]) == "4 loops: +0.010 (no CI (n < 2))"  # neither "tied" nor "worse"

@@ -23,12 +23,15 @@ if str(ROOT) not in sys.path:
 
 from study.config import StudyConfig, sft_model_name  # noqa: E402
 from study.io import atomic_write_csv, atomic_write_json  # noqa: E402
+from study.looping.policies import UniformLoops  # noqa: E402
 
 # the stages' own column layouts: a renamed or added column reaches the fake run too
 from study.stages.adaptive import ADAPTIVE_COLUMNS, DEPTH_COLUMNS, FRONTIER_COLUMNS  # noqa: E402
+from study.stages.benchmarks import BENCHMARK_COLUMNS, accuracy_rows, depth_rows  # noqa: E402
+from study.stages.benchmarks import DEPTH_COLUMNS as BENCHMARK_DEPTH_COLUMNS  # noqa: E402
 from study.stages.exact_match import EM_COLUMNS  # noqa: E402
 from study.stages.latency import FIT_COLUMNS, LATENCY_COLUMNS  # noqa: E402
-from study.stages.nll import PREFERRED_COLUMNS, SPLITS  # noqa: E402
+from study.stages.nll import NOT_IN_GRID, PREFERRED_COLUMNS, SPLITS  # noqa: E402
 from study.stages.nll import SUMMARY_COLUMNS as NLL_COLUMNS  # noqa: E402
 from study.stages.nll_shift import (  # noqa: E402
     DEPTH_SHIFT_COLUMNS,
@@ -54,6 +57,8 @@ RESULT_FILES = (
     "adaptive_depths.csv",
     "replication.csv",
     "depth_shift.csv",
+    "benchmarks.csv",
+    "benchmarks_depth.csv",
 )
 
 
@@ -80,6 +85,7 @@ def fake_config(name: str = "fake", seed: int = 2026, embedded: bool = True) -> 
             "nll": {"inference_loops": [2, 4, 6, 8, 10, 12, 16]},
             "exact_match": {"inference_loops": [2, 8, 16]},
             "latency": {"inference_loops": [2, 4, 6, 8, 10, 12, 16]},
+            "benchmarks": {"tasks": ["arc_easy", "piqa"], "inference_loops": [2, 8, 16], "limit": 120},
         }
     )
 
@@ -186,7 +192,7 @@ def make_fake_run(
             best_nll = float(nll.min())
             weights = np.exp(-(nll - best_nll) / 0.004)
             p_best = weights / weights.sum()
-            p_train = float(p_best[grid.index(train_loops)]) if train_loops in grid else 0.0
+            p_train = float(p_best[grid.index(train_loops)]) if train_loops in grid else NOT_IN_GRID
             for index, loops in enumerate(grid):
                 gap = float(nll[index] - best_nll)
                 # the base's neighbours are statistically tied with its best depth; the SFT models' are not
@@ -262,12 +268,16 @@ def make_fake_run(
                     "median_s": float(median),
                     "p10_s": float(median * 0.93),
                     "p90_s": float(median * 1.09),
-                    "tokens_per_s": float(new_tokens / median),
                     "prefill_s": float(0.004 * loops),
+                    "decode_tokens_per_s": float((new_tokens - 1) / (median - 0.004 * loops)),
                     "new_tokens": new_tokens,
                     "samples": config.latency.samples,
+                    "threads": 1,
                     "device": "cpu",
+                    "load_1m_before": 1.5,
+                    "load_1m_after": 1.75,
                     "flops_per_token": int(2 * 4_000_000 * loops),
+                    "note": "",
                 }
             )
         fitted_slope, fitted_intercept = np.polyfit(loops_grid, medians, 1)
@@ -309,7 +319,39 @@ def make_fake_run(
     )
     _write_adaptive(write, models, rng)
     _write_shift(write, models, grid, np.random.default_rng(seed + 1))  # its own stream: the numbers above stay
+    _write_benchmarks(write, models, config, rng)
     return run_dir
+
+
+def _write_benchmarks(
+    write: Callable[[str, list[dict], Sequence[str]], None],
+    models: list[str],
+    config: StudyConfig,
+    rng: np.random.Generator,
+) -> None:
+    """The benchmarks stage's two files, from made-up per-question verdicts through the stage's
+    own aggregation: accuracy peaks at each model's preferred depth (the SFT models' more sharply)."""
+    section = config.benchmarks
+    assert section is not None
+    accuracy, depths = [], []
+    for model in models:
+        optimum, _ = OPTIMA[model]
+        cells = []
+        for loops in section.inference_loops:
+            records = []
+            for task, chance in zip(section.tasks, (0.25, 0.5), strict=False):
+                rate = chance + (0.3 if model == "base" else 0.4) * math.exp(-0.5 * math.log(loops / optimum) ** 2)
+                for doc_id in range(section.limit):
+                    acc = int(rng.random() < rate)
+                    norm = int(rng.random() < rate - 0.05)
+                    records.append({"policy": f"M{loops}", "task": task, "doc_id": doc_id,
+                                    "doc_hash": f"{task}{doc_id}", "acc": acc, "acc_norm": norm})  # fmt: skip
+            policy = UniformLoops(loops)
+            accuracy += accuracy_rows(records, model, config.seed, policy, section.confidence)
+            cells.append((policy, records))
+        depths += depth_rows(cells, model, config.seed, section, config.seed)
+    write("benchmarks.csv", accuracy, BENCHMARK_COLUMNS)
+    write("benchmarks_depth.csv", depths, BENCHMARK_DEPTH_COLUMNS)
 
 
 def _write_adaptive(

@@ -12,6 +12,7 @@ from pathlib import Path
 from study.report.figures import (
     adaptive_depths,
     adaptive_frontier,
+    benchmarks,
     depth_shift,
     exact_match,
     frontier,
@@ -31,6 +32,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     sft_loss.FIGURE,
     depth_shift.FIGURE,
     schedules.FIGURE,
+    benchmarks.FIGURE,
     adaptive_frontier.FIGURE,
     adaptive_depths.FIGURE,
 )
