@@ -335,6 +335,7 @@ class HaltingTrace(DepthPolicy):
     as one depth: its runner's ``trace`` yields the steps."""
 
     signals: ClassVar[tuple[str, ...]]  # the rules whose signal every step records
+    first_signal: ClassVar[int] = 0  # the first step with a signal (a ladder's first rung has none)
 
     @property
     def halting(self) -> Any | None:
@@ -349,6 +350,7 @@ class LadderTrace(HaltingTrace):
     ladder: tuple[int, ...]
     backbone: ClassVar[str] = LOOPFORMER
     signals: ClassVar[tuple[str, ...]] = ("kl",)
+    first_signal: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ladder", tuple(self.ladder))

@@ -120,16 +120,16 @@ class TraceStore:
         self.example_ids = example_ids
 
     def read(self, path: Path, cell: Cell) -> list[dict] | None:
-        return read_trace_cell(path, self.example_ids, cell.policy.id)
+        return read_trace_cell(path, self.example_ids, trace_of(cell.policy))
 
     def write(self, path: Path, cell: Cell, rows: list[dict]) -> None:
         atomic_write_csv(path, rows, TRACE_COLUMNS)
 
 
-def read_trace_cell(path: Path, example_ids: list[int], policy: str) -> list[dict] | None:
+def read_trace_cell(path: Path, example_ids: list[int], policy: HaltingTrace) -> list[dict] | None:
     """A finished trace cell's rows (typed; a missing signal is None), or None when missing,
-    unreadable, for another trace or for other examples, or not every example has the same
-    steps 0..S-1 in order."""
+    unreadable, for another trace or for other examples, when not every example has the
+    same steps 0..S-1 in order, or a signal the trace records is missing at a step."""
     if not path.is_file():
         return None
     try:
@@ -144,7 +144,9 @@ def read_trace_cell(path: Path, example_ids: list[int], policy: str) -> list[dic
         ]
     except (KeyError, ValueError, TypeError):
         return None  # unreadable: recompute
-    if not rows or any(r["policy"] != policy for r in rows):
+    if not rows or any(r["policy"] != policy.id for r in rows):
+        return None
+    if any(r[rule] is None for r in rows if r["step"] >= policy.first_signal for rule in policy.signals):
         return None
     steps = 1 + max(r["step"] for r in rows)
     expected = [(i, step) for i in example_ids for step in range(steps)]

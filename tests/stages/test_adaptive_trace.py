@@ -13,6 +13,7 @@ from study.looping.halting import Trace, halting_outcome, stop_steps
 from study.looping.policies import HaltingWindow, LadderTrace, RungLadder, WindowTrace
 from study.looping.spec import LoopSpec
 from study.models.backbones import bind
+from study.pipeline import StudyError
 from study.scoring import score_continuations, score_trace
 from study.stages import adaptive, nll
 from study.tasks.gsm8k import EncodedExample, encode_example
@@ -164,10 +165,33 @@ def test_a_trace_cell_for_other_examples_is_recomputed(tmp_path):
         nll.run(ctx)
         adaptive.run(ctx)
     cell = ctx.cells_dir("adaptive") / "base-test-ladder-1-2-trace.csv"
-    rows = adaptive.read_trace_cell(cell, ids, "ladder-1-2-trace")
+    trace = LadderTrace((1, 2))
+    rows = adaptive.read_trace_cell(cell, ids, trace)
     assert rows is not None and len(rows) == 2 * len(ids)
-    assert adaptive.read_trace_cell(cell, ids[1:], "ladder-1-2-trace") is None
-    assert adaptive.read_trace_cell(cell, ids, "ladder-1-2-4-trace") is None
+    assert adaptive.read_trace_cell(cell, ids[1:], trace) is None
+    assert adaptive.read_trace_cell(cell, ids, LadderTrace((1, 2, 4))) is None
     lines = cell.read_text().splitlines()
     cell.write_text("\n".join(lines[:-1]) + "\n")  # an example lost its last step
-    assert adaptive.read_trace_cell(cell, ids, "ladder-1-2-trace") is None
+    assert adaptive.read_trace_cell(cell, ids, trace) is None
+    cell.write_text("\n".join([*lines[:-1], lines[-1].rpartition(",")[0] + ","]) + "\n")  # its last KL blanked
+    assert adaptive.read_trace_cell(cell, ids, trace) is None
+    cell.write_text("\n".join(lines) + "\n")
+    assert adaptive.read_trace_cell(cell, ids, trace) == rows
+
+
+def test_a_non_finite_signal_is_refused_before_the_cell_is_written(tmp_path, monkeypatch):
+    ctx = make_context(tmp_path, nll_loops=(1, 2), sft_loops=(2,))
+    ctx.config = ctx.config.model_copy(update={"adaptive": AdaptiveConfig(ladder=[1, 2], taus=[0.0])})
+    with one_thread():
+        nll.run(ctx)
+    real = adaptive.score_trace
+
+    def poisoned(*args, **kwargs):
+        traced = real(*args, **kwargs)
+        traced[0][1].signals["kl"] = float("nan")
+        return traced
+
+    monkeypatch.setattr(adaptive, "score_trace", poisoned)
+    with one_thread(), pytest.raises(StudyError, match="non-finite NLL or halting signal"):
+        adaptive.run(ctx)
+    assert not list(ctx.cells_dir("adaptive").glob("*-trace.csv"))
