@@ -15,6 +15,8 @@ whole solution (tokens from ``answer_start``) and the final answer alone (from `
 - ``score_continuations_group``: several policies of one model that share their first
   layers (every K of a looped decoder's window), those layers computed once per batch;
   ``score_policies``: a whole sweep of one model, grouped or not (same scores).
+- ``score_trace``: every step a family of halting policies may stop at (its trace runner),
+  scored as ``score_continuations`` scores each of those policies, with the signals.
 - ``right_pad``, ``length_batches`` and ``gold_token_nll``: its pieces, for a forward
   that is not a runner's (the training-free looping table of ``study.pilot``).
 
@@ -234,3 +236,44 @@ def _store_batch(
             final_nll_sum=float(nll[final_from:].sum()),
             executed_loops=float(executed[r]),
         )
+
+
+@dataclass(frozen=True)
+class TracedScore:
+    """One example scored at one step of a halting trace (``study.looping.policies.HaltingTrace``)."""
+
+    step: int  # 0-based index of the step
+    depth: int  # the step's depth (rung M, window step k)
+    score: ContinuationScore  # its executed_loops: the loops paid to stop here
+    signals: dict[str, float | None]  # rule -> its signal at this step (None: none here)
+
+
+@torch.inference_mode()
+def score_trace(
+    runner: Any, examples: Sequence[EncodedExample], batch_size: int, progress: Callable[..., Any] | None = None
+) -> list[list[TracedScore]]:
+    """Each example's scores at every step of a halting trace, in input order: the same
+    batches, forwards and head calls as ``score_continuations`` of each halting policy
+    the trace serves, so a policy's scores read off it are that policy's, bit for bit.
+    ``runner`` is a trace runner (``trace(input_ids, prompt_lengths)`` yields its steps)."""
+    device = runner.device
+    examples = [fit_to_window(e, runner.context_limit) for e in examples]
+    traced: list[list[TracedScore]] = [[] for _ in examples]
+    bar = progress(total=len(examples), desc="examples", inner=True) if progress is not None else None
+    for batch in length_batches([len(e.input_ids) for e in examples], batch_size):
+        rows = [examples[i] for i in batch]
+        input_ids, _ = right_pad(rows)
+        prompt_lengths = torch.tensor([e.answer_start for e in rows])
+        for step, found in enumerate(runner.trace(input_ids.to(device), prompt_lengths)):
+            token_nll = gold_token_nll(found.hidden, runner.head, rows)
+            scores: list[ContinuationScore | None] = [None] * len(rows)
+            _store_batch(scores, range(len(rows)), rows, token_nll, found.executed)
+            for r, (index, score) in enumerate(zip(batch, scores, strict=True)):
+                assert score is not None
+                signals = {rule: None if value is None else float(value[r]) for rule, value in found.signals.items()}
+                traced[index].append(TracedScore(step, found.depth, score, signals))
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    return traced

@@ -17,6 +17,10 @@ the backbone then reports the loops each example actually executed, and the swee
 record them per example (``executed_loops``); a fixed-depth policy executes
 ``inference_loops`` for every example.
 
+The halting policies (``RungLadder``, ``HaltingWindow``) of one family share a *trace*
+(``LadderTrace``, ``WindowTrace``): every step they may stop at with its halting
+signals, computed once, from which each (rule, tau) is a lookup (``study.looping.halting``).
+
 A *loop family* turns the loop counts of a config's grids (``nll.inference_loops``,
 ``sft.train_loops`` ...) into policies of one backbone: ``LoopFormerFamily`` gives
 ``UniformLoops``; ``WindowFamily`` (window, strategy, ...) gives ``LoopedWindow``.
@@ -267,6 +271,12 @@ class HaltingWindow(DepthPolicy):
     def halting(self) -> Any | None:
         return (self.rule, self.tau)
 
+    @property
+    def trace(self) -> WindowTrace:
+        """Every step this policy may stop at, with every rule's signal: one computation
+        for every (rule, tau) of the same spec (``study.looping.halting``)."""
+        return WindowTrace(self.spec)
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "loop_spec": self.spec.to_settings(), "rule": self.rule, "tau": self.tau}
 
@@ -305,8 +315,83 @@ class RungLadder(DepthPolicy):
     def halting(self) -> Any | None:
         return ("kl", self.tau)
 
+    @property
+    def trace(self) -> LadderTrace:
+        """Every rung with its KL to the rung below: one computation for every tau."""
+        return LadderTrace(self.ladder)
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "ladder": list(self.ladder), "rule": "kl", "tau": self.tau}
+
+
+# ---- traces: every step a halting policy may stop at, computed once -------------------------
+
+
+class HaltingTrace(DepthPolicy):
+    """What every halting policy of one family shares, computed once per example: each
+    step it may stop at (a rung of a ladder, a step of a K_max-step window), the loops
+    stopping there costs, the answer's NLL there, and each rule's signal at that step.
+    A policy's result is then a lookup (``study.looping.halting``). A trace is not run
+    as one depth: its runner's ``trace`` yields the steps."""
+
+    signals: ClassVar[tuple[str, ...]]  # the rules whose signal every step records
+    first_signal: ClassVar[int] = 0  # the first step with a signal (a ladder's first rung has none)
+
+    @property
+    def halting(self) -> Any | None:
+        return None  # it never stops: the policies it serves do
+
+
+@dataclass(frozen=True)
+class LadderTrace(HaltingTrace):
+    """Every rung of a LoopFormer ladder (``RungLadder``) on every example, each with the
+    KL of its first-answer-token distribution to the rung below (none at the first rung)."""
+
+    ladder: tuple[int, ...]
+    backbone: ClassVar[str] = LOOPFORMER
+    signals: ClassVar[tuple[str, ...]] = ("kl",)
+    first_signal: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ladder", tuple(self.ladder))
+        RungLadder(self.ladder, 0.0)  # the same checks as the ladders it serves
+
+    @property
+    def id(self) -> str:
+        return "ladder-" + "-".join(str(m) for m in self.ladder) + "-trace"
+
+    @property
+    def inference_loops(self) -> int:
+        return sum(self.ladder)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "ladder": list(self.ladder), "signals": list(self.signals)}
+
+
+@dataclass(frozen=True)
+class WindowTrace(HaltingTrace):
+    """Every step of a looped window's K_max-step trajectory (``HaltingWindow``'s spec),
+    each with both rules' signals. A row that halts at step k keeps the state of step k
+    of *this* trajectory (steps of 1/K_max), so a trace serves the rules and taus of one
+    spec only."""
+
+    spec: LoopSpec
+    backbone: ClassVar[str] = LOOPED_DECODER
+    signals: ClassVar[tuple[str, ...]] = HALTING_RULES
+
+    def __post_init__(self) -> None:
+        HaltingWindow(self.spec, HALTING_RULES[0], 0.0)  # the same checks as the windows it serves
+
+    @property
+    def id(self) -> str:
+        return f"{self.spec.id}-trace"
+
+    @property
+    def inference_loops(self) -> int:
+        return self.spec.loops
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "loop_spec": self.spec.to_settings(), "signals": list(self.signals)}
 
 
 # ---- policy ids -> policies ----------------------------------------------------------------
@@ -326,6 +411,7 @@ _SPEC_PARTS = re.compile(
 )
 _HALTING_TAIL = re.compile(rf"-(?P<rule>{'|'.join(HALTING_RULES)})(?P<tau>{_NUMBER})$")
 _LADDER = re.compile(rf"ladder-(?P<rungs>\d+(?:-\d+)+)-kl(?P<tau>{_NUMBER})")
+_LADDER_TRACE = re.compile(r"ladder-(?P<rungs>\d+(?:-\d+)+)-trace")
 
 
 def _parse_spec(text: str) -> LoopSpec:
@@ -372,7 +458,8 @@ def _parse_spec(text: str) -> LoopSpec:
 def parse_policy(text: str) -> DepthPolicy:
     """The inverse of ``DepthPolicy.id`` for every policy: ``M8``, ``sched-0.5-0.5``,
     ``ladder-2-4-8-kl0.01``, ``euler-w12-15-K3`` (with any of ``LoopSpec.id``'s suffixes,
-    e.g. ``-decode-full``) and halting windows ``euler-w12-15-K8-residual0.05``.
+    e.g. ``-decode-full``), halting windows ``euler-w12-15-K8-residual0.05`` and the
+    traces ``ladder-2-4-8-trace`` and ``euler-w12-15-K8-trace``.
 
     Settings an id leaves out take their defaults. The id must be spelt as the policy
     spells it (the results files' spelling), so that one computation has one name: a
@@ -382,8 +469,13 @@ def parse_policy(text: str) -> DepthPolicy:
         if (text.startswith("M") and text[1:].isdigit()) or text.startswith("sched-"):
             return parse_loopformer_policy(text)
         ladder = _LADDER.fullmatch(text)
+        ladder_trace = _LADDER_TRACE.fullmatch(text)
         if ladder is not None:
             policy: DepthPolicy = RungLadder(tuple(int(m) for m in ladder["rungs"].split("-")), float(ladder["tau"]))
+        elif ladder_trace is not None:
+            policy = LadderTrace(tuple(int(m) for m in ladder_trace["rungs"].split("-")))
+        elif text.endswith("-trace"):
+            policy = WindowTrace(_parse_spec(text.removesuffix("-trace")))
         else:
             tail = _HALTING_TAIL.search(text)
             if tail is not None:

@@ -8,11 +8,18 @@ or the padding of the batch. The runners live with their backbones
 (``study.models.entries``): ``HaltingWindowRunner`` (looped decoder) halts its window
 by a ``PromptHalting`` rule, ``LadderRunner`` (LoopFormer) climbs rungs of M while the
 ``kl_rows`` of successive rungs is at least tau.
+
+The adaptive stage computes the steps a family of halting policies may stop at once
+(``study.looping.policies.HaltingTrace``): the trace runners yield one ``TraceStep``
+per step, with every rule's signal (``SignalRecorder`` collects a window's), and
+every (rule, tau) is then a lookup (``study.looping.halting``) that equals the runner
+of that policy bit for bit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +33,14 @@ def kl_rows(logits_new: Tensor, logits_old: Tensor) -> Tensor:
     never stops a row, even where rounding would make the KL a hair negative)."""
     new, old = F.log_softmax(logits_new.float(), dim=-1), F.log_softmax(logits_old.float(), dim=-1)
     return (new.exp() * (new - old)).sum(-1).clamp_min(0.0)
+
+
+def readout_rows(head: Callable[[Tensor], Tensor], states: Tensor) -> Tensor:
+    """``head`` of states [B, H] -> [B, V], one row at a time. On CPU a matrix product's
+    last bits depend on how many rows it holds (1 to 3 rows take other kernels than 4 or
+    more), so a batched readout would let a row's signal, and the depth it chooses, hang
+    on which of its batch mates are still running."""
+    return torch.cat([head(states[r : r + 1].clone()) for r in range(states.shape[0])])
 
 
 def prompt_mask(prompt_lengths: Tensor, length: int) -> Tensor:
@@ -63,3 +78,36 @@ class PromptHalting(Halting):
         rows = torch.arange(x.shape[0], device=x.device)
         at = self.decide_at.to(x.device)
         return kl_rows(self.readout(x_new[rows, at]), self.readout(x[rows, at]))
+
+
+@dataclass
+class TraceStep:
+    """One step a halting policy may stop at, for a batch (``HaltingTrace``)."""
+
+    depth: int  # the step's depth: the rung M of a ladder, the step k of a window's K_max steps
+    hidden: Tensor  # [B, T, H] final hidden states of a row that stops here
+    executed: Tensor  # [B] loops a row stopping here has paid (a ladder: every rung so far)
+    signals: dict[str, Tensor | None]  # rule -> [B] its signal here (None: no signal, e.g. a first rung)
+
+
+class SignalRecorder(Halting):
+    """Row-scope halting that never stops: after each step of a window's loop it keeps
+    the new state and every rule's signal (each a ``PromptHalting``, as a policy of that
+    rule would measure it). Its rows mask (``token_mask``) is the rules' decision mask,
+    so a strategy that groups by it (anderson) runs as under the policies it serves."""
+
+    def __init__(self, rules: dict[str, PromptHalting], decide_mask: Tensor | None) -> None:
+        super().__init__(None, "row", decide_mask)
+        self.rules = rules
+        self.states: list[Tensor] = []  # [B, T, H] after each step
+        self.signals: dict[str, list[Tensor]] = {rule: [] for rule in rules}
+        self.costs: list[Tensor] = []  # [B] loops run after each step
+
+    def check(self, x: Tensor, x_new: Tensor) -> Tensor:
+        out = super().check(x, x_new)  # no tau: x_new, with the loops counted
+        assert self.executed is not None
+        for rule, halting in self.rules.items():
+            self.signals[rule].append(halting.relative_residual(x, x_new))
+        self.states.append(out)
+        self.costs.append(self.executed.clone())
+        return out

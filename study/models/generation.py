@@ -20,7 +20,7 @@ or ``num_loops`` exactly as in ``LoopFormerForCausalLM.forward``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -41,6 +41,10 @@ class GenerationResult:
     token_ids: list[int]
     prompt_tokens: int
     finish_reason: str
+    # loops the model reported for each generated token it was fed back (cached decoding of a
+    # model that reports them, e.g. the looped decoder: per-token halting stops some early);
+    # the last token is never fed back. Not part of equality: the tokens are the result.
+    token_loops: list[float] | None = field(default=None, compare=False)
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -189,8 +193,16 @@ def _generate(
         steps = len(resolve_schedule(schedule, num_loops, model.config.train_loops))
         cache = preallocated_cache(model, steps, input_ids.shape[1] + budget - 1)
 
-    def next_logits(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    loops: list[list[float]] | None = None  # per prompt, the loops of each generated token fed back
+
+    def next_logits(ids: torch.Tensor, mask: torch.Tensor, fed: list[int] | None = None) -> torch.Tensor:
+        nonlocal loops
         out = model(ids, attention_mask=mask, cache=cache, use_cache=use_cache, logits_to_keep=1, **loop_kwargs)
+        executed = getattr(out, "executed_loops", None)  # [rows]: the looped decoder reports them
+        if fed is not None and use_cache and executed is not None:
+            loops = loops if loops is not None else [[] for _ in prompts]
+            for index, count in zip(fed, executed.tolist(), strict=True):
+                loops[index].append(float(count))
         return out.logits[:, -1]
 
     outputs: list[list[int]] = [[] for _ in prompts]
@@ -229,7 +241,7 @@ def _generate(
             break  # the last token needs no forward pass after it
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=1)
         if use_cache:
-            logits = next_logits(tokens[:, None], attention_mask)
+            logits = next_logits(tokens[:, None], attention_mask, fed=active)
         else:
             input_ids = torch.cat([input_ids, tokens[:, None]], dim=1)
             logits = next_logits(input_ids, attention_mask)
@@ -237,10 +249,11 @@ def _generate(
     if not early_stop:
         generated = torch.stack(chosen, dim=1).tolist()
         return [
-            GenerationResult(tokenizer.decode(ids), ids, len(encoded[i]), "length") for i, ids in enumerate(generated)
+            GenerationResult(tokenizer.decode(ids), ids, len(encoded[i]), "length", None if loops is None else loops[i])
+            for i, ids in enumerate(generated)
         ]
     results = []
     for i, ids in enumerate(outputs):
         text, _ = cut_at_stop(tokenizer.decode(ids), stop_strings)
-        results.append(GenerationResult(text, ids, len(encoded[i]), reasons[i]))
+        results.append(GenerationResult(text, ids, len(encoded[i]), reasons[i], None if loops is None else loops[i]))
     return results

@@ -23,12 +23,24 @@ strategy or cache strategy: ``prefix(input_ids)`` runs them once and
 ``forward_from_prefix(prefix)`` runs the rest, so a sweep over K shares them
 (``study.scoring.score_continuations_group``); the two together are ``base_forward``
 op for op, hence bit for bit.
+
+Per-token halting in decoding (per_loop with a halting policy's rule, ``HaltingWindow``):
+the prefill reads the prompt at full depth (every slot holds every prompt token), then
+each decode call's token stops its own loop once the rule's signal on that token falls
+below tau (its state stays the one of that step while batch mates run on). A token that
+stopped after p of the K passes has no pass of its own in slots p..K-1: those slots get
+its last computed pass's keys and values (slot p - 1), so a later token's pass j >= p
+attends to the exited token's last computed pass (the rule recurrent-depth models use
+for exited tokens). With tau = 0 no token stops early and decoding is fixed-depth
+decoding exactly. The loops each call ran per row come back with its output
+(``executed_loops``) and per generated token in ``GenerationResult.token_loops``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +52,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from study.looping.spec import LoopSpec
 from study.looping.strategies import STRATEGIES, Halting, Pass
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
+
+if TYPE_CHECKING:
+    from study.models.adaptive import SignalRecorder
 
 
 @dataclass
@@ -185,6 +200,26 @@ class LoopedDecoder(nn.Module):
         calls = replace(prefix.calls, window=self.window, stashed=[], passes={})
         return self._window_and_after(prefix.hidden, calls, None, None)
 
+    def trajectory(self, input_ids: Tensor, recorder: SignalRecorder) -> Iterator[Tensor]:
+        """Teacher-forced (no cache, no mask: right padding), the final-norm hidden states
+        [B, T, H] a row gets by stopping after each step of the window's loop: the window
+        is iterated once, ``recorder`` keeping every step's state, and the layers after
+        the window run on each. A row a halting rule freezes at step k keeps step k's
+        state while its batch mates go on, so these are its states under every rule."""
+        inner = self.model.model
+        calls, embeds = self._layer_calls(input_ids, None, None)
+        x = self._layers_before_window(calls, embeds)
+        make_halting = self.make_halting
+        self.make_halting = lambda token_mask: recorder
+        try:
+            self._loop(x, calls, None)
+        finally:
+            self.make_halting = make_halting
+        for state in recorder.states:
+            for i in range(self.window.stop, self.config.num_hidden_layers):
+                state = calls.layer(i, state)
+            yield inner.norm(state)
+
     def _layer_calls(
         self, input_ids: Tensor, attention_mask: Tensor | None, cache: DynamicCache | None
     ) -> tuple[_LayerCalls, Tensor]:
@@ -264,14 +299,19 @@ class LoopedDecoder(nn.Module):
         spec, strategy, hp = self.spec, self.strategy, self.spec.hyperparameters
         every_loop = torch.full((x0.shape[0],), float(spec.loops), device=x0.device)
 
-        def run(g: Pass, x: Tensor, **extra: Pass) -> tuple[Tensor, Tensor]:
+        def run(g: Pass, x: Tensor, layers: range, **extra: Pass) -> tuple[Tensor, Tensor]:
             if not strategy.halts:
                 return strategy.rule(g, x, spec.loops, **hp, **extra), every_loop
             halt = self.make_halting(token_mask)
-            if calls.per_loop and halt.tau is not None:  # e.g. a halting policy (study.models.adaptive)
-                raise ValueError("cache_strategy per_loop cannot decode with a halting rule (it reads a whole row)")
+            per_token = calls.per_loop and halt.tau is not None  # a halting policy decoding (study.models.adaptive)
+            if per_token and calls.past == 0:  # the prompt is read at full depth: every slot holds it
+                halt, per_token = Halting(None, "row", token_mask), False
+            elif per_token and calls.length != 1:
+                raise ValueError(f"per-token halting under per_loop decodes one token per call, got {calls.length}")
             y = strategy.rule(g, x, spec.loops, **hp, halt=halt)
             assert halt.executed is not None  # the rule's loops have counted themselves
+            if per_token:
+                calls.fill_exited(layers, halt.executed, spec.loops)
             return y, halt.executed.float()
 
         if strategy.over_layers:
@@ -284,12 +324,12 @@ class LoopedDecoder(nn.Module):
                     x = p(x)
                 return x
 
-            x, executed = run(g, x0)
+            x, executed = run(g, x0, self.window)
         else:  # layer mode: each window layer loops on its own, then hands over to the next
             x, counts = x0, []
             for i in self.window:
                 extra = {"natural": calls.natural(i)} if strategy.writes_cache else {}
-                x, count = run(calls.body(i), x, **extra)
+                x, count = run(calls.body(i), x, range(i, i + 1), **extra)
                 counts.append(count)
             calls.restore_natural_kv()
             executed = torch.stack(counts).mean(0)
@@ -375,7 +415,7 @@ class _LayerCalls:
         self.passes[i] = j + 1
         if j == 0:  # the layer's own cache layer
             return self.layer(i, x, in_window=True, write_kv=True)
-        slot = len(self.layers) + (j - 1) * len(self.window) + (i - self.window.start)
+        slot = self.slot(i, j)
         assert self.cache is not None  # per_loop slots exist only with a cache
         layers = self.cache.layers
         while len(layers) <= slot:  # first use of this pass (a lazily grown cache may lack layers > b too)
@@ -386,6 +426,47 @@ class _LayerCalls:
             return self.layer(i, x, in_window=True, write_kv=True)
         finally:
             layers[i], layers[slot] = layers[slot], layers[i]
+
+    def slot(self, i: int, j: int) -> int:
+        """The cache layer of pass j of window layer i (per_loop; see the module docstring)."""
+        return i if j == 0 else len(self.layers) + (j - 1) * len(self.window) + (i - self.window.start)
+
+    def fill_exited(self, layers: range, passes: Tensor, slots: int) -> None:
+        """Per-token halting under per_loop, after a decode call of one token per row: a
+        token that stopped after p of the ``slots`` passes has no keys and values of its
+        own in slots p.. (or, where batch mates ran on, those of passes over its frozen
+        state). Each is set to its last computed pass's (slot p - 1), so a later token's
+        pass j >= p attends to that token's last computed pass. ``passes`` [B]: per row."""
+        assert self.cache is not None
+        for i in layers:
+            ran = self.passes.get(i, 0)  # slots this call wrote, for every row
+            last = [self._cache_layer(self.slot(i, j)) for j in range(ran)]
+            for j in range(1, slots):
+                exited = passes <= j  # [B] rows whose pass j was not theirs
+                if j < ran and not bool(exited.any()):
+                    continue
+                target = self._cache_layer(self.slot(i, j)) if j < ran else None
+                keys, values = self._last_pass_kv(last, passes, j, target)
+                if target is None:  # the loop stopped before pass j: its slot (the prefill's) grows by this token
+                    self._cache_layer(self.slot(i, j)).update(keys, values)
+                else:
+                    assert target.keys is not None and target.values is not None
+                    target.keys[..., -self.length :, :] = keys
+                    target.values[..., -self.length :, :] = values
+
+    def _last_pass_kv(
+        self, written: list[DynamicLayer], passes: Tensor, j: int, target: DynamicLayer | None
+    ) -> tuple[Tensor, Tensor]:
+        """Slot j's entries of this call's tokens [B, kv_heads, T, head_dim] (keys, values):
+        each row's own pass j where it ran it, else its last computed pass."""
+        source = (passes.clamp(max=j + 1) - 1).tolist()  # the pass whose KV each row keeps in slot j
+        keys, values = [], []
+        for r, k in enumerate(source):
+            layer = target if target is not None and k == j else written[k]
+            assert layer.keys is not None and layer.values is not None
+            keys.append(layer.keys[r : r + 1, :, -self.length :, :])
+            values.append(layer.values[r : r + 1, :, -self.length :, :])
+        return torch.cat(keys), torch.cat(values)
 
     def _cache_layer(self, i: int) -> DynamicLayer:
         """Layer i of the cache, which the window's KV rules only touch when there is one."""

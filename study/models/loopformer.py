@@ -335,10 +335,40 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
         steps = resolve_schedule(schedule, num_loops, self.config.train_loops)
         modulations, t = [], 0.0
         for dt in steps:
-            conditioning = self.time_embedder(t) + self.dt_embedder(dt)
-            modulations.append([b.adaLN_modulation(conditioning)[:, None, :] for b in self.transformer.h.blocks])
+            modulations.append(self.step_modulations(t, dt))
             t += dt
         return modulations
+
+    def step_modulations(self, t: float, dt: float) -> list[torch.Tensor]:
+        """Every block's adaLN output for the step at time ``t`` of size ``dt``: (1, 1, 4*n_embd) each."""
+        conditioning = self.time_embedder(t) + self.dt_embedder(dt)
+        return [b.adaLN_modulation(conditioning)[:, None, :] for b in self.transformer.h.blocks]
+
+    def run_step(
+        self, x: torch.Tensor, modulations: Sequence[torch.Tensor], attn_mask: torch.Tensor | None,
+        cache: Cache | None, step: int,
+    ) -> torch.Tensor:  # fmt: skip
+        """One step of the schedule: every block on x (B, T, d) with that step's modulations."""
+        blocks = self.transformer.h.blocks
+        for i, (block, modulation) in enumerate(zip(blocks, modulations, strict=True)):
+            x = block(x, modulation, attn_mask, cache, step * len(blocks) + i)
+        return x
+
+    def teacher_forced_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What ``forward`` feeds its first step for ``input_ids`` (B, T) with no cache and no
+        attention mask (a right-padded scoring batch): the input states (B, T, d) and the
+        causal mask (None when the attention kernel's causal flag says it all)."""
+        self._check_length(input_ids.shape[1], 0)
+        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(position_ids))
+        mask = create_causal_mask(
+            config=self.config, inputs_embeds=x, attention_mask=None, position_ids=position_ids, **cache_kwargs(None)
+        )
+        return x, mask
+
+    def _check_length(self, length: int, past_length: int) -> None:
+        if past_length + length > self.config.block_size:
+            raise ValueError(f"sequence length {past_length + length} exceeds block_size {self.config.block_size}")
 
     def cached_modulations(self, cache: Cache, steps: list[float]) -> list[list[torch.Tensor]]:
         """Modulations for ``steps``, and a guard on the cache: its keys were computed at one
@@ -398,8 +428,7 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
                 cache.layers.append(DynamicLayer())
         else:
             modulations = self.loop_modulations(steps)
-        if past_length + length > self.config.block_size:
-            raise ValueError(f"sequence length {past_length + length} exceeds block_size {self.config.block_size}")
+        self._check_length(length, past_length)
 
         if position_ids is None:
             if attention_mask is not None:
@@ -419,8 +448,7 @@ class LoopFormerModel(LoopFormerPreTrainedModel):
 
         hidden_states: list[torch.Tensor] = [x] if output_hidden_states else []
         for step, step_modulations in enumerate(modulations):
-            for i, (block, modulation) in enumerate(zip(blocks, step_modulations, strict=True)):
-                x = block(x, modulation, attn_mask, cache, step * len(blocks) + i)
+            x = self.run_step(x, step_modulations, attn_mask, cache, step)
             if output_hidden_states:
                 hidden_states.append(x)
         x = self.transformer.norm_f(x)

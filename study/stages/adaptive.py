@@ -3,10 +3,16 @@ depth and the per-example oracle, on the fixed-depth sweep's examples.
 
 Inputs: ``results/nll.csv`` (the NLL stage: every example's summed NLL at every fixed
 depth of ``nll.inference_loops``, every split) and the ``adaptive`` config section.
-Each halting policy (``adaptive.taus`` x the ladder for LoopFormer, x ``adaptive.rules``
-for a looped decoder) is one NLL cell per model on the test slice, scored by the NLL
-stage's scorer through the one sweep-cell loop (``results/cells/adaptive/``: resumes,
-is fingerprinted by its examples and policy id). Outputs:
+The halting policies (``adaptive.taus`` x the ladder for LoopFormer, x ``adaptive.rules``
+for a looped decoder) of one family share a *trace* (``study.looping.policies.HaltingTrace``):
+every step they may stop at (each rung of the ladder; each step of the window's
+K_max-step trajectory) with its NLL, its cost and every rule's halting signal. The
+trace is one cell per model on the test slice (``results/cells/adaptive/``, e.g.
+``base-test-ladder-2-4-8-16-trace.csv``: one row per example and step), computed by the
+NLL stage's batching through the one sweep-cell loop (resumes, fingerprinted by its
+examples and trace id; neutral to ``taus`` and ``rules``). Each (rule, tau) is then a
+lookup (``study.looping.halting``) equal, bit for bit, to running that policy's own
+runner (``tests/stages/test_adaptive_trace.py``). Outputs:
 
 - ``adaptive.csv``: per (model, split) every fixed depth (kind ``fixed``), ``best_fixed``,
   ``oracle`` (each example at its own best depth) and, on the test split, every halting
@@ -26,18 +32,22 @@ from __future__ import annotations
 
 import math
 from itertools import accumulate
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
 from study.io import atomic_write_csv, read_csv
+from study.looping.halting import Outcome, Trace, halting_outcome
 from study.looping.oracle import best_per_example, oracle_at_budget, oracle_frontier
-from study.looping.policies import DepthPolicy, RungLadder
+from study.looping.policies import HALTING_RULES, DepthPolicy, HaltingTrace, RungLadder
 from study.pipeline import RunContext, StudyError
-from study.stages.nll import SPLITS, NLLStore, score_cell, split_of
+from study.scoring import score_trace
+from study.stages.nll import SPLITS
 from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep
 from study.stats import ci_cells, paired_gap_ci, ratio_ci
+from study.tasks.gsm8k import encode_example
 
 ADAPTIVE_COLUMNS = (
     "model", "split", "policy", "kind", "detail", "tau", "mean_loops", "nll_per_token", "ci_low", "ci_high",
@@ -47,6 +57,12 @@ ADAPTIVE_COLUMNS = (
 FRONTIER_COLUMNS = ("model", "split", "mean_loops", "nll_per_token")
 DEPTH_COLUMNS = ("model", "split", "policy", "example_id", "chosen_depth", "executed_loops")
 HALTING_SPLIT = "test"
+# a trace cell: one row per (example, step); a rule's column is empty where the trace has no
+# signal (a ladder's first rung) or does not record that rule
+TRACE_COLUMNS = (
+    "model", "split", "policy", "example_id", "step", "depth", "executed_loops", "answer_tokens", "nll_sum",
+    "final_tokens", "final_nll_sum", *HALTING_RULES,
+)  # fmt: skip
 
 
 def halting_policies(ctx: RunContext) -> list[DepthPolicy]:
@@ -55,6 +71,14 @@ def halting_policies(ctx: RunContext) -> list[DepthPolicy]:
     if section is None:
         return []
     return ctx.backbone.halting_policies(ctx.loop_family, section)
+
+
+def trace_of(policy: DepthPolicy) -> HaltingTrace:
+    """The trace a halting policy is read off (a trace is its own)."""
+    trace = policy if isinstance(policy, HaltingTrace) else getattr(policy, "trace", None)
+    if not isinstance(trace, HaltingTrace):
+        raise StudyError(f"adaptive: policy {policy.id} is not a halting policy")
+    return trace
 
 
 def chosen_depth(policy: DepthPolicy, executed: float) -> float:
@@ -87,6 +111,86 @@ def fixed_depth_table(ctx: RunContext, name: str, split: str, example_ids: list[
     return policies, loops, nll, tokens
 
 
+class TraceStore:
+    """One CSV per trace cell (``TRACE_COLUMNS``)."""
+
+    suffix = ".csv"
+
+    def __init__(self, example_ids: list[int]) -> None:
+        self.example_ids = example_ids
+
+    def read(self, path: Path, cell: Cell) -> list[dict] | None:
+        return read_trace_cell(path, self.example_ids, trace_of(cell.policy))
+
+    def write(self, path: Path, cell: Cell, rows: list[dict]) -> None:
+        atomic_write_csv(path, rows, TRACE_COLUMNS)
+
+
+def read_trace_cell(path: Path, example_ids: list[int], policy: HaltingTrace) -> list[dict] | None:
+    """A finished trace cell's rows (typed; a missing signal is None), or None when missing,
+    unreadable, for another trace or for other examples, when not every example has the
+    same steps 0..S-1 in order, or a signal the trace records is missing at a step."""
+    if not path.is_file():
+        return None
+    try:
+        rows: list[dict[str, Any]] = [
+            {
+                **{key: r[key] for key in ("model", "split", "policy")},
+                **{key: int(r[key]) for key in ("example_id", "step", "depth", "answer_tokens", "final_tokens")},
+                **{key: float(r[key]) for key in ("executed_loops", "nll_sum", "final_nll_sum")},
+                **{rule: None if r[rule] == "" else float(r[rule]) for rule in HALTING_RULES},
+            }
+            for r in read_csv(path)
+        ]
+    except (KeyError, ValueError, TypeError):
+        return None  # unreadable: recompute
+    if not rows or any(r["policy"] != policy.id for r in rows):
+        return None
+    if any(r[rule] is None for r in rows if r["step"] >= policy.first_signal for rule in policy.signals):
+        return None
+    steps = 1 + max(r["step"] for r in rows)
+    expected = [(i, step) for i in example_ids for step in range(steps)]
+    return rows if [(r["example_id"], r["step"]) for r in rows] == expected else None
+
+
+def trace_rows(cell: Cell, loaded: Loaded, examples: list, batch_size: int, progress=None) -> list[dict]:
+    """A trace cell's rows, refusing (before anything is written) a non-finite NLL or signal."""
+    split = cell.split
+    assert split is not None  # a trace cell is scored on its slice
+    encoded = loaded.cache.get(split)
+    if encoded is None:  # each slice is encoded once per model
+        encoded = loaded.cache[split] = [encode_example(loaded.tokenizer, e) for e in examples]
+    rows = []
+    for steps in score_trace(loaded.runner(cell.policy), encoded, batch_size, progress=progress):
+        for found in steps:
+            s = found.score
+            values = [s.nll_sum, s.final_nll_sum, *(v for v in found.signals.values() if v is not None)]
+            if not all(math.isfinite(v) for v in values):
+                where = f"{cell.model.name}/{cell.policy.id} example {s.example_id} step {found.step}"
+                raise StudyError(f"adaptive: {where}: non-finite NLL or halting signal; refusing to write it")
+            rows.append(
+                {
+                    "model": cell.model.name, "split": cell.split, "policy": cell.policy.id,
+                    "example_id": s.example_id, "step": found.step, "depth": found.depth,
+                    "executed_loops": s.executed_loops, "answer_tokens": s.answer_tokens, "nll_sum": s.nll_sum,
+                    "final_tokens": s.final_tokens, "final_nll_sum": s.final_nll_sum,
+                    **{rule: "" if found.signals.get(rule) is None else found.signals[rule] for rule in HALTING_RULES},
+                }
+            )  # fmt: skip
+    return rows
+
+
+def as_trace(rows: list[dict], example_ids: list[int], policy: HaltingTrace) -> Trace:
+    """A trace cell's rows as arrays (``study.looping.halting.Trace``)."""
+    steps = len(rows) // len(example_ids)
+
+    def grid(key: str) -> np.ndarray:
+        return np.array([math.nan if r[key] is None else r[key] for r in rows], dtype=float).reshape(-1, steps)
+
+    signals = {rule: grid(rule).astype(np.float32) for rule in policy.signals}
+    return Trace(example_ids, grid("executed_loops"), grid("nll_sum"), signals)
+
+
 def run(ctx: RunContext) -> None:
     config = ctx.config.nll
     examples = {split: ctx.examples(subset) for split, subset in SPLITS.items()}
@@ -96,24 +200,32 @@ def run(ctx: RunContext) -> None:
         for split in SPLITS:
             fixed_depth_table(ctx, spec.name, split, example_ids[split])
     policies = halting_policies(ctx)
-    cells = [Cell(spec, policy, HALTING_SPLIT) for spec in specs for policy in policies]
+    traces = list(dict.fromkeys(trace_of(policy) for policy in policies))
+    cells = [Cell(spec, trace, HALTING_SPLIT) for spec in specs for trace in traces]
 
     def compute(cell: Cell, loaded: Loaded, progress) -> list[dict]:
-        return score_cell(cell, loaded, examples[split_of(cell)], config.batch_size, progress)
+        return trace_rows(cell, loaded, examples[HALTING_SPLIT], config.batch_size, progress)
 
     def describe(cell: Cell, rows: list[dict]) -> str:
-        nll = sum(r["nll_sum"] for r in rows) / sum(r["answer_tokens"] for r in rows)
-        return f"{nll:.4f} nats/token at {np.mean([r['executed_loops'] for r in rows]):.2f} loops"
+        last = [r for r in rows if r["step"] == max(row["step"] for row in rows)]
+        nll = sum(r["nll_sum"] for r in last) / sum(r["answer_tokens"] for r in last)
+        return f"{len(rows) // len(last)} steps, {nll:.4f} nats/token at the last ({last[0]['executed_loops']:g} loops)"
 
-    values = Sweep(ctx, "adaptive", NLLStore(example_ids), compute, describe).run(cells)
+    values = Sweep(ctx, "adaptive", TraceStore(example_ids[HALTING_SPLIT]), compute, describe).run(cells)
     if values is None:  # another process aggregates
         return
-    halting = {(c.model.name, c.policy.id): (c.policy, rows) for c, rows in values.items()}
+    traced = {(c.model.name, c.policy.id): as_trace(rows, example_ids[HALTING_SPLIT], trace_of(c.policy))
+              for c, rows in values.items()}  # fmt: skip
     rows, frontier_rows, depth_rows = [], [], []
     for spec in specs:
         for split in SPLITS:
             ids = example_ids[split]
-            found = [halting[spec.name, p.id] for p in policies] if split == HALTING_SPLIT else []
+            found = []
+            if split == HALTING_SPLIT:
+                for policy in policies:
+                    rule, tau = cast("tuple[str, float]", policy.halting)  # a halting policy's (rule, tau)
+                    trace = traced[spec.name, trace_of(policy).id]
+                    found.append((policy, halting_outcome(trace, rule, tau)))
             summary = summarize(ctx, spec.name, split, ids, found)
             rows += summary.rows
             frontier_rows += summary.frontier
@@ -131,7 +243,7 @@ class Summary:
 
 
 def summarize(
-    ctx: RunContext, name: str, split: str, ids: list[int], halting: list[tuple[DepthPolicy, list[dict]]]
+    ctx: RunContext, name: str, split: str, ids: list[int], halting: list[tuple[DepthPolicy, Outcome]]
 ) -> Summary:
     """One (model, split)'s rows of the three results files."""
     resamples, confidence, seed = ctx.config.nll.bootstrap_resamples, ctx.config.nll.confidence, ctx.config.seed
@@ -177,11 +289,8 @@ def summarize(
         depth = int(loops[oracle.depth_index[i]])
         out.depths.append({"model": name, "split": split, "policy": "oracle", "example_id": example_id,
                            "chosen_depth": depth, "executed_loops": depth})  # fmt: skip
-    for policy, cell_rows in halting:
-        if [r["example_id"] for r in cell_rows] != ids:
-            raise StudyError(f"adaptive: cell {name}/{policy.id} is for other examples; delete it and rerun")
-        per_example = np.array([r["nll_sum"] for r in cell_rows])
-        executed = np.array([r["executed_loops"] for r in cell_rows])
+    for policy, outcome in halting:
+        per_example, executed = outcome.nll_sum, outcome.executed_loops
         if not (np.all(np.isfinite(per_example)) and np.all(np.isfinite(executed))):
             raise StudyError(f"adaptive: cell {name}/{policy.id} holds non-finite values; refusing to summarize")
         rule, tau = cast("tuple[str, float]", policy.halting)  # a halting policy's (rule, tau)
@@ -211,5 +320,5 @@ STAGE = Stage(
     splits=("train", "test"),  # nll.csv of every split; its halting cells score the test slice
     needs_sft=True,
     outputs=("results/adaptive.csv", "results/oracle_frontier.csv", "results/adaptive_depths.csv"),
-    cell_neutral=("taus",),  # each tau is its own cell (the policy id names it)
+    cell_neutral=("taus", "rules"),  # one trace cell serves every tau and rule (study.looping.halting)
 )

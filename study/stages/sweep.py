@@ -18,12 +18,13 @@ is computed once and written atomically to ``results/cells/<stage>/<name><suffix
 *Cell groups.* A stage that gives ``compute_group`` lets cells share work: the
 unfinished cells of one model whose ``group_key`` is equal (by default: the same split
 and the same ``prefix_key`` of their policies, e.g. every K of a looped decoder's
-window on the NLL test split) form one group, computed by one ``compute_group(cells,
-loaded, progress)`` call that returns one value per cell, in order. Each value is still
-written to its own cell file, so resuming works per cell: a group that was cut short
-recomputes only its unfinished cells (the finished ones are never regrouped). A group
-is never split between processes (the processes split the groups); cells without a
-key (LoopFormer, schedules) or alone in their group go through ``compute`` as before.
+window, or every LoopFormer schedule, on one NLL split) form one group, computed by
+one ``compute_group(cells, loaded, progress)`` call that returns one value per cell, in
+order. Each value is still written to its own cell file, so resuming works per cell: a
+group that was cut short recomputes only its unfinished cells (the finished ones are
+never regrouped). A group is never split between processes (the processes split the
+groups); cells without a key (LoopFormer's uniform depths) or alone in their group go
+through ``compute`` as before.
 A new stage reuses this by passing ``compute_group`` (and, for another notion of
 what cells share, ``group_key``) to ``Sweep``; its values must equal ``compute``'s
 cell by cell (the NLL stage's test checks its cell files byte for byte).

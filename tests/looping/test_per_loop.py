@@ -262,16 +262,18 @@ def test_smol_configs_generate_with_the_teacher_forced_model(version: str) -> No
         load_config(version, ["looping.strategy=anderson"])
 
 
-def test_halting_policies_score_but_do_not_generate_with_per_loop(model, ids: torch.Tensor, family: str) -> None:
-    """The adaptive stage's halting rules only teacher-force (no KV, so per_loop changes
-    nothing there); generating with one would silently score another model: refused."""
+def test_halting_policies_score_and_generate_with_per_loop(model, ids: torch.Tensor, family: str) -> None:
+    """The adaptive stage's halting rules teacher-force (no KV, so per_loop changes nothing
+    there) and decode token by token (tests/models/test_token_halting.py): the prompt is
+    read at full depth."""
     spec = per_loop_spec(WINDOWS[family], 3, "euler", "block")
     runner = bind(model, HaltingWindow(spec, "kl", 0.01))
     with torch.no_grad():
         hidden, executed = runner.hidden(ids, prompt_lengths=torch.tensor([4, 6]))
-    assert hidden.shape[:2] == ids.shape and executed.shape == (2,)
-    with pytest.raises(ValueError, match="per_loop cannot decode with a halting rule"), torch.no_grad():
-        runner.causal_lm(ids[:, :4], use_cache=True)
+        assert hidden.shape[:2] == ids.shape and executed.shape == (2,)
+        prefill = runner.causal_lm(ids[:, :4], use_cache=True)
+        fixed = bind(model, LoopedWindow(spec)).causal_lm(ids[:, :4], use_cache=True)
+    assert torch.equal(prefill.logits, fixed.logits) and prefill.executed_loops.eq(3).all()
 
 
 def test_per_loop_costs_no_kv_writing_pass() -> None:

@@ -6,10 +6,12 @@ import pytest
 
 from study.looping.policies import (
     HaltingWindow,
+    LadderTrace,
     LoopedWindow,
     RungLadder,
     StepSchedule,
     UniformLoops,
+    WindowTrace,
     parse_policy,
 )
 from study.looping.spec import LoopSpec
@@ -51,6 +53,8 @@ POLICIES = [
     HaltingWindow(LoopSpec(window=(12, 15), loops=8, strategy="euler"), "residual", 0.05),
     HaltingWindow(LoopSpec(window=(1, 2), loops=8, strategy="euler", decode_mode="full"), "kl", 1e-5),
     RungLadder((2, 4, 8), 0.01),
+    LadderTrace((2, 4, 8)),
+    WindowTrace(LoopSpec(window=(12, 15), loops=8, strategy="euler", decode_mode="full")),
 ]
 
 

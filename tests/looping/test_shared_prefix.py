@@ -93,7 +93,8 @@ def test_prefix_key_names_the_window_start_only() -> None:
     assert prefix_key(window(LoopSpec((12, 14), 8, "naive", cache_strategy="per_loop", decode_mode="full"))) == key
     assert prefix_key(HaltingWindow(LoopSpec((12, 15), 8, "euler"), "kl", 0.01)) == key
     assert prefix_key(window(LoopSpec((11, 15), 1, "euler"))) != key
-    assert prefix_key(UniformLoops(4)) is None and prefix_key(StepSchedule((0.5, 0.5))) is None  # LoopFormer
+    assert prefix_key(UniformLoops(4)) is None  # LoopFormer: a uniform depth alone; schedules share their steps
+    assert prefix_key(StepSchedule((0.5, 0.5))) == prefix_key(StepSchedule((0.25, 0.75))) not in (None, key)
 
 
 @torch.inference_mode()

@@ -1,5 +1,6 @@
 """Cell groups of the sweep: the K cells of a looped decoder on one split share the layers
-before the window, and give the same cell files, byte for byte, as separate cells."""
+before the window, LoopFormer's schedules their common steps, and both give the same
+cell files, byte for byte, as separate cells."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from study import distributed
+from study.config import SchedulesConfig
 from study.looping.policies import StepSchedule, UniformLoops
 from study.pipeline import RunContext
 from study.stages import nll as nll_stage
 from study.stages import sweep as sweep_module
 from study.stages.sweep import Cell, Sweep
 from tests.support.helpers_looped import looped_context
-from tests.support.helpers_sweep import one_thread
+from tests.support.helpers_sweep import make_context, one_thread
 
 LOOPS = (1, 2, 3)
 OUTPUTS = ("nll.csv", "nll_summary.csv", "preferred_depth.csv")
@@ -92,7 +94,7 @@ def test_groups_form_per_model_and_split_and_stay_in_one_process(tmp_path: Path,
     ctx = looped_context(tmp_path, nll_loops=LOOPS)
     base, train = ctx.model_specs()
     windows = ctx.policies(list(LOOPS))
-    loopformer = [UniformLoops(2), StepSchedule((0.5, 0.5))]  # no shared prefix: alone
+    loopformer = [UniformLoops(2), StepSchedule((0.5, 0.5))]  # a uniform depth shares nothing, one schedule is alone
     cells = [Cell(spec, p, split) for spec in (base, train) for split in ("test", "heldout") for p in windows]
     cells += [Cell(base, p, "test") for p in loopformer]
 
@@ -123,3 +125,23 @@ def test_groups_form_per_model_and_split_and_stay_in_one_process(tmp_path: Path,
     monkeypatch.setattr(nll_stage.NLLStore, "read", lambda self, path, cell: None if not shares else [])
     sweep.run(cells)
     assert shares == [units]
+
+
+def test_loopformer_schedules_form_one_group_with_the_cells_of_separate_cells(tmp_path: Path, monkeypatch) -> None:
+    def schedules_run(folder: Path) -> RunContext:
+        ctx = make_context(folder, nll_loops=(1, 2), sft_loops=(2,))
+        ctx.config = ctx.config.model_copy(update={"schedules": SchedulesConfig(loops=3, granularity=5)})
+        return ctx
+
+    separate = schedules_run(tmp_path / "separate")
+    with pytest.MonkeyPatch.context() as patch, one_thread():
+        patch.setattr(sweep_module, "prefix_key", lambda policy: None)
+        nll_stage.run(separate)
+    grouped = schedules_run(tmp_path / "grouped")
+    spy = Spy(monkeypatch)
+    with one_thread():
+        nll_stage.run(grouped)
+    schedules = [policy.id for policy in nll_stage.schedule_policies(grouped)]
+    assert len(schedules) == 7 and spy.groups == [schedules] * 2  # 6 in fifths + the uniform; one group per model
+    assert cell_bytes(grouped) == cell_bytes(separate)
+    assert grouped.results_path("schedules.csv").read_bytes() == separate.results_path("schedules.csv").read_bytes()

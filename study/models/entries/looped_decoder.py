@@ -4,35 +4,44 @@ causal LM whose layer window ``loop_decoder(model, spec)`` re-applies K times.
 ``LoopedDecoderRunner`` runs ``LoopedWindow``; the wrapper is never baked into the
 weights, so one loaded model serves every policy. ``HaltingWindowRunner`` runs
 ``HaltingWindow``: the window's strategy (euler ...) with a ``PromptHalting`` rule that
-freezes a row once its signal falls below tau. Keys and values: the window's KV is
+freezes a row once its signal falls below tau. ``WindowTraceRunner`` runs its
+``WindowTrace``: every step of the K_max-step trajectory with both rules' signals, from
+which the adaptive stage reads every (rule, tau). Keys and values: the window's KV is
 written after the loop by one more pass (``cache_strategy``), from each row's own final
 state, so a row that stopped early still leaves KV for every later token. In generation
 each call decides on its own new tokens (the prompt at prefill, the new token at each
 decode step under decode_mode full). Under ``cache_strategy="per_loop"`` a halting rule
-scores (teacher forcing keeps no KV) but cannot generate: a row's stop reads all its
-tokens, which decoding never sees at once.
+scores as above (teacher forcing keeps no KV) and generates token by token: the prompt
+at full depth, then each generated token stops its own loop by the rule, and a later
+token reads an exited token's missing passes from its last computed one
+(``study.models.looped_decoder``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from study.errors import BackboneError
-from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, LoopFamily
+from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, LoopFamily, WindowTrace
 from study.looping.spec import LoopSpec
 from study.looping.strategies import Halting
-from study.models.adaptive import PromptHalting, prompt_mask
+from study.models.adaptive import PromptHalting, SignalRecorder, TraceStep, prompt_mask
 from study.models.backbone import Backbone, PolicyRunner
 from study.models.generation import DEFAULT_STOP_STRINGS, greedy_generate
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
-from study.models.looped_decoder import LoopedDecoder, LoopedModelOutput, PrefixStates, loop_decoder
+from study.models.looped_decoder import (
+    LoopedCausalLMOutput,
+    LoopedDecoder,
+    LoopedModelOutput,
+    PrefixStates,
+    loop_decoder,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -66,14 +75,17 @@ class LoopedCausalLM(nn.Module):
         logits_to_keep: int = 0,
         past_key_values: DynamicCache | None = None,
         **_: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> LoopedCausalLMOutput:
         cache = take_cache(cache, past_key_values, "LoopedCausalLM.forward")
         out = self.looped.base_forward(input_ids, attention_mask, cache, use_cache)
         hidden = out.last_hidden_state  # [B, T, H]
         assert hidden is not None  # always set: transformers types every output field optional
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        return CausalLMOutputWithPast(logits=self.looped.model.lm_head(hidden), **cache_kwargs(output_cache(out)))
+        return LoopedCausalLMOutput(
+            logits=self.looped.model.lm_head(hidden), executed_loops=out.executed_loops,
+            **cache_kwargs(output_cache(out)),
+        )  # fmt: skip
 
 
 class LoopedDecoderRunner(PolicyRunner):
@@ -144,10 +156,7 @@ class HaltingWindowRunner(LoopedDecoderRunner):
         # (prompt mask [B, T], last prompt position [B]) while a teacher-forced batch is scored;
         # None in generation, where each call decides on its own new tokens
         self.decision: tuple[Tensor, Tensor] | None = None
-        decoder: Any = model  # Llama family: model.model.norm, model.lm_head
-
-        def readout(states: Tensor) -> Tensor:  # the LM head's reading of a window state (a logit lens)
-            return decoder.lm_head(decoder.model.norm(states))
+        readout = window_readout(model)
 
         def make_halting(token_mask: Tensor | None) -> Halting:
             if self.decision is None:  # left padding: a call's last position is always a real token
@@ -176,6 +185,54 @@ class HaltingWindowRunner(LoopedDecoderRunner):
             raise ValueError(f"policy {self.policy.id} decides its depth from the prompt: give prompt_lengths")
         mask = prompt_mask(prompt_lengths.cpu(), length).to(device)
         return mask, (prompt_lengths - 1).to(device)
+
+
+def window_readout(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """The LM head's reading of a window state [..., H] -> [..., V] (a logit lens)."""
+    decoder: Any = model  # Llama family: model.model.norm, model.lm_head
+
+    def readout(states: Tensor) -> Tensor:
+        return decoder.lm_head(decoder.model.norm(states))
+
+    return readout
+
+
+class WindowTraceRunner(PolicyRunner):
+    """``WindowTrace``: every step of the window's K_max-step trajectory on every row,
+    with both rules' signals, for the adaptive stage's lookups. A ``HaltingWindow`` row
+    that stops at step k keeps step k's state while its batch mates run on, and its
+    signals are the same ``PromptHalting`` computations on the same batch, so its result
+    read off the trace is the runner's, bit for bit."""
+
+    model: Any
+    policy: WindowTrace
+
+    def __init__(self, model: nn.Module, policy: WindowTrace) -> None:
+        super().__init__(model, policy)
+        try:
+            self.looped = loop_decoder(model, policy.spec)
+        except ValueError as error:
+            raise BackboneError(f"looping: {error}") from None
+        self.readout = window_readout(model)
+
+    @property
+    def context_limit(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.model.lm_head(hidden)
+
+    def trace(self, input_ids: Tensor, prompt_lengths: Tensor) -> Iterator[TraceStep]:
+        """One step per step of the loop: the hidden states [B, T, H] of a row stopped
+        after it, its loops (k, or 2k for aitken) and each rule's signal there."""
+        device = input_ids.device
+        mask = prompt_mask(prompt_lengths.cpu(), input_ids.shape[1]).to(device)
+        at = (prompt_lengths - 1).to(device)
+        rules = {rule: PromptHalting(rule, 0.0, mask, at, self.readout) for rule in self.policy.signals}
+        recorder = SignalRecorder(rules, mask)
+        for step, hidden in enumerate(self.looped.trajectory(input_ids, recorder)):
+            signals: dict[str, Tensor | None] = {rule: recorder.signals[rule][step].cpu() for rule in rules}
+            yield TraceStep(step + 1, hidden, recorder.costs[step].float().cpu(), signals)
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -268,7 +325,7 @@ class LoopedDecoderBackbone(Backbone):
     name = "looped_decoder"
     title = "a looped pretrained decoder"
     depth_symbol = "K"
-    runners = {LoopedWindow: LoopedDecoderRunner, HaltingWindow: HaltingWindowRunner}
+    runners = {LoopedWindow: LoopedDecoderRunner, HaltingWindow: HaltingWindowRunner, WindowTrace: WindowTraceRunner}
 
     def accepts(self, model: nn.Module) -> bool:
         return has_layer_stack(model)

@@ -1,15 +1,19 @@
 """LoopFormer (``study.models.loopformer``) as a registry entry: its runners of
-``UniformLoops``, ``StepSchedule`` and ``RungLadder``, loading, checks, FLOPs and SFT.
+``UniformLoops``, ``StepSchedule``, ``RungLadder`` and ``LadderTrace``, loading, checks,
+FLOPs and SFT.
 
 LoopFormer takes its depth as arguments of the forward pass (``num_loops``/``schedule``),
 so one loaded model runs every policy. ``LadderRunner`` chooses M per input: it runs
 rung after rung on the rows still climbing and scores each row at the rung it stopped
 on; generation decides M on the prompt, then decodes the whole answer at that M.
+LoopFormer keeps this per-prompt ladder in decoding, where the looped decoder halts per
+generated token: its steps are conditioned on (t, dt) with dt = 1/M, so M must be known
+before a token's first step, and a token cannot stop its own loop part way through.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,15 +22,17 @@ import torch
 from torch import Tensor, nn
 
 from study.errors import CheckpointError
-from study.looping.policies import DepthPolicy, LoopFamily, RungLadder, StepSchedule, UniformLoops
-from study.models.adaptive import kl_rows
+from study.looping.policies import DepthPolicy, LadderTrace, LoopFamily, RungLadder, StepSchedule, UniformLoops
+from study.models.adaptive import TraceStep, kl_rows, readout_rows
 from study.models.backbone import Backbone, PolicyRunner
 from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, greedy_generate, preallocated_cache
 from study.models.loopformer import (
     LoopFormerConfig,
     LoopFormerForCausalLM,
+    LoopFormerModel,
     check_local_checkpoint,
     read_checkpoint_config,
+    resolve_schedule,
 )
 
 if TYPE_CHECKING:
@@ -63,6 +69,21 @@ class LoopFormerRunner(PolicyRunner):
             **self.policy.loopformer_kwargs(),
         )  # fmt: skip
 
+    @classmethod
+    def prefix_key(cls, policy: DepthPolicy) -> Hashable | None:
+        # the schedules of a sweep share their input states and every common prefix of steps
+        # (the 35 schedules of 4 steps in eighths run 90 distinct steps instead of 140); a
+        # uniform depth shares little with the others and runs alone
+        return (policy.backbone, "schedule-steps") if isinstance(policy, StepSchedule) else None
+
+    def prefix(self, input_ids: Tensor) -> ScheduleStates:
+        return ScheduleStates(self.model.gpt, input_ids)
+
+    def hidden_from_prefix(self, prefix: ScheduleStates, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        kwargs = self.policy.loopformer_kwargs()
+        hidden = prefix.hidden(resolve_schedule(kwargs.get("schedule"), kwargs.get("num_loops"), 1))  # [B, T, H]
+        return hidden, torch.full((hidden.shape[0],), float(self.policy.inference_loops))
+
     @torch.inference_mode()
     def prefill(self, input_ids: Tensor, new_tokens: int) -> None:
         steps = self.policy.inference_loops
@@ -71,10 +92,48 @@ class LoopFormerRunner(PolicyRunner):
         self.model(input_ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
 
 
+class ScheduleStates:
+    """A scoring batch's states after each prefix of steps, shared by the schedules of a
+    sweep (``LoopFormerRunner.prefix``): the state after steps s_1..s_i depends on those
+    steps alone (their sizes and, through t, their order), so schedules with a common
+    prefix compute it once. Only the states along the last schedule's path are kept (at
+    most M + 1 of them): in the sweep's lexicographic order no prefix is needed again
+    once left. Each step runs ``LoopFormerModel.run_step`` with ``step_modulations`` as
+    ``forward`` does, so the hidden states equal ``forward``'s bit for bit."""
+
+    def __init__(self, gpt: LoopFormerModel, input_ids: Tensor) -> None:
+        self.gpt = gpt
+        x, self.mask = gpt.teacher_forced_inputs(input_ids)  # [B, T, d]
+        self.path: list[tuple[tuple[float, ...], Tensor]] = [((), x)]  # (steps so far, state after them)
+        self.steps_run = 0  # steps computed (for the tests and the bench)
+
+    def hidden(self, steps: Sequence[float]) -> Tensor:
+        """Final hidden states [B, T, d] after ``steps``."""
+        steps = tuple(steps)
+        kept = 1
+        while kept < len(self.path) and self.path[kept][0] == steps[:kept]:
+            kept += 1
+        del self.path[kept:]
+        done, x = self.path[-1]
+        t = 0.0
+        for dt in done:  # the time of the next step, summed in forward's order
+            t += dt
+        for i in range(len(done), len(steps)):
+            x = self.gpt.run_step(x, self.gpt.step_modulations(t, steps[i]), self.mask, None, i)
+            t += steps[i]
+            self.path.append((steps[: i + 1], x))
+            self.steps_run += 1
+        return self.gpt.transformer.norm_f(x)
+
+
 class LadderRunner(LoopFormerRunner):
     """``RungLadder``: M chosen per input from the prompt (see the module docstring)."""
 
     policy: RungLadder  # type: ignore[assignment]  # the runner of the ladder only
+
+    @classmethod
+    def prefix_key(cls, policy: DepthPolicy) -> Hashable | None:
+        return None  # its rows stop at different rungs: nothing to share
 
     def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Each row's hidden states [B, T, H] at the rung it stopped on, and its cost [B]
@@ -102,7 +161,8 @@ class LadderRunner(LoopFormerRunner):
             hidden[rows.to(device)] = out
             cost[rows] += loops
             rung[rows] = loops
-            logits = self.model.lm_head(out[torch.arange(len(rows), device=device), decide_at[rows].to(device)])
+            at = decide_at[rows].to(device)
+            logits = readout_rows(self.model.lm_head, out[torch.arange(len(rows), device=device), at])
             if previous is not None:
                 agreed = (kl_rows(logits, previous[rows.to(device)]) < self.policy.tau).cpu()
                 climbing[rows[agreed]] = False
@@ -114,7 +174,8 @@ class LadderRunner(LoopFormerRunner):
         return hidden, cost, rung
 
     def generate(self, tokenizer, prompts, max_new_tokens, stop_strings=DEFAULT_STOP_STRINGS, early_stop=True):
-        """Decide M on each prompt alone, then decode each group of equal M at that M."""
+        """Decide M on each prompt alone, then decode each group of equal M at that M (per
+        prompt, never per token: the schedule needs M up front; see the module docstring)."""
         chosen = self.choose(tokenizer, prompts)
         results: list[GenerationResult | None] = [None] * len(prompts)
         for loops in sorted(set(chosen)):
@@ -136,6 +197,40 @@ class LadderRunner(LoopFormerRunner):
             _, _, rung = self.climb(ids, torch.tensor([ids.shape[1] - 1]))
             chosen.append(int(rung[0]))
         return chosen
+
+
+class LadderTraceRunner(PolicyRunner):
+    """``LadderTrace``: every rung of the ladder on every row, for the adaptive stage's
+    lookups. A row's rung-M hidden states are ``UniformLoops(M)``'s (whichever rows share
+    its batch), and its signal is computed as ``LadderRunner`` computes it (row by row),
+    so a ``RungLadder``'s result read off the trace is the runner's, bit for bit."""
+
+    model: LoopFormerForCausalLM
+    policy: LadderTrace
+
+    @property
+    def context_limit(self) -> int:
+        return int(self.model.config.block_size)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.model.lm_head(hidden)
+
+    def trace(self, input_ids: Tensor, prompt_lengths: Tensor) -> Iterator[TraceStep]:
+        """One step per rung: its hidden states [B, T, H], the loops paid to stop there
+        (every rung so far) and the KL of the first answer token's distribution to the
+        rung below (none at the first rung)."""
+        device = input_ids.device
+        rows = torch.arange(input_ids.shape[0], device=device)
+        decide_at = (prompt_lengths - 1).to(device)
+        previous: Tensor | None = None  # [B, V] logits at the decision position, previous rung
+        paid = 0
+        for loops in self.policy.ladder:
+            hidden = self.model.gpt(input_ids, use_cache=False, num_loops=loops).last_hidden_state  # [B, T, H]
+            logits = readout_rows(self.model.lm_head, hidden[rows, decide_at])
+            paid += loops
+            signal = None if previous is None else kl_rows(logits, previous).cpu()
+            yield TraceStep(loops, hidden, torch.full((len(rows),), float(paid)), {"kl": signal})
+            previous = logits
 
 
 # ---- analytic cost ----------------------------------------------------------------------
@@ -178,7 +273,10 @@ class LoopFormerBackbone(Backbone):
     name = "loopformer"
     title = "LoopFormer"
     depth_symbol = "M"
-    runners = {UniformLoops: LoopFormerRunner, StepSchedule: LoopFormerRunner, RungLadder: LadderRunner}
+    runners = {
+        UniformLoops: LoopFormerRunner, StepSchedule: LoopFormerRunner, RungLadder: LadderRunner,
+        LadderTrace: LadderTraceRunner,
+    }  # fmt: skip
 
     def accepts(self, model: nn.Module) -> bool:
         # by its config's model_type, as transformers' Auto classes tell models apart

@@ -1,0 +1,197 @@
+"""The adaptive stage's traces: every rung / window step and its halting signals computed
+once, each (rule, tau) a lookup that equals running that policy's own runner bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from study.config import AdaptiveConfig
+from study.io import read_csv
+from study.looping.halting import Trace, halting_outcome, stop_steps
+from study.looping.policies import HaltingWindow, LadderTrace, RungLadder, WindowTrace
+from study.looping.spec import LoopSpec
+from study.models.backbones import bind
+from study.pipeline import StudyError
+from study.scoring import score_continuations, score_trace
+from study.stages import adaptive, nll
+from study.tasks.gsm8k import EncodedExample, encode_example
+from tests.support.helpers_looped import looped_context, tiny_llama
+from tests.support.helpers_sweep import make_context, one_thread, tiny_model
+
+LADDER = (1, 2, 4, 8)
+SPEC = LoopSpec(window=(2, 3), loops=6, strategy="euler")
+
+
+def random_examples(count: int, vocab: int, seed: int = 0) -> list[EncodedExample]:
+    """Examples of varied prompt and answer lengths (so batches are padded and rows differ)."""
+    generator = torch.Generator().manual_seed(seed)
+    examples = []
+    for i in range(count):
+        prompt, answer = 6 + (5 * i) % 11, 4 + (7 * i) % 9
+        ids = torch.randint(0, vocab, (prompt + answer,), generator=generator).tolist()
+        examples.append(EncodedExample(example_id=100 + i, input_ids=ids, answer_start=prompt, final_start=prompt + 2))
+    return examples
+
+
+def as_arrays(traced) -> Trace:
+    """score_trace's output as the stage's lookup reads it."""
+    cost = np.array([[t.score.executed_loops for t in steps] for steps in traced])
+    nll_sum = np.array([[t.score.nll_sum for t in steps] for steps in traced])
+    rules = traced[0][0].signals
+    signals = {
+        rule: np.array([[np.nan if t.signals[rule] is None else t.signals[rule] for t in steps] for steps in traced])
+        for rule in rules
+    }
+    return Trace([steps[0].score.example_id for steps in traced], cost, nll_sum, signals)
+
+
+def spread_taus(signal: np.ndarray) -> list[float]:
+    """0, taus inside the signal's range (so some rows stop early, some go on), one above.
+    The inner taus are signal values themselves: a row whose signal the lookup and the
+    runner computed a bit apart would stop at different steps."""
+    finite = np.sort(signal[np.isfinite(signal)])
+    inner = [float(finite[int(q * (len(finite) - 1))]) for q in (0.2, 0.5, 0.8)]
+    return [0.0, *inner, float(finite.max()) * 2]
+
+
+def assert_lookup_equals_runner(model, trace_policy, policies, examples, batch_size) -> set[float]:
+    with one_thread():
+        traced = score_trace(bind(model, trace_policy), examples, batch_size)
+        trace = as_arrays(traced)
+        depths = set()
+        for policy in policies:
+            rule, tau = policy.halting
+            outcome = halting_outcome(trace, rule, tau)
+            old = score_continuations(bind(model, policy), examples, batch_size)  # the per-policy path
+            assert outcome.nll_sum.tolist() == [s.nll_sum for s in old], policy.id  # exact, not close
+            assert outcome.executed_loops.tolist() == [s.executed_loops for s in old], policy.id
+            depths |= set(outcome.executed_loops.tolist())
+    return depths
+
+
+def test_ladder_lookup_equals_the_ladder_runner_at_every_tau():
+    model = tiny_model(seed=3)
+    examples = random_examples(11, model.config.vocab_size)  # batches of 4: 4, 4, 3 rows
+    with one_thread():
+        trace = as_arrays(score_trace(bind(model, LadderTrace(LADDER)), examples, 4))
+    assert np.isnan(trace.signals["kl"][:, 0]).all()  # no signal at the first rung
+    policies = [RungLadder(LADDER, tau) for tau in spread_taus(trace.signals["kl"])]
+    costs = assert_lookup_equals_runner(model, LadderTrace(LADDER), policies, examples, 4)
+    assert len(costs) >= 3  # the taus separate rows that stop early from rows that climb on
+
+
+def test_window_lookup_equals_the_halting_runner_for_every_rule_and_tau():
+    model = tiny_llama(0)
+    examples = random_examples(7, model.config.vocab_size, seed=1)
+    with one_thread():
+        trace = as_arrays(score_trace(bind(model, WindowTrace(SPEC)), examples, 3))
+    assert set(trace.signals) == {"residual", "kl"} and np.isfinite(trace.signals["kl"]).all()
+    policies = [HaltingWindow(SPEC, rule, tau) for rule in trace.signals for tau in spread_taus(trace.signals[rule])]
+    executed = assert_lookup_equals_runner(model, WindowTrace(SPEC), policies, examples, 3)
+    assert min(executed) < SPEC.loops and len(executed) >= 3
+
+
+def test_stop_steps_compare_in_float32_and_skip_missing_signals():
+    signal = np.array([[np.nan, 0.5, 0.01], [np.nan, np.float32(0.01), 0.2], [np.nan, 0.3, 0.4]])
+    # float32(0.01) < 0.01 in float64, not in float32 (torch's comparison): row 1 does not stop there
+    assert stop_steps(signal, 0.01).tolist() == [2, 2, 2]
+    assert stop_steps(signal, 0.35).tolist() == [2, 1, 1]
+    assert stop_steps(signal, 0.0).tolist() == [2, 2, 2]  # tau 0 never stops early
+
+
+def test_policies_name_their_trace():
+    assert RungLadder((2, 4, 8), 0.01).trace == RungLadder((2, 4, 8), 0.3).trace == LadderTrace((2, 4, 8))
+    assert HaltingWindow(SPEC, "kl", 0.1).trace == HaltingWindow(SPEC, "residual", 0.2).trace == WindowTrace(SPEC)
+    assert LadderTrace((2, 4, 8)).id == "ladder-2-4-8-trace" and WindowTrace(SPEC).id == "euler-w2-3-K6-trace"
+    with pytest.raises(ValueError, match="halt"):
+        WindowTrace(LoopSpec(window=(2, 3), loops=4, strategy="naive"))  # a strategy that cannot halt
+
+
+@pytest.fixture(scope="module")
+def looped_run(tmp_path_factory):
+    ctx = looped_context(tmp_path_factory.mktemp("adaptive-looped"), nll_loops=(1, 2), sft_loops=(2,))
+    section = AdaptiveConfig(k_max=3, rules=["residual", "kl"], taus=[0.0, 0.05, 0.2])
+    ctx.config = ctx.config.model_copy(update={"adaptive": section})
+    with one_thread():
+        nll.run(ctx)
+        adaptive.run(ctx)
+    return ctx
+
+
+def test_stage_computes_one_trace_per_model_for_every_rule_and_tau(looped_run):
+    head = "euler-w2-3-K3-decode-full"
+    cells = sorted(p.name for p in looped_run.cells_dir("adaptive").glob("*.csv"))
+    assert cells == [f"base-test-{head}-trace.csv", f"train2-test-{head}-trace.csv"]
+    rows = read_csv(looped_run.results_path("adaptive.csv"))
+    halting = [r["policy"] for r in rows if r["model"] == "base" and r["kind"] == "halting"]
+    assert halting == [f"{head}-{rule}{tau}" for rule in ("residual", "kl") for tau in ("0", "0.05", "0.2")]
+
+
+def test_stage_lookup_equals_the_runner_of_each_policy(looped_run):
+    """The stage's rows are the old per-policy cells' results (scored here by each policy's runner)."""
+    ctx = looped_run
+    depths = read_csv(ctx.results_path("adaptive_depths.csv"))
+    spec = ctx.model_specs()[0]
+    model, tokenizer = ctx.load_model(spec), ctx.load_tokenizer(spec)
+    encoded = [encode_example(tokenizer, e) for e in ctx.examples("nll_test")]
+    for policy in adaptive.halting_policies(ctx):
+        with one_thread():
+            old = score_continuations(bind(model, policy), encoded, ctx.config.nll.batch_size)
+        found = [float(r["executed_loops"]) for r in depths if (r["model"], r["policy"]) == (spec.name, policy.id)]
+        assert found == [s.executed_loops for s in old], policy.id
+
+
+def test_stage_reuses_its_trace_when_only_taus_or_rules_change(looped_run):
+    ctx = looped_run
+    cell = ctx.cells_dir("adaptive") / "base-test-euler-w2-3-K3-decode-full-trace.csv"
+    stamp = cell.stat().st_mtime_ns
+    section = AdaptiveConfig(k_max=3, rules=["kl"], taus=[0.01])
+    ctx.config = ctx.config.model_copy(update={"adaptive": section})
+    with one_thread():
+        adaptive.run(ctx)
+    assert cell.stat().st_mtime_ns == stamp  # read back, not recomputed
+    rows = read_csv(ctx.results_path("adaptive.csv"))
+    halting = [r["policy"] for r in rows if r["model"] == "base" and r["kind"] == "halting"]
+    assert halting == ["euler-w2-3-K3-decode-full-kl0.01"]
+
+
+def test_a_trace_cell_for_other_examples_is_recomputed(tmp_path):
+    ctx = make_context(tmp_path, nll_loops=(1, 2), sft_loops=(2,))
+    ctx.config = ctx.config.model_copy(update={"adaptive": AdaptiveConfig(ladder=[1, 2], taus=[0.0])})
+    ids = [e.id for e in ctx.examples("nll_test")]
+    with one_thread():
+        nll.run(ctx)
+        adaptive.run(ctx)
+    cell = ctx.cells_dir("adaptive") / "base-test-ladder-1-2-trace.csv"
+    trace = LadderTrace((1, 2))
+    rows = adaptive.read_trace_cell(cell, ids, trace)
+    assert rows is not None and len(rows) == 2 * len(ids)
+    assert adaptive.read_trace_cell(cell, ids[1:], trace) is None
+    assert adaptive.read_trace_cell(cell, ids, LadderTrace((1, 2, 4))) is None
+    lines = cell.read_text().splitlines()
+    cell.write_text("\n".join(lines[:-1]) + "\n")  # an example lost its last step
+    assert adaptive.read_trace_cell(cell, ids, trace) is None
+    cell.write_text("\n".join([*lines[:-1], lines[-1].rpartition(",")[0] + ","]) + "\n")  # its last KL blanked
+    assert adaptive.read_trace_cell(cell, ids, trace) is None
+    cell.write_text("\n".join(lines) + "\n")
+    assert adaptive.read_trace_cell(cell, ids, trace) == rows
+
+
+def test_a_non_finite_signal_is_refused_before_the_cell_is_written(tmp_path, monkeypatch):
+    ctx = make_context(tmp_path, nll_loops=(1, 2), sft_loops=(2,))
+    ctx.config = ctx.config.model_copy(update={"adaptive": AdaptiveConfig(ladder=[1, 2], taus=[0.0])})
+    with one_thread():
+        nll.run(ctx)
+    real = adaptive.score_trace
+
+    def poisoned(*args, **kwargs):
+        traced = real(*args, **kwargs)
+        traced[0][1].signals["kl"] = float("nan")
+        return traced
+
+    monkeypatch.setattr(adaptive, "score_trace", poisoned)
+    with one_thread(), pytest.raises(StudyError, match="non-finite NLL or halting signal"):
+        adaptive.run(ctx)
+    assert not list(ctx.cells_dir("adaptive").glob("*-trace.csv"))
