@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from functools import cache
 from typing import TypeVar
 
 from study.errors import ProcessFailed as ProcessFailed  # re-exported: raised here
 
 T = TypeVar("T")
+COLLECTIVE_TIMEOUT = timedelta(hours=12)
 # launcher variables a child process must not inherit, or it would join the process group
 LAUNCHER_VARIABLES = (
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
@@ -54,7 +56,9 @@ def state():
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    # a process that finished its share waits at the next collective for the others: torch's
+    # 30-minute default ends a CPU run whose SFT models or cells are unevenly long
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=COLLECTIVE_TIMEOUT)
 
 
 def num_processes() -> int:

@@ -12,6 +12,7 @@ import torch
 
 from study import bench
 from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
+from tests.support.bench import positive, run_bench
 
 HEADLINE = ("decode_bandwidth_fraction", "nll_roofline_fraction", "decode_cached_vs_recompute", "generate_vs_decoder")
 
@@ -25,16 +26,7 @@ def results(tmp_path_factory) -> dict:
         "--max-growth-loops", "4", "--growth-lengths", "3", "5", "--matmul-size", "128", "--copy-megabytes", "8",
         "--repeats", "1",
     ]  # fmt: skip
-    previous = torch.get_num_threads()
-    try:
-        assert bench.main(argv) == 0
-    finally:
-        torch.set_num_threads(previous)
-    return json.loads(out.read_text())
-
-
-def positive(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    return run_bench(argv, out)
 
 
 def test_headline_figures_are_there(results: dict) -> None:

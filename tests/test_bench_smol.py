@@ -6,17 +6,16 @@ analytic costs count what the looped decoder runs. Speed goals live in the bench
 from __future__ import annotations
 
 import argparse
-import json
-import math
 
 import pytest
 import torch
 
-from study import bench, bench_smol
+from study import bench_smol
 from study.models.entries.looped_decoder import decoder_layer_flops
 from study.scoring import score_continuations
 from study.tasks.gsm8k import encode_example, load_gsm8k
 from study.tokenizer import load_tokenizer
+from tests.support.bench import positive, run_bench
 from tests.support.helpers_sweep import one_thread
 
 HEADLINE = (
@@ -34,16 +33,7 @@ def results(tmp_path_factory) -> dict:
         "--nll-pool", "6", "--sweep-grid", "1", "2", "--new-tokens", "8", "--sft-steps", "1", "--sft-max-length",
         "48", "--matmul-size", "64", "--copy-megabytes", "4", "--repeats", "2",
     ]  # fmt: skip
-    previous = torch.get_num_threads()
-    try:
-        assert bench.main(argv) == 0
-    finally:
-        torch.set_num_threads(previous)
-    return json.loads(out.read_text())
-
-
-def positive(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    return run_bench(argv, out)
 
 
 def test_every_headline_figure_is_there(results: dict) -> None:

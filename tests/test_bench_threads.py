@@ -3,14 +3,13 @@ with the load average around it (timings themselves are not test material)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 
-from study import bench
 from study.bench_threads import KINDS
+from tests.support.bench import run_bench
 
 
 @pytest.mark.parametrize("shape", ["tiny-llama", "mini"])
@@ -21,12 +20,8 @@ def test_every_kind_is_timed_at_one_and_two_threads(shape: str, tmp_path) -> Non
         "--em-batch", "2", "--new-tokens", "2", "--sft-max-length", "24", "--out", str(out),
     ]  # fmt: skip
     previous = torch.get_num_threads()
-    try:
-        assert bench.main(argv) == 0
-    finally:
-        torch.set_num_threads(previous)
+    results = run_bench(argv, out)
     assert torch.get_num_threads() == previous  # the bench leaves the process's threads as it found them
-    results = json.loads(out.read_text())
     timed = results["threads"][shape]
     assert set(timed) == set(KINDS)
     for kind, figures in timed.items():

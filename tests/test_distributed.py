@@ -51,3 +51,25 @@ def test_children_run_on_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
     env = distributed.child_environment({"CUDA_VISIBLE_DEVICES": "1"})
     assert not {"WORLD_SIZE", "RANK", "MASTER_PORT", "ACCELERATE_MIXED"} & set(env)
     assert env["HF_HUB_OFFLINE"] == "1" and env["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_the_process_group_waits_hours_not_torchs_thirty_minutes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that finished its SFT models or cells waits at the next collective while the
+    others run for longer than torch's 30-minute default on a CPU."""
+    from datetime import timedelta
+
+    import accelerate
+
+    seen: dict = {}
+
+    class Recorder:
+        def __init__(self, cpu: bool, **kwargs) -> None:
+            seen.update(kwargs, cpu=cpu)
+
+    monkeypatch.setattr(accelerate, "PartialState", Recorder)
+    distributed.state.cache_clear()
+    try:
+        distributed.state()
+    finally:
+        distributed.state.cache_clear()  # the next caller builds the real one
+    assert seen["timeout"] >= timedelta(hours=6)

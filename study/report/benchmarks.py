@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from study.report.formats import markdown_table
+from study.report.formats import depth_cells, markdown_table
 from study.report.results import Results
 
 SIGNIFICANCE = 0.05  # the McNemar p-value below which a depth is called worse than the best
@@ -34,15 +34,12 @@ def accuracy_table(results: Results, frame: pd.DataFrame) -> str:
                 if subset.empty:
                     continue
                 best = _preferred(depth, name, task, metric)
-                cells = []
-                for loops in grid:
-                    match = subset[subset["inference_loops"] == loops]
-                    if match.empty:
-                        cells.append("—")
-                        continue
-                    r = match.iloc[0]
-                    text = f"{100 * r['value']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
-                    cells.append(f"**{text}**" if loops == best else text)
+
+                def text(r: pd.Series, loops: int, best: int | None = best) -> str:
+                    value = f"{100 * r['value']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
+                    return f"**{value}**" if loops == best else value
+
+                cells = depth_cells(subset, grid, text)
                 rows.append([results.model(name).label, task, metric, int(subset["n"].iloc[0]), *cells])
     headers = ["Model", "Task", "Metric", "Questions", *(f"{g} loops" for g in grid)]
     return markdown_table(headers, rows)

@@ -63,6 +63,16 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def depth_cells(subset: pd.DataFrame, grid: Sequence[int], text: Callable[[pd.Series, int], str]) -> list[str]:
+    """One table cell per loop count of ``grid``: ``text(row, loops)`` of ``subset``'s row at
+    that count (its ``inference_loops``), or — where it has none."""
+    cells = []
+    for loops in grid:
+        match = subset[subset["inference_loops"] == loops]
+        cells.append("—" if match.empty else text(match.iloc[0], loops))
+    return cells
+
+
 def yes_no(value: bool | None) -> str:
     return "—" if value is None else ("yes" if value else "no")
 

@@ -20,6 +20,7 @@ from study.report.benchmarks import benchmarks_section
 from study.report.figures import FIGURES, figure_number, figure_spec, write_figures
 from study.report.figures.latency import has_percentiles
 from study.report.formats import (
+    depth_cells,
     format_ci,
     format_nll,
     format_percent,
@@ -266,17 +267,14 @@ def _exact_match_section(results: Results, figures: Figures, rel: str) -> list[s
             subset = em[(em["model"] == name) & (em["extraction"] == extraction)]
             if subset.empty:
                 continue
-            cells = []
-            for loops in grid:
-                match = subset[subset["inference_loops"] == loops]
-                if match.empty:
-                    cells.append("—")
-                    continue
-                r = match.iloc[0]
-                cells.append(
+            cells = depth_cells(
+                subset,
+                grid,
+                lambda r, _: (
                     f"{format_percent(r['accuracy'])} [{format_percent(r['ci_low'])}, {format_percent(r['ci_high'])}] "
                     f"({int(r['correct'])}/{int(r['n'])})"
-                )
+                ),
+            )
             rows.append([results.model(name).label, extraction, *cells])
     lines.append(markdown_table(["Model", "Extraction", *(f"{g} loops" for g in grid)], rows))
     lines += [

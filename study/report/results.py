@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
-from study.config import EMBEDDED_BASE, StudyConfig
+from study.config import EMBEDDED_BASE, StudyConfig, sft_model_label, sft_model_name
 from study.io import read_json
 from study.outputs import verify_results
 
@@ -91,6 +91,16 @@ class ModelInfo:
     label: str  # "Base", "Train8", "Train8 (seed 2027)", ...
     train_loops: int | None  # the depth it was (pre)trained at
     seed: int | None = None  # an SFT model's replicate seed
+    family: str = ""  # its replicates' shared name ("train8" for "train8-s2027"); the base: its own name
+    family_label: str = ""  # "Train8"; the base: its label
+
+    @classmethod
+    def of(cls, name: str, label: str, train_loops: int | None, seed: int | None) -> ModelInfo:
+        """A model of the config: an SFT model (a seed) belongs to the family of its training
+        depth, named as a single-replicate run names it; anything else is its own family."""
+        if seed is None or train_loops is None:
+            return cls(name, label, train_loops, seed, name, label)
+        return cls(name, label, train_loops, seed, sft_model_name(train_loops), sft_model_label(train_loops))
 
 
 @dataclass
@@ -160,7 +170,10 @@ class Results:
         for info in self.models:
             if info.name == name:
                 return info
-        return ModelInfo(name, name, _loops_from_name(name))
+        for info in self.models:  # a family of replicates (the pooled rows of replication.csv)
+            if info.family == name:
+                return ModelInfo(name, info.family_label, info.train_loops, None, name, info.family_label)
+        return ModelInfo(name, name, _loops_from_name(name), family=name, family_label=name)
 
     def legend_label(self, name: str) -> str:
         info = self.model(name)
@@ -265,12 +278,12 @@ def load_results(
 
 def _model_infos(results: Results, models: Iterable[Any] | None) -> list[ModelInfo]:
     if models is not None:
-        infos = [ModelInfo(m.name, m.label, m.train_loops, getattr(m, "seed", None)) for m in models]
+        infos = [ModelInfo.of(m.name, m.label, m.train_loops, getattr(m, "seed", None)) for m in models]
     else:
         base_loops = _base_train_loops(results)
-        infos = [ModelInfo("base", "Base", base_loops)]
+        infos = [ModelInfo.of("base", "Base", base_loops, None)]
         if results.config is not None:
-            infos += [ModelInfo(m.name, m.label, m.train_loops, m.seed) for m in results.config.sft_models()]
+            infos += [ModelInfo.of(m.name, m.label, m.train_loops, m.seed) for m in results.config.sft_models()]
     # models that appear in the results but not in the config (an edited config, a renamed model)
     known = {m.name for m in infos}
     for frame in (results.nll, results.preferred, results.exact_match, results.latency, results.sft_loss):
@@ -279,7 +292,8 @@ def _model_infos(results: Results, models: Iterable[Any] | None) -> list[ModelIn
         for name in dict.fromkeys(frame["model"].astype(str)):
             if name not in known:
                 known.add(name)
-                infos.append(ModelInfo(name, name.capitalize(), _train_loops_in_results(results, name)))
+                label = name.capitalize()
+                infos.append(ModelInfo(name, label, _train_loops_in_results(results, name), None, name, label))
     return infos
 
 

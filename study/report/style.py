@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import matplotlib
 
@@ -23,6 +23,7 @@ if "ipykernel" not in sys.modules and "matplotlib.pyplot" not in sys.modules:
 import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.typing import RcKeyType
 
 from study.io import atomic_write_bytes
@@ -176,3 +177,31 @@ def save_figure(figure: Figure, directory: Path, name: str) -> list[Path]:
         atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)
     return paths
+
+
+def accuracy_legend(
+    figure: Figure,
+    axes: Sequence[Axes],
+    results: Results,
+    models: Sequence[str],
+    star: str,
+    own_figure: bool,
+    loc: Literal["lower right", "upper right"],
+) -> None:
+    """The legend of an accuracy-vs-depth figure: each model's line and marker, the star of
+    its most accurate depth (``star`` says what it marks) and the dotted training depths.
+    Below the panels on a figure of its own; inside the last panel (at ``loc``) when the
+    panels are drawn onto someone else's axes."""
+    palette = colors(results)
+    handles = [
+        Line2D([], [], color=palette[n], marker=marker(results, n), lw=1.5, label=results.legend_label(n))
+        for n in models
+    ]
+    handles += [
+        Line2D([], [], marker="*", ms=12, mfc="0.5", mec="black", ls="none", label=star),
+        Line2D([], [], color="0.3", lw=1.6, ls=":", label="training loop count"),
+    ]
+    if own_figure:
+        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
+    else:
+        axes[-1].legend(handles=handles, loc=loc)

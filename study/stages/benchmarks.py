@@ -20,8 +20,9 @@ environment (subprocesses) on every call. The defaults ``simple_evaluate`` would
 
 Outputs (main process):
 
-- ``benchmarks.csv``: model, seed, policy, inference_loops, task, metric, value (mean
-  accuracy), ci_low, ci_high (Wilson, ``benchmarks.confidence``), n (questions);
+- ``benchmarks.csv``: model, seed (an SFT model's training seed; empty for the base, as in
+  ``nll.csv``), policy, inference_loops, task, metric, value (mean accuracy), ci_low,
+  ci_high (Wilson, ``benchmarks.confidence``), n (questions);
 - ``benchmarks_depth.csv`` (``DEPTH_COLUMNS``): per model, task and metric, every depth
   against the most accurate one (``preferred``: ties go to the fewest loops): the
   accuracy difference with a paired percentile-bootstrap CI over questions, the
@@ -45,7 +46,7 @@ from typing import Any
 from study.config import BenchmarksConfig
 from study.io import atomic_write_csv, atomic_write_jsonl
 from study.looping.policies import DepthPolicy
-from study.pipeline import ModelSpec, RunContext, StudyError
+from study.pipeline import RunContext, StudyError
 from study.stages.stage import Stage
 from study.stages.sweep import Cell, Loaded, Sweep, log
 from study.stats import paired_accuracy_depths, wilson_interval
@@ -62,12 +63,6 @@ DEPTH_COLUMNS = (
 RECORD_FIELDS = ("policy", "task", "doc_id", "doc_hash", "target", "loglikelihoods")  # + the task's metrics
 OUTPUTS = ("results/benchmarks.csv", "results/benchmarks_depth.csv")
 Questions = dict[str, list[str]]  # task -> lm-eval's doc_hash of each scored question, in doc_id order
-
-
-def model_seed(ctx: RunContext, spec: ModelSpec) -> int:
-    """The seed a model's row names: its own (a replicate) where the spec has one, else the run's."""
-    seed = getattr(spec, "seed", None)
-    return int(seed) if seed is not None else ctx.config.seed
 
 
 # ---- lm-eval --------------------------------------------------------------------------------
@@ -224,7 +219,9 @@ def _number(value: float) -> float | str:
     return value if math.isfinite(value) else ""  # NaN (one question: no interval) is never written
 
 
-def accuracy_rows(records: Sequence[dict], model: str, seed: int, policy: DepthPolicy, confidence: float) -> list[dict]:
+def accuracy_rows(
+    records: Sequence[dict], model: str, seed: int | str, policy: DepthPolicy, confidence: float
+) -> list[dict]:
     """benchmarks.csv rows of one cell: per task and metric, accuracy with its Wilson CI."""
     rows = []
     for task in dict.fromkeys(r["task"] for r in records):
@@ -243,7 +240,11 @@ def accuracy_rows(records: Sequence[dict], model: str, seed: int, policy: DepthP
 
 
 def depth_rows(
-    cells: Sequence[tuple[DepthPolicy, list[dict]]], model: str, seed: int, section: BenchmarksConfig, run_seed: int
+    cells: Sequence[tuple[DepthPolicy, list[dict]]],
+    model: str,
+    seed: int | str,
+    section: BenchmarksConfig,
+    run_seed: int,
 ) -> list[dict]:
     """benchmarks_depth.csv rows of one model: per task and metric, each depth against the best."""
     ordered = sorted(cells, key=lambda item: item[0].inference_loops)
@@ -302,7 +303,7 @@ def run(ctx: RunContext) -> None:
     accuracy: list[dict] = []
     depths: list[dict] = []
     for spec in specs:
-        seed = model_seed(ctx, spec)
+        seed = "" if spec.seed is None else spec.seed  # as nll.csv: a replicate's training seed; the base none
         own = [(cell.policy, values[cell]) for cell in cells if cell.model == spec]
         for policy, records in own:
             accuracy += accuracy_rows(records, spec.name, seed, policy, section.confidence)
@@ -314,7 +315,7 @@ def run(ctx: RunContext) -> None:
 STAGE = Stage(
     name="benchmarks",
     run=run,
-    sections=("seed", "model", "data", "sft", "looping", "benchmarks"),
+    sections=("seed", "replicates", "model", "data", "sft", "looping", "benchmarks"),
     needs_sft=True,
     outputs=OUTPUTS,
     # a depth is its own cell; the statistics are computed from the cells afterwards

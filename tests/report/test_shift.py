@@ -135,3 +135,24 @@ def test_fake_run_shift_rows_come_from_the_stage_functions(fake_run: Path) -> No
     d = shift[(shift["statistic"] == "D") & (shift["split"] == "test")].set_index("inference_loops")["value"]
     s = shift[(shift["statistic"] == "S") & (shift["seed"] == "all") & (shift["split"] == "test")]["value"].iloc[0]
     assert s == pytest.approx(d[8] - d[4], rel=1e-12) and np.isfinite(s)
+
+
+def test_families_come_from_the_config_not_from_the_names(tmp_path: Path) -> None:
+    """A family is its replicates' training depth (``ModelInfo.of``), never parsed out of a
+    name: a base whose name holds ``-s`` stays its own family, and a replicated family
+    resolves to its label, depth and first member's colour."""
+    from study.report.figures.depth_shift import family_colors, family_label
+    from study.report.results import ModelInfo, Results
+
+    results = Results(run_dir=tmp_path)
+    results.models = [
+        ModelInfo.of("base-small", "Base-small", 8, None),
+        ModelInfo.of("train4-s2027", "Train4 (seed 2027)", 4, 2027),
+        ModelInfo.of("train4-s2028", "Train4 (seed 2028)", 4, 2028),
+    ]
+    assert [m.family for m in results.models] == ["base-small", "train4", "train4"]
+    family = results.model("train4")
+    assert (family.label, family.train_loops, family.seed) == ("Train4", 4, None)
+    assert family_label(results, "train4") == "Train4" and family_label(results, "base-small") == "Base-small"
+    palette = family_colors(results)
+    assert palette["train4"] == palette["train4-s2027"] != palette["train4-s2028"]

@@ -180,19 +180,6 @@ def test_config_section_is_optional_and_validated():
         load_config("smol-smoke", [*even, "benchmarks.inference_loops=[2,3]"])
 
 
-def test_a_models_seed_is_its_own_where_it_has_one(tmp_path):
-    from dataclasses import dataclass
-
-    ctx = make_context(tmp_path)
-    assert benchmarks.model_seed(ctx, ctx.base_spec) == 7  # the run's
-
-    @dataclass(frozen=True)
-    class Replicate:
-        seed: int
-
-    assert benchmarks.model_seed(ctx, Replicate(3)) == 3  # type: ignore[arg-type]
-
-
 def test_benchmark_tasks_are_the_offline_copies_that_score_accuracy():
     from study.eval.offline_tasks import OFFLINE_COPIES
 
@@ -249,7 +236,8 @@ def test_stage_writes_accuracy_and_paired_rows_for_every_model_depth_task(benchm
     }  # fmt: skip
     for row in rows:
         assert float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"])
-        assert row["n"] == "3" and row["seed"] == "7"
+        # the seed of the model's training, as in nll.csv: the SFT model's own, the base none
+        assert row["n"] == "3" and row["seed"] == ("" if row["model"] == "base" else "7")
     depth = read_csv(ctx.results_path("benchmarks_depth.csv"))
     assert list(depth[0]) == list(DEPTH_COLUMNS) and len(depth) == len(rows)
     for group in {(r["model"], r["task"], r["metric"]) for r in depth}:

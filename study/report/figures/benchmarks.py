@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from study.report.results import Results
 from study.report.style import (
     FigureSpec,
+    accuracy_legend,
     colors,
     dodge,
     loop_ticks,
@@ -76,18 +76,7 @@ def plot_benchmarks(results: Results, axes: Sequence[Axes] | None = None) -> Fig
         if index_of_panel >= len(grid) - tasks or not own_figure:  # the panels share x: label the bottom row
             ax.set_xlabel(results.depth_label)
         ax.set_ylabel("accuracy (%, Wilson 95% CI)")
-    handles = [
-        Line2D([], [], color=palette[n], marker=marker(results, n), lw=1.5, label=results.legend_label(n))
-        for n in models
-    ]
-    handles += [
-        Line2D([], [], marker="*", ms=12, mfc="0.5", mec="black", ls="none", label="most accurate depth of the model"),
-        Line2D([], [], color="0.3", lw=1.6, ls=":", label="training loop count"),
-    ]
-    if own_figure:
-        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
-    else:
-        axes[-1].legend(handles=handles, loc="lower right")
+    accuracy_legend(figure, axes, results, models, "most accurate depth of the model", own_figure, "lower right")
     figure.suptitle("lm-eval benchmarks (validation questions) vs inference loops (higher is better)")
     return figure
 

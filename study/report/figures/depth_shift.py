@@ -63,27 +63,17 @@ def _s_text(pair: pd.DataFrame) -> str:
     return f"S = {row['value']:+.4f}{ci}"
 
 
-def family_members(results: Results, family: str) -> list[str]:
-    """The run's models of a family: ``train4`` itself (one replicate) or its replicate
-    seeds ``train4-s2026``, ``train4-s2027``, ... (several)."""
-    return [m.name for m in results.models if m.name == family or m.name.startswith(f"{family}-s")]
-
-
 def family_colors(results: Results) -> dict[str, RGB]:
     """The run's colours, plus each family (``train4``) in the colour of its first member."""
     palette = colors(results)
     for info in results.models:
-        family = info.name.split("-s")[0]
-        palette.setdefault(family, palette[info.name])
+        palette.setdefault(info.family, palette[info.name])
     return palette
 
 
 def family_label(results: Results, family: str) -> str:
     """``Train4``: the label of the family's model, without a replicate's seed."""
-    members = family_members(results, family)
-    if not members:
-        return results.model(family).label
-    return results.model(members[0]).label.split(" (seed ")[0]
+    return results.model(family).family_label
 
 
 def _shift_panel(ax: Axes, results: Results, rows: pd.DataFrame, palette: dict[str, RGB]) -> None:

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from study.report.results import Results
 from study.report.style import (
     FigureSpec,
+    accuracy_legend,
     colors,
     dodge,
     loop_ticks,
@@ -73,18 +73,7 @@ def plot_exact_match(results: Results, axes: Sequence[Axes] | None = None) -> Fi
         ax.set_ylim(bottom=0)
     for ax in axes[:: 2 if len(axes) == 4 else len(axes)]:
         ax.set_ylabel("exact-match accuracy (%, Wilson 95% CI)")
-    handles = [
-        Line2D([], [], color=palette[n], marker=marker(results, n), lw=1.5, label=results.legend_label(n))
-        for n in models
-    ]
-    handles += [
-        Line2D([], [], marker="*", ms=12, mfc="0.5", mec="black", ls="none", label="best depth of the model"),
-        Line2D([], [], color="0.3", lw=1.6, ls=":", label="training loop count"),
-    ]
-    if own_figure:
-        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
-    else:
-        axes[-1].legend(handles=handles, loc="upper right")
+    accuracy_legend(figure, axes, results, models, "best depth of the model", own_figure, "upper right")
     figure.suptitle("GSM8K test exact match vs inference loops (higher is better)")
     return figure
 
