@@ -80,8 +80,8 @@ def test_within_epsilon_not_met_falls_back_to_the_lowest_nll():
 
 
 def test_equal_compute_takes_the_closest_mean_loops_cheaper_on_ties():
-    grid = points((0.0, 8.0, 1.0), (0.1, 5.0, 1.2), (0.2, 3.0, 1.1), (0.3, 6.6, 1.3))
-    assert choose_equal_compute(grid, 4.0).point.tau == 0.2  # 3 and 5 are as close: the cheaper
+    grid = points((0.0, 8.0, 1.0), (0.1, 5.0, 1.1), (0.2, 3.0, 1.2), (0.3, 6.6, 1.3))
+    assert choose_equal_compute(grid, 4.0).point.tau == 0.2  # 3 and 5 are as close: the cheaper, though worse
     choice = choose_equal_compute(grid, 6.5)
     assert choice.point.tau == 0.3 and choice.met
     assert not choose_equal_compute(grid, 4.0).met  # a loop from any point

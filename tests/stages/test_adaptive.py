@@ -120,6 +120,13 @@ def test_halting_policies_refuse_bad_thresholds():
         RungLadder((4, 2), 0.1)
     with pytest.raises(ConfigError, match="adaptive"):
         load_config("smoke", ["adaptive.taus=[.nan]"])
+    with pytest.raises(ConfigError, match="give taus, tau_quantiles or both"):
+        load_config("smoke", ["adaptive.taus=[]", "adaptive.tau_quantiles=null"])
+    for bad in ("adaptive.tau_quantiles=[1.0]", "adaptive.tau_quantiles=[0.5,0.5]", "adaptive.epsilon=-0.1"):
+        with pytest.raises(ConfigError, match="adaptive"):
+            load_config("smoke", [bad])
+    section = load_config("smoke", ["adaptive.taus=[]"]).adaptive
+    assert section is not None and section.tau_quantiles  # quantiles alone are enough
     with pytest.raises(ConfigError, match="give ladder"):
         load_config("smoke", ["adaptive.k_max=4"])
     with pytest.raises(ConfigError, match="give k_max"):
