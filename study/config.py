@@ -175,12 +175,23 @@ def _every_rule() -> list[Literal["residual", "kl"]]:
 
 
 class AdaptiveConfig(Section):
-    """Halting policies (depth chosen per input) scored on the NLL test slice against the
-    fixed-depth sweep and the per-example oracle (``adaptive.csv``). LoopFormer climbs
-    ``ladder``; a looped decoder halts its window by each of ``rules`` with at most
-    ``k_max`` loops. One policy per tau of ``taus`` (0: never stop early)."""
+    """Halting policies (depth chosen per input) scored on the NLL heldout and test slices
+    against the fixed-depth sweep and the per-example oracle (``adaptive.csv``). LoopFormer
+    climbs ``ladder``; a looped decoder halts its window by each of ``rules`` with at most
+    ``k_max`` loops. One policy per tau of the grid: ``taus`` and/or, per (model, family,
+    rule), the ``tau_quantiles`` of that rule's own signal on the heldout slice (then with
+    tau 0: never stop early). Calibrated operating points (``adaptive_calibrated.csv``) are
+    chosen on heldout (within ``epsilon`` of the best fixed depth, or at equal compute) and
+    reported once on test."""
 
-    taus: Annotated[list[Annotated[float, Field(ge=0.0, allow_inf_nan=False)]], Field(min_length=1)]
+    # empty (the default) when tau_quantiles is given: the backbones' halting_policies read a list
+    taus: list[Annotated[float, Field(ge=0.0, allow_inf_nan=False)]] = Field(default_factory=list)
+    tau_quantiles: Annotated[list[Annotated[float, Field(gt=0.0, lt=1.0)]], Field(min_length=1)] | None = Field(
+        None, description="levels in (0, 1): each rule's tau grid is these quantiles of its heldout signal"
+    )
+    epsilon: float = Field(
+        0.01, ge=0.0, allow_inf_nan=False, description="nats/token: the within_eps target's slack over best fixed"
+    )
     ladder: Annotated[list[PositiveInt], Field(min_length=2)] | None = Field(None, description="LoopFormer: M rungs")
     k_max: PositiveInt | None = Field(None, description="looped decoder: most loops a row may run")
     rules: Annotated[list[Literal["residual", "kl"]], Field(min_length=1)] = Field(
@@ -191,8 +202,11 @@ class AdaptiveConfig(Section):
     def _increasing(self) -> AdaptiveConfig:
         if self.ladder is not None and any(b <= a for a, b in pairwise(self.ladder)):
             raise ValueError(f"ladder rungs must increase, got {self.ladder}")
-        if len(set(self.taus)) != len(self.taus):
-            raise ValueError(f"taus has repeated entries: {self.taus}")
+        if not self.taus and self.tau_quantiles is None:
+            raise ValueError("give taus, tau_quantiles or both (the halting thresholds to try)")
+        for name, values in (("taus", self.taus), ("tau_quantiles", self.tau_quantiles or [])):
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} has repeated entries: {values}")
         return self
 
 

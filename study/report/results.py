@@ -58,6 +58,11 @@ RESULT_FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "adaptive",
         ("model", "split", "policy", "kind", "detail", "mean_loops", "nll_per_token", "gap_to_best_fixed"),
     ),
+    "adaptive_calibrated.csv": (
+        "adaptive_calibrated",
+        "adaptive",
+        ("model", "family", "rule", "target", "target_met", "tau", "mean_loops", "nll_per_token", "gap_ci_high"),
+    ),
     "oracle_frontier.csv": ("oracle_frontier", "adaptive", ("model", "split", "mean_loops", "nll_per_token")),
     "adaptive_depths.csv": ("adaptive_depths", "adaptive", ("model", "split", "policy", "chosen_depth")),
     # replicate seeds and the depth-shift test (study.stages.nll_shift); older runs have neither
@@ -78,7 +83,7 @@ RESULT_FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 ADAPTIVE_FILES = ("adaptive.csv", "oracle_frontier.csv", "adaptive_depths.csv")
 # the files the depth-shift figure and report sections read (the nll stage writes them together)
 SHIFT_FILES = ("depth_shift.csv", "replication.csv")
-BOOL_COLUMNS = ("is_best", "train_test_match", "uniform", "preferred")
+BOOL_COLUMNS = ("is_best", "train_test_match", "uniform", "preferred", "target_met")
 # read as text, an empty field as "": seeds ("all", "2026", "" for the base), notes and three-way flags
 TEXT_COLUMNS = ("seed", "note", "best_is_train_loops", "pairing")
 
@@ -120,6 +125,7 @@ class Results:
     latency_fit: pd.DataFrame | None = None
     schedules: pd.DataFrame | None = None
     adaptive: pd.DataFrame | None = None
+    adaptive_calibrated: pd.DataFrame | None = None
     oracle_frontier: pd.DataFrame | None = None
     adaptive_depths: pd.DataFrame | None = None
     replication: pd.DataFrame | None = None

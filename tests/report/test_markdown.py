@@ -62,9 +62,17 @@ def test_adaptive_section_compares_halting_with_fixed_depth_and_oracle(report_te
     assert "- **train4**: best fixed depth M8 at " in text
     assert "1 of 2 halting policies beat the best fixed depth within their mean loops" in text
     assert "Best at equal compute: ladder-2-4-8-kl0.01 at 7.00 mean loops" in text and "vs M4)" in text
-    assert text.rstrip().endswith(
+    sweep, _, calibrated = text.partition("### Calibrated operating points")
+    assert sweep.rstrip().endswith(
         "![adaptive_frontier](figures/adaptive_frontier.png)\n\n![adaptive_depths](figures/adaptive_depths.png)"
     )
+    # the calibrated table: one row per (model, family, rule, target), and the one place a claim is made
+    assert calibrated.count("| ladder-2-4-8-trace | kl |") == 6
+    assert "| train4 | ladder-2-4-8-trace | kl | equal_compute:M4 | yes | 0.0123 | 4.20 | 4.30 |" in calibrated
+    assert "| M4 | -0.0200 [-0.0400, -0.0050] | 0.40 |" in calibrated
+    assert "| within_eps | no | 0 | 1.50 | 1.60 | 2.050 [1.900, 2.100] | — | — no CI" in calibrated
+    assert "3 of 6 calibrated operating points beat the fixed depth chosen on heldout" in calibrated
+    assert "is for these calibrated operating points only, each with its paired CI" in calibrated
 
 
 def test_missing_results_files_are_reported_not_raised(tmp_path: Path) -> None:

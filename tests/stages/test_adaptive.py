@@ -11,6 +11,7 @@ import torch
 
 from study.config import AdaptiveConfig, ConfigError, load_config
 from study.io import read_csv
+from study.looping.calibration import quantile_taus, tau_grid
 from study.looping.policies import HaltingWindow, LoopedWindow, RungLadder, UniformLoops
 from study.looping.spec import LoopSpec
 from study.models.adaptive import kl_rows
@@ -119,6 +120,13 @@ def test_halting_policies_refuse_bad_thresholds():
         RungLadder((4, 2), 0.1)
     with pytest.raises(ConfigError, match="adaptive"):
         load_config("smoke", ["adaptive.taus=[.nan]"])
+    with pytest.raises(ConfigError, match="give taus, tau_quantiles or both"):
+        load_config("smoke", ["adaptive.taus=[]", "adaptive.tau_quantiles=null"])
+    for bad in ("adaptive.tau_quantiles=[1.0]", "adaptive.tau_quantiles=[0.5,0.5]", "adaptive.epsilon=-0.1"):
+        with pytest.raises(ConfigError, match="adaptive"):
+            load_config("smoke", [bad])
+    section = load_config("smoke", ["adaptive.taus=[]"]).adaptive
+    assert section is not None and section.tau_quantiles  # quantiles alone are enough
     with pytest.raises(ConfigError, match="give ladder"):
         load_config("smoke", ["adaptive.k_max=4"])
     with pytest.raises(ConfigError, match="give k_max"):
@@ -126,15 +134,25 @@ def test_halting_policies_refuse_bad_thresholds():
     assert RungLadder((2, 4, 8), 0.01).id == "ladder-2-4-8-kl0.01"
 
 
+QUANTILES = [0.25, 0.5, 0.75]
+
+
 @pytest.fixture(scope="module")
 def stage_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("adaptive")
     ctx = make_context(tmp_path, nll_loops=(1, 2, 4), sft_loops=(2,))
-    ctx.config = ctx.config.model_copy(update={"adaptive": AdaptiveConfig(ladder=[1, 2, 4], taus=[0.0, 0.05])})
+    section = AdaptiveConfig(ladder=[1, 2, 4], taus=[0.0, 0.05], tau_quantiles=QUANTILES, epsilon=0.01)
+    ctx.config = ctx.config.model_copy(update={"adaptive": section})
     with one_thread():
         nll.run(ctx)
         adaptive.run(ctx)
     return ctx
+
+
+def heldout_signal(ctx, model: str) -> np.ndarray:
+    """The KL signal of a model's heldout ladder trace (NaN at the first rung)."""
+    cell = read_csv(ctx.cells_dir("adaptive") / f"{model}-heldout-ladder-1-2-4-trace.csv")
+    return np.array([np.nan if r["kl"] == "" else float(r["kl"]) for r in cell])
 
 
 def test_stage_writes_oracle_best_fixed_and_halting_rows(stage_run):
@@ -144,11 +162,24 @@ def test_stage_writes_oracle_best_fixed_and_halting_rows(stage_run):
         for split in ("test", "heldout", "seen"):
             kinds = {r["kind"] for r in rows if r["model"] == model and r["split"] == split}
             assert {"fixed", "best_fixed", "oracle"} <= kinds
-        halting = [r for r in rows if r["model"] == model and r["kind"] == "halting"]
-        assert [r["policy"] for r in halting] == ["ladder-1-2-4-kl0", "ladder-1-2-4-kl0.05"]
+            assert ("halting" in kinds) == (split != "seen")  # taus are tried on heldout and test
+        # the grid: the config's taus and the quantiles of this model's own heldout signal
+        grid = tau_grid([0.0, 0.05], quantile_taus(heldout_signal(stage_run, model), QUANTILES))
+        assert len(grid) > 3
+        for split in ("heldout", "test"):
+            halting = [r for r in rows if (r["model"], r["split"], r["kind"]) == (model, split, "halting")]
+            assert [r["policy"] for r in halting] == [RungLadder((1, 2, 4), tau).id for tau in grid]
+            assert [float(r["tau"]) for r in halting] == grid
+            assert {r["family"] for r in halting} == {"ladder-1-2-4-trace"}
+            assert all(
+                r["chosen_on"].startswith("grid (") and f"{split} (hindsight)" in r["chosen_on"] for r in halting
+            )
+        halting = [r for r in rows if (r["model"], r["split"], r["kind"]) == (model, "test", "halting")]
         fixed4 = next(r for r in rows if (r["model"], r["split"], r["policy"]) == (model, "test", "M4"))
         assert float(halting[0]["nll_per_token"]) == float(fixed4["nll_per_token"])  # tau 0 = the top rung
         assert float(halting[0]["mean_loops"]) == 7.0  # paid 1 + 2 + 4
+        best = next(r for r in rows if (r["model"], r["split"], r["kind"]) == (model, "test", "best_fixed"))
+        assert best["chosen_on"] == "test (hindsight)" and best["family"] == "fixed"
     for r in rows:
         for key in ("mean_loops", "nll_per_token", "gap_to_best_fixed", "oracle_nll_at_budget"):
             assert math.isfinite(float(r[key]))
@@ -157,14 +188,28 @@ def test_stage_writes_oracle_best_fixed_and_halting_rows(stage_run):
 def test_stage_oracle_is_never_above_the_best_fixed_depth(stage_run):
     rows = read_csv(stage_run.results_path("adaptive.csv"))
     for model, split in {(r["model"], r["split"]) for r in rows}:
-        of = {r["kind"]: r for r in rows if r["model"] == model and r["split"] == split and r["kind"] != "fixed"}
+        here = [r for r in rows if r["model"] == model and r["split"] == split]
+        of = {r["kind"]: r for r in here if r["kind"] != "fixed" and r["family"] == "fixed"}
         assert float(of["oracle"]["nll_per_token"]) <= float(of["best_fixed"]["nll_per_token"]) + 1e-12
         assert float(of["oracle"]["gap_to_best_fixed"]) <= 1e-12
-        fixed = [r for r in rows if r["model"] == model and r["split"] == split and r["kind"] == "fixed"]
+        assert of["oracle"]["chosen_on"] == "per-example oracle (hindsight)"
+        fixed = [r for r in here if r["kind"] == "fixed"]
         assert float(of["best_fixed"]["nll_per_token"]) == min(float(r["nll_per_token"]) for r in fixed)
     frontier = read_csv(stage_run.results_path("oracle_frontier.csv"))
     assert frontier and all(np.diff([float(r["nll_per_token"]) for r in frontier if r["model"] == "base"
                                      and r["split"] == "test"]) < 0)  # fmt: skip
+
+
+def test_each_halting_family_has_its_own_oracle_below_every_tau(stage_run):
+    rows = read_csv(stage_run.results_path("adaptive.csv"))
+    for model in ("base", "train2"):
+        for split in ("heldout", "test"):
+            family = [r for r in rows if (r["model"], r["split"], r["family"]) == (model, split, "ladder-1-2-4-trace")]
+            oracle = [r for r in family if r["kind"] == "oracle"]
+            assert len(oracle) == 1 and "bounds the ladder-1-2-4-trace halting family" in oracle[0]["detail"]
+            bound = float(oracle[0]["nll_per_token"])
+            assert all(bound <= float(r["nll_per_token"]) + 1e-12 for r in family if r["kind"] == "halting")
+        assert not [r for r in rows if r["split"] == "seen" and r["family"] != "fixed"]
 
 
 def test_report_draws_the_stage_figures_with_fixed_oracle_and_halting_lines(stage_run):
@@ -177,7 +222,7 @@ def test_report_draws_the_stage_figures_with_fixed_oracle_and_halting_lines(stag
     for ax in figure.axes:
         labels = [text.get_text() for text in ax.get_legend().get_texts()]
         assert labels == ["fixed depth", "oracle", "halting: kl (tau sweep)"]
-        assert len(ax.get_lines()[2].get_xdata()) == 2  # one point per tau
+        assert len(ax.get_lines()[2].get_xdata()) > 3  # one point per tau of the grid
     figure = plot_adaptive_depths(results)
     labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     assert labels[0] == "oracle" and labels[1].startswith("ladder-")

@@ -123,10 +123,17 @@ def looped_run(tmp_path_factory):
 def test_stage_computes_one_trace_per_model_for_every_rule_and_tau(looped_run):
     head = "euler-w2-3-K3-decode-full"
     cells = sorted(p.name for p in looped_run.cells_dir("adaptive").glob("*.csv"))
-    assert cells == [f"base-test-{head}-trace.csv", f"train2-test-{head}-trace.csv"]
+    # one cell per (model, trace, split): the calibration slice (heldout) and the test slice
+    assert cells == [f"{m}-{split}-{head}-trace.csv" for m in ("base", "train2") for split in ("heldout", "test")]
     rows = read_csv(looped_run.results_path("adaptive.csv"))
-    halting = [r["policy"] for r in rows if r["model"] == "base" and r["kind"] == "halting"]
-    assert halting == [f"{head}-{rule}{tau}" for rule in ("residual", "kl") for tau in ("0", "0.05", "0.2")]
+    for split in ("heldout", "test"):
+        halting = [r["policy"] for r in rows if (r["model"], r["split"], r["kind"]) == ("base", split, "halting")]
+        assert halting == [f"{head}-{rule}{tau}" for rule in ("residual", "kl") for tau in ("0", "0.05", "0.2")]
+    calibrated = read_csv(looped_run.results_path("adaptive_calibrated.csv"))
+    # per (model, trace, rule): both rules of the one window trace are calibrated on their own signal
+    assert {(r["model"], r["family"], r["rule"]) for r in calibrated} == {
+        (m, f"{head}-trace", rule) for m in ("base", "train2") for rule in ("residual", "kl")
+    }
 
 
 def test_stage_lookup_equals_the_runner_of_each_policy(looped_run):
@@ -139,7 +146,8 @@ def test_stage_lookup_equals_the_runner_of_each_policy(looped_run):
     for policy in adaptive.halting_policies(ctx):
         with one_thread():
             old = score_continuations(bind(model, policy), encoded, ctx.config.nll.batch_size)
-        found = [float(r["executed_loops"]) for r in depths if (r["model"], r["policy"]) == (spec.name, policy.id)]
+        found = [float(r["executed_loops"]) for r in depths
+                 if (r["model"], r["split"], r["policy"]) == (spec.name, "test", policy.id)]  # fmt: skip
         assert found == [s.executed_loops for s in old], policy.id
 
 
@@ -153,7 +161,7 @@ def test_stage_reuses_its_trace_when_only_taus_or_rules_change(looped_run):
         adaptive.run(ctx)
     assert cell.stat().st_mtime_ns == stamp  # read back, not recomputed
     rows = read_csv(ctx.results_path("adaptive.csv"))
-    halting = [r["policy"] for r in rows if r["model"] == "base" and r["kind"] == "halting"]
+    halting = [r["policy"] for r in rows if (r["model"], r["split"], r["kind"]) == ("base", "test", "halting")]
     assert halting == ["euler-w2-3-K3-decode-full-kl0.01"]
 
 

@@ -26,7 +26,12 @@ from study.io import atomic_write_csv, atomic_write_json  # noqa: E402
 from study.looping.policies import UniformLoops  # noqa: E402
 
 # the stages' own column layouts: a renamed or added column reaches the fake run too
-from study.stages.adaptive import ADAPTIVE_COLUMNS, DEPTH_COLUMNS, FRONTIER_COLUMNS  # noqa: E402
+from study.stages.adaptive import (  # noqa: E402
+    ADAPTIVE_COLUMNS,
+    CALIBRATED_COLUMNS,
+    DEPTH_COLUMNS,
+    FRONTIER_COLUMNS,
+)
 from study.stages.benchmarks import BENCHMARK_COLUMNS, accuracy_rows, depth_rows  # noqa: E402
 from study.stages.benchmarks import DEPTH_COLUMNS as BENCHMARK_DEPTH_COLUMNS  # noqa: E402
 from study.stages.exact_match import EM_COLUMNS  # noqa: E402
@@ -53,6 +58,7 @@ RESULT_FILES = (
     "latency_fit.csv",
     "schedules.csv",
     "adaptive.csv",
+    "adaptive_calibrated.csv",
     "oracle_frontier.csv",
     "adaptive_depths.csv",
     "replication.csv",
@@ -395,6 +401,22 @@ def _write_adaptive(
                             "chosen_depth": 8 if i % 4 else 4, "executed_loops": 14 if i % 4 else 6}
                            for i in range(12)]  # fmt: skip
     write("adaptive.csv", rows, ADAPTIVE_COLUMNS)
+    # calibrated: per model one within_eps point (not met, no fixed depth that cheap) and one at
+    # equal compute with M4 that beats it (CI below 0)
+    calibrated = []
+    for model in models:
+        common = {"model": model, "family": "ladder-2-4-8-trace", "rule": "kl", "calibration_split": "heldout",
+                  "split": "test", "ci_low": 1.9, "ci_high": 2.1, "oracle_nll_at_budget": 1.95}  # fmt: skip
+        calibrated += [
+            {**common, "target": "within_eps", "target_met": False, "tau": 0.0, "policy": "ladder-2-4-8-kl0",
+             "heldout_mean_loops": 1.5, "heldout_nll_per_token": 2.1, "mean_loops": 1.6, "nll_per_token": 2.05},
+            {**common, "target": "equal_compute:M4", "target_met": True, "tau": 0.0123,
+             "policy": "ladder-2-4-8-kl0.0123", "heldout_mean_loops": 4.2, "heldout_nll_per_token": 2.0,
+             "mean_loops": 4.3, "nll_per_token": 1.99,
+             "equal_compute_fixed": "M4", "gap_to_fixed_at_equal_compute": -0.02, "gap_ci_low": -0.04,
+             "gap_ci_high": -0.005, "oracle_gap_closed": 0.4},
+        ]  # fmt: skip
+    write("adaptive_calibrated.csv", calibrated, CALIBRATED_COLUMNS)
     write("oracle_frontier.csv", frontier, FRONTIER_COLUMNS)
     write("adaptive_depths.csv", depths, DEPTH_COLUMNS)
 

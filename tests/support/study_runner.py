@@ -24,6 +24,7 @@ DETERMINISTIC_RESULTS = (
     "generations.jsonl",
     "schedules.csv",
     "adaptive.csv",
+    "adaptive_calibrated.csv",
     "oracle_frontier.csv",
     "adaptive_depths.csv",
 )
