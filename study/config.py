@@ -177,12 +177,14 @@ def _every_rule() -> list[Literal["residual", "kl"]]:
 class AdaptiveConfig(Section):
     """Halting policies (depth chosen per input) scored on the NLL heldout and test slices
     against the fixed-depth sweep and the per-example oracle (``adaptive.csv``). LoopFormer
-    climbs ``ladder``; a looped decoder halts its window by each of ``rules`` with at most
-    ``k_max`` loops. One policy per tau of the grid: ``taus`` and/or, per (model, family,
-    rule), the ``tau_quantiles`` of that rule's own signal on the heldout slice (then with
-    tau 0: never stop early). Calibrated operating points (``adaptive_calibrated.csv``) are
-    chosen on heldout (within ``epsilon`` of the best fixed depth, or at equal compute) and
-    reported once on test."""
+    climbs ``ladder`` (rungs of M). A looped decoder has two families, either or both: with
+    ``k_max`` its window halts by each of ``rules`` within one K_max-step trajectory; with
+    ``ladder`` it climbs fixed depths K (each rung a finished trajectory, KL rule). One
+    policy per tau of the grid: ``taus`` and/or, per (model, family, rule), the
+    ``tau_quantiles`` of that rule's own signal on the heldout slice (then with tau 0: never
+    stop early). Calibrated operating points (``adaptive_calibrated.csv``) are chosen on
+    heldout (within ``epsilon`` of the best fixed depth, or at equal compute) and reported
+    once on test."""
 
     # empty (the default) when tau_quantiles is given: the backbones' halting_policies read a list
     taus: list[Annotated[float, Field(ge=0.0, allow_inf_nan=False)]] = Field(default_factory=list)
@@ -192,7 +194,9 @@ class AdaptiveConfig(Section):
     epsilon: float = Field(
         0.01, ge=0.0, allow_inf_nan=False, description="nats/token: the within_eps target's slack over best fixed"
     )
-    ladder: Annotated[list[PositiveInt], Field(min_length=2)] | None = Field(None, description="LoopFormer: M rungs")
+    ladder: Annotated[list[PositiveInt], Field(min_length=2)] | None = Field(
+        None, description="rungs of M (LoopFormer) or K (looped decoder)"
+    )
     k_max: PositiveInt | None = Field(None, description="looped decoder: most loops a row may run")
     rules: Annotated[list[Literal["residual", "kl"]], Field(min_length=1)] = Field(
         default_factory=_every_rule, description="looped decoder: halting signals"
@@ -330,8 +334,8 @@ class StudyConfig(Section):
         if looped and self.looping is not None and self.looping.window[0] > self.looping.window[1]:
             raise ValueError(f"looping.window {self.looping.window}: expected [a, b] with a <= b")
         adaptive = self.adaptive
-        if adaptive is not None and looped and (adaptive.k_max is None or adaptive.ladder is not None):
-            raise ValueError("adaptive: a looped decoder halts its window: give k_max (and rules), not ladder")
+        if adaptive is not None and looped and adaptive.k_max is None and adaptive.ladder is None:
+            raise ValueError("adaptive: a looped decoder needs k_max (window halting), ladder (fixed K rungs) or both")
         if adaptive is not None and not looped and (adaptive.ladder is None or adaptive.k_max is not None):
             raise ValueError("adaptive: LoopFormer climbs a ladder of M: give ladder, not k_max")
         if looped and self.sft.lora is not None:
@@ -342,6 +346,8 @@ class StudyConfig(Section):
                      self.latency.inference_loops]  # fmt: skip
             if self.benchmarks is not None:
                 grids.append(self.benchmarks.inference_loops)
+            if adaptive is not None:  # the halting policies' depths: K_max and every rung
+                grids += [[adaptive.k_max] if adaptive.k_max is not None else [], adaptive.ladder or []]
             for loops in sorted({k for grid in grids for k in grid}):
                 try:
                     family.policy(loops)

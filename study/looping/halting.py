@@ -1,6 +1,6 @@
 """Halting policies as lookups on their trace.
 
-A halting policy (``RungLadder``, ``HaltingWindow``) stops each example at the first
+A halting policy (``RungLadder``, ``WindowLadder``, ``HaltingWindow``) stops each example at the first
 step whose signal is below tau, or at its last step. What it stops *on* does not depend
 on tau or (for a window) on the rule: the rungs of a ladder are fixed depths, and a
 window row frozen at step k keeps step k of the one K_max-step trajectory while its
@@ -9,13 +9,18 @@ every rule's signal, per example) is computed once, and each (rule, tau) is a lo
 
 What is shared, and what is not:
 
-- LoopFormer: one trace per ladder serves every tau. A rung's NLL is ``UniformLoops(M)``'s
-  (the fixed-depth sweep's, when M is on its grid); its signal is the KL of the first
-  answer token's distribution to the rung below.
-- Looped decoder: one trace per spec (window, strategy, K_max) serves both rules and
-  every tau. Its steps are steps of size 1/K_max: a row stopped at step k has *not* run
-  ``LoopedWindow(K=k)`` (step 1/k), so its NLL is not the fixed-depth sweep's, and a
-  different K_max is a different trace.
+- LoopFormer ladder (``RungLadder``): one trace per ladder serves every tau. A rung's
+  NLL is ``UniformLoops(M)``'s (the fixed-depth sweep's, when M is on its grid); its
+  signal is the KL of the first answer token's distribution to the rung below.
+- Looped-decoder ladder (``WindowLadder``): the same with rungs ``LoopedWindow(K)`` of
+  one spec (window, strategy, cache and decode modes): one trace per (ladder, spec)
+  serves every tau; a rung's NLL is the fixed-depth sweep's at K (a finished K-step
+  trajectory), and stopping at a rung pays for every rung below it too.
+- Looped-decoder window (``HaltingWindow``): one trace per spec (window, strategy,
+  K_max) serves both rules and every tau. Its steps are steps of size 1/K_max: a row
+  stopped at step k has *not* run ``LoopedWindow(K=k)`` (step 1/k), so its NLL is not
+  the fixed-depth sweep's (an unfinished trajectory), and a different K_max is a
+  different trace.
 
 The comparison is the runners' own: torch compares a float32 signal with tau in float32
 (``kl_rows(...) < tau``), so ``stop_steps`` does too; a step without a signal (a

@@ -17,9 +17,10 @@ the backbone then reports the loops each example actually executed, and the swee
 record them per example (``executed_loops``); a fixed-depth policy executes
 ``inference_loops`` for every example.
 
-The halting policies (``RungLadder``, ``HaltingWindow``) of one family share a *trace*
-(``LadderTrace``, ``WindowTrace``): every step they may stop at with its halting
-signals, computed once, from which each (rule, tau) is a lookup (``study.looping.halting``).
+The halting policies (``RungLadder`` and its looped-decoder sibling ``WindowLadder``,
+``HaltingWindow``) of one family share a *trace* (``LadderTrace``, ``WindowLadderTrace``,
+``WindowTrace``): every step they may stop at with its halting signals, computed once,
+from which each (rule, tau) is a lookup (``study.looping.halting``).
 
 A *loop family* turns the loop counts of a config's grids (``nll.inference_loops``,
 ``sft.train_loops`` ...) into policies of one backbone: ``LoopFormerFamily`` gives
@@ -34,7 +35,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -324,6 +325,55 @@ class RungLadder(DepthPolicy):
         return {**super().describe(), "ladder": list(self.ladder), "rule": "kl", "tau": self.tau}
 
 
+def _window_ladder_stem(ladder: Sequence[int], spec: LoopSpec) -> str:
+    """``ladder-<rungs>-`` and ``spec.id`` without its ``-K<loops>`` (the rungs differ in K alone)."""
+    head = _SPEC_HEAD.match(spec.id)
+    assert head is not None  # every LoopSpec id starts so
+    rungs = "-".join(str(k) for k in ladder)
+    return f"ladder-{rungs}-{head['strategy']}-w{head['a']}-{head['b']}{spec.id[head.end() :]}"
+
+
+@dataclass(frozen=True)
+class WindowLadder(RungLadder):
+    """A looped decoder with K chosen per input from a ladder of fixed depths (e.g. 1,
+    2, 4, 8): ``RungLadder`` with ``LoopedWindow`` rungs, each rung ``spec`` at K =
+    that rung (``spec`` is the top rung's: K = ``ladder[-1]``, no halt_tau). Unlike
+    ``HaltingWindow``, a row stops on a finished trajectory: its answer is scored at
+    ``LoopedWindow(K)`` exactly (steps of 1/K), the fixed-depth sweep's NLL, and it pays
+    for every rung run (stopping at 4 of 1, 2, 4 costs 1 + 2 + 4 loops). The signal is
+    the KL of the first answer token's distribution (the last prompt position) to the
+    rung below. Id: ``ladder-1-2-4-8-euler-w12-15-decode-full-kl0.01`` (the spec's id
+    without its K)."""
+
+    spec: LoopSpec
+    backbone: ClassVar[str] = LOOPED_DECODER
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.spec.halt_tau is not None:
+            raise ValueError("WindowLadder takes a spec without halt_tau (the ladder's KL decides the depth)")
+        if self.spec.loops != self.ladder[-1]:
+            raise ValueError(f"WindowLadder's spec is its top rung's: loops {self.spec.loops} != {self.ladder[-1]}")
+        for k in self.ladder:  # every rung must be a valid spec (e.g. aitken takes even K only)
+            replace(self.spec, loops=k)
+
+    @property
+    def rungs(self) -> tuple[LoopedWindow, ...]:
+        """The fixed depths it climbs, in order."""
+        return tuple(LoopedWindow(replace(self.spec, loops=k)) for k in self.ladder)
+
+    @property
+    def id(self) -> str:
+        return f"{_window_ladder_stem(self.ladder, self.spec)}-kl{self.tau:g}"
+
+    @property
+    def trace(self) -> WindowLadderTrace:
+        return WindowLadderTrace(self.ladder, self.spec)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "loop_spec": self.spec.to_settings()}
+
+
 # ---- traces: every step a halting policy may stop at, computed once -------------------------
 
 
@@ -366,6 +416,30 @@ class LadderTrace(HaltingTrace):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "ladder": list(self.ladder), "signals": list(self.signals)}
+
+
+@dataclass(frozen=True)
+class WindowLadderTrace(LadderTrace):
+    """Every rung of a looped decoder's ladder (``WindowLadder``) on every example: rung
+    K's NLL is ``LoopedWindow(K)``'s, with the KL to the rung below (none at the first)."""
+
+    spec: LoopSpec  # the top rung's
+    backbone: ClassVar[str] = LOOPED_DECODER
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ladder", tuple(self.ladder))
+        WindowLadder(self.ladder, 0.0, self.spec)  # the same checks as the ladders it serves
+
+    @property
+    def rungs(self) -> tuple[LoopedWindow, ...]:
+        return WindowLadder(self.ladder, 0.0, self.spec).rungs
+
+    @property
+    def id(self) -> str:
+        return f"{_window_ladder_stem(self.ladder, self.spec)}-trace"
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "loop_spec": self.spec.to_settings()}
 
 
 @dataclass(frozen=True)
@@ -412,6 +486,11 @@ _SPEC_PARTS = re.compile(
 _HALTING_TAIL = re.compile(rf"-(?P<rule>{'|'.join(HALTING_RULES)})(?P<tau>{_NUMBER})$")
 _LADDER = re.compile(rf"ladder-(?P<rungs>\d+(?:-\d+)+)-kl(?P<tau>{_NUMBER})")
 _LADDER_TRACE = re.compile(r"ladder-(?P<rungs>\d+(?:-\d+)+)-trace")
+# a looped decoder's ladder: the rungs, then its spec's id without -K<loops> (a strategy starts
+# with a letter, so the rungs end before it)
+_WINDOW_LADDER = re.compile(
+    rf"ladder-(?P<rungs>\d+(?:-\d+)+)-(?P<head>[a-z_]+-w\d+-\d+)(?P<rest>.*?)(?:-kl(?P<tau>{_NUMBER})|(?P<trace>-trace))"
+)
 
 
 def _parse_spec(text: str) -> LoopSpec:
@@ -458,8 +537,9 @@ def _parse_spec(text: str) -> LoopSpec:
 def parse_policy(text: str) -> DepthPolicy:
     """The inverse of ``DepthPolicy.id`` for every policy: ``M8``, ``sched-0.5-0.5``,
     ``ladder-2-4-8-kl0.01``, ``euler-w12-15-K3`` (with any of ``LoopSpec.id``'s suffixes,
-    e.g. ``-decode-full``), halting windows ``euler-w12-15-K8-residual0.05`` and the
-    traces ``ladder-2-4-8-trace`` and ``euler-w12-15-K8-trace``.
+    e.g. ``-decode-full``), halting windows ``euler-w12-15-K8-residual0.05``, window
+    ladders ``ladder-1-2-4-euler-w12-15-kl0.01`` and the traces ``ladder-2-4-8-trace``,
+    ``ladder-1-2-4-euler-w12-15-trace`` and ``euler-w12-15-K8-trace``.
 
     Settings an id leaves out take their defaults. The id must be spelt as the policy
     spells it (the results files' spelling), so that one computation has one name: a
@@ -470,8 +550,17 @@ def parse_policy(text: str) -> DepthPolicy:
             return parse_loopformer_policy(text)
         ladder = _LADDER.fullmatch(text)
         ladder_trace = _LADDER_TRACE.fullmatch(text)
-        if ladder is not None:
-            policy: DepthPolicy = RungLadder(tuple(int(m) for m in ladder["rungs"].split("-")), float(ladder["tau"]))
+        window_ladder = _WINDOW_LADDER.fullmatch(text)
+        if window_ladder is not None:
+            rungs = tuple(int(k) for k in window_ladder["rungs"].split("-"))
+            top = _parse_spec(f"{window_ladder['head']}-K{rungs[-1]}{window_ladder['rest']}")
+            policy: DepthPolicy
+            if window_ladder["trace"]:
+                policy = WindowLadderTrace(rungs, top)
+            else:
+                policy = WindowLadder(rungs, float(window_ladder["tau"]), top)
+        elif ladder is not None:
+            policy = RungLadder(tuple(int(m) for m in ladder["rungs"].split("-")), float(ladder["tau"]))
         elif ladder_trace is not None:
             policy = LadderTrace(tuple(int(m) for m in ladder_trace["rungs"].split("-")))
         elif text.endswith("-trace"):

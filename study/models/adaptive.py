@@ -6,8 +6,9 @@ reads only prompt positions, so the depth a row gets never depends on the gold a
 it is scored on, nor (attention being causal and the signal per row) on the other rows
 or the padding of the batch. The runners live with their backbones
 (``study.models.entries``): ``HaltingWindowRunner`` (looped decoder) halts its window
-by a ``PromptHalting`` rule, ``LadderRunner`` (LoopFormer) climbs rungs of M while the
-``kl_rows`` of successive rungs is at least tau.
+by a ``PromptHalting`` rule; the ladders (``LadderRunner``: LoopFormer's M,
+``WindowLadderRunner``: the looped decoder's K) climb rungs while the ``kl_rows`` of
+successive rungs is at least tau (``climb_ladder``; their traces: ``ladder_steps``).
 
 The adaptive stage computes the steps a family of halting policies may stop at once
 (``study.looping.policies.HaltingTrace``): the trace runners yield one ``TraceStep``
@@ -18,7 +19,7 @@ of that policy bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -111,3 +112,61 @@ class SignalRecorder(Halting):
         self.states.append(out)
         self.costs.append(self.executed.clone())
         return out
+
+
+# A rung of a ladder: (loops it costs, the forward of a right-padded batch [b, T] -> final
+# hidden states [b, T, H] at that fixed depth)
+Rung = tuple[int, Callable[[Tensor], Tensor]]
+
+
+def climb_ladder(
+    rungs: Sequence[Rung], head: Callable[[Tensor], Tensor], tau: float, input_ids: Tensor, decide_at: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A rung ladder on a batch: run each rung on the rows still climbing (their results do
+    not depend on the others), stop a row once the KL of its distribution at ``decide_at``
+    [B] to the rung below is < tau. -> (hidden [B, T, H] at each row's final rung, cost
+    [B]: the loops of every rung it ran, final rung's loops [B])."""
+    batch = input_ids.shape[0]
+    device = input_ids.device
+    climbing = torch.ones(batch, dtype=torch.bool)  # rows still moving up the ladder
+    cost = torch.zeros(batch)
+    rung = torch.zeros(batch, dtype=torch.long)
+    previous: Tensor | None = None  # [B, V] logits at the decision position, previous rung
+    hidden: Tensor | None = None
+    for loops, forward in rungs:
+        rows = climbing.nonzero().squeeze(1)
+        out = forward(input_ids[rows.to(device)])  # [b, T, H]
+        if hidden is None:
+            hidden = out.new_zeros(batch, *out.shape[1:])
+        hidden[rows.to(device)] = out
+        cost[rows] += loops
+        rung[rows] = loops
+        at = decide_at[rows].to(device)
+        logits = readout_rows(head, out[torch.arange(len(rows), device=device), at])  # [b, V]
+        if previous is not None:
+            agreed = (kl_rows(logits, previous[rows.to(device)]) < tau).cpu()
+            climbing[rows[agreed]] = False
+        if not bool(climbing.any()):
+            break
+        previous = logits.new_zeros(batch, logits.shape[-1]) if previous is None else previous
+        previous[rows.to(device)] = logits
+    assert hidden is not None  # a ladder has at least two rungs
+    return hidden, cost, rung
+
+
+def ladder_steps(
+    rungs: Iterable[tuple[int, Tensor]], head: Callable[[Tensor], Tensor], decide_at: Tensor
+) -> Iterator[TraceStep]:
+    """A ladder's trace on a batch: one ``TraceStep`` per rung, from each rung's (loops,
+    hidden states [B, T, H] of every row), with the loops paid to stop there (every rung
+    so far) and the KL to the rung below as ``climb_ladder`` computes it (row by row;
+    none at the first rung)."""
+    previous: Tensor | None = None  # [B, V] logits at the decision position, previous rung
+    paid = 0
+    for loops, hidden in rungs:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        logits = readout_rows(head, hidden[rows, decide_at.to(hidden.device)])
+        paid += loops
+        signal = None if previous is None else kl_rows(logits, previous).cpu()
+        yield TraceStep(loops, hidden, torch.full((len(rows),), float(paid)), {"kl": signal})
+        previous = logits

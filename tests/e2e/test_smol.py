@@ -53,6 +53,12 @@ def test_smol_smoke_runs_offline_end_to_end(tmp_path: Path) -> None:
         assert json.loads((folder / "loop_policy.json").read_text())["train_loops"] == loops
         with safe_open(folder / "model.safetensors", "pt") as tensors:
             assert all(key.startswith(("model.", "lm_head.")) for key in tensors.keys())  # noqa: SIM118
+    # adaptive: both families of halting policies on every model, the ladder's trace one cell per model
+    adaptive = list(csv.DictReader((run_dir / "results" / "adaptive.csv").open()))
+    ladder = "ladder-1-2-4-euler-w12-15-cache-per_loop-decode-full"
+    halting = {r["policy"] for r in adaptive if r["model"] == "base" and r["kind"] == "halting"}
+    assert halting == {"euler-w12-15-K4-cache-per_loop-decode-full-kl0.01", f"{ladder}-kl0.01"}
+    assert (run_dir / "results" / "cells" / "adaptive" / f"base-test-{ladder}-trace.csv").is_file()
     assert len(list((run_dir / "figures").glob("*.png"))) >= 5
     check_benchmarks(run_dir, report)
 

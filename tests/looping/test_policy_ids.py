@@ -11,6 +11,8 @@ from study.looping.policies import (
     RungLadder,
     StepSchedule,
     UniformLoops,
+    WindowLadder,
+    WindowLadderTrace,
     WindowTrace,
     parse_policy,
 )
@@ -55,6 +57,11 @@ POLICIES = [
     RungLadder((2, 4, 8), 0.01),
     LadderTrace((2, 4, 8)),
     WindowTrace(LoopSpec(window=(12, 15), loops=8, strategy="euler", decode_mode="full")),
+    WindowLadder((1, 2, 4, 8), 0.01, LoopSpec(window=(12, 15), loops=8, strategy="euler", decode_mode="full")),
+    WindowLadder((2, 4), 1e-05, LoopSpec(window=(0, 3), loops=4, strategy="anderson", anderson_m=3)),
+    WindowLadderTrace(
+        (1, 2, 4), LoopSpec(window=(12, 15), loops=4, strategy="euler", cache_strategy="per_loop", decode_mode="full")
+    ),
 ]
 
 
@@ -71,6 +78,11 @@ def test_examples_of_the_results_files():
     # what the id leaves out takes the spec's defaults
     assert naive.spec == LoopSpec(window=(12, 15), loops=1, strategy="naive")
     assert parse_policy("euler-w12-15-K3-decode-full").spec.decode_mode == "full"
+    ladder = parse_policy("ladder-1-2-4-8-euler-w12-15-cache-per_loop-decode-full-kl0.01")
+    assert isinstance(ladder, WindowLadder) and ladder.backbone == "looped_decoder"
+    assert [rung.id for rung in ladder.rungs] == [f"euler-w12-15-K{k}-cache-per_loop-decode-full" for k in (1, 2, 4, 8)]
+    assert ladder.inference_loops == 15 and ladder.describe()["ladder"] == [1, 2, 4, 8]
+    assert parse_policy("ladder-2-4-8-kl0.01") == RungLadder((2, 4, 8), 0.01)  # LoopFormer's ids unchanged
 
 
 @pytest.mark.parametrize(
@@ -85,6 +97,10 @@ def test_examples_of_the_results_files():
         ("euler-w1-2-K3-alpha0.7", "does not use ema_alpha"),
         ("naive-w1-2-K2-residual0.1", "cannot halt"),
         ("ladder-4-2-kl0.1", "must increase"),
+        ("ladder-1-2-euler-w1-2-K2-kl0.1", "cannot read '-K2'"),  # a window ladder's id has no K
+        ("ladder-2-3-aitken-w1-2-kl0.1", "loops must be even"),  # every rung must be a valid spec
+        ("ladder-1-2-naive-w1-2-alpha0.7-kl0.1", "does not use ema_alpha"),
+        ("ladder-1-2-ema-w1-2-alpha0.5-kl0.1", "id is 'ladder-1-2-ema-w1-2-kl0.1'"),  # a default spelt out
         ("wobble-w1-2-K3", "unknown strategy"),
     ],
 )

@@ -19,10 +19,11 @@ from study.looping.policies import (
     StepSchedule,
     UniformLoops,
     WindowFamily,
+    WindowLadder,
 )
 from study.models.backbone import Backbone, PolicyRunner
 from study.models.backbones import BACKBONES, BackboneError, bind, get_backbone
-from study.models.entries.looped_decoder import HaltingWindowRunner, LoopedDecoderRunner
+from study.models.entries.looped_decoder import HaltingWindowRunner, LoopedDecoderRunner, WindowLadderRunner
 from study.models.entries.loopformer import LadderRunner, LoopFormerRunner
 from study.models.loopformer import LoopFormerForCausalLM
 from study.pipeline import EMBEDDED_DIR
@@ -119,6 +120,10 @@ def test_looped_decoder_entry_loads_runs_costs_and_names_its_depth(llama, llama_
     halting = bind(llama, HaltingWindow(WINDOW.policy(3).spec, "kl", 0.0))
     assert type(halting) is HaltingWindowRunner
     assert halting.hidden(ids, prompt_lengths=torch.tensor([3, 5]))[1].tolist() == [3.0, 3.0]  # tau 0: K_max
+    ladder = bind(llama, WindowLadder((1, 3), 0.0, WINDOW.policy(3).spec))
+    assert type(ladder) is WindowLadderRunner and ladder.context_limit == 512
+    ladder_hidden, cost = ladder.hidden(ids, prompt_lengths=torch.tensor([3, 5]))
+    assert cost.tolist() == [4.0, 4.0] and torch.equal(ladder_hidden, hidden)  # tau 0: K = 3 at 1 + 3 loops
     # FLOPs: 4 layers outside the window once, the 2-layer window K times plus its KV-writing pass
     c = llama.config
     layer = 2 * (2 * 32 * 32 + 2 * 32 * 16) + 2 * 3 * 32 * 64 + 4 * 10.0 * 32
@@ -143,6 +148,13 @@ def test_looped_decoder_entry_trains_through_the_loop(llama) -> None:
         "euler-w2-3-K4-decode-full-residual0.5",
         "euler-w2-3-K4-decode-full-kl0.5",
     ]
+    both = AdaptiveConfig(taus=[0.0, 0.5], k_max=4, ladder=[1, 2, 4], rules=["kl"])
+    assert [p.id for p in entry.halting_policies(WINDOW, both)] == [
+        "euler-w2-3-K4-decode-full-kl0", "euler-w2-3-K4-decode-full-kl0.5",
+        "ladder-1-2-4-euler-w2-3-decode-full-kl0", "ladder-1-2-4-euler-w2-3-decode-full-kl0.5",
+    ]  # fmt: skip
+    ladder_only = entry.halting_policies(WINDOW, AdaptiveConfig(taus=[0.1], ladder=[1, 3]))
+    assert ladder_only == [WindowLadder((1, 3), 0.1, WINDOW.policy(3).spec)]
     with pytest.raises(BackboneError, match="cannot load a causal LM"):
         entry.load("/nonexistent/folder", None, CPU)
 
@@ -154,6 +166,7 @@ def test_looped_decoder_entry_trains_through_the_loop(llama) -> None:
         ("llama", RungLadder((1, 2), 0.1), "runs on LoopFormer, not on LlamaForCausalLM"),
         ("loopformer", WINDOW.policy(2), "runs on a looped pretrained decoder, not on LoopFormerForCausalLM"),
         ("loopformer", HaltingWindow(WINDOW.policy(2).spec, "kl", 0.1), "runs on a looped pretrained decoder"),
+        ("loopformer", WindowLadder((1, 2), 0.1, WINDOW.policy(2).spec), "runs on a looped pretrained decoder"),
     ],
 )
 def test_bind_refuses_a_policy_of_the_other_backbone(request, model_name: str, policy, message: str) -> None:

@@ -129,8 +129,16 @@ def test_halting_policies_refuse_bad_thresholds():
     assert section is not None and section.tau_quantiles  # quantiles alone are enough
     with pytest.raises(ConfigError, match="give ladder"):
         load_config("smoke", ["adaptive.k_max=4"])
-    with pytest.raises(ConfigError, match="give k_max"):
-        load_config("smol-smoke", ["adaptive.ladder=[2,4]"])
+    with pytest.raises(ConfigError, match="needs k_max"):
+        load_config("smol-smoke", ["adaptive.ladder=null", "adaptive.k_max=null"])
+    even = [f"{grid}=[2,4]" for grid in ("sft.train_loops", "nll.inference_loops", "exact_match.inference_loops",
+                                         "latency.inference_loops", "benchmarks.inference_loops")]  # fmt: skip
+    aitken = ["looping.strategy=aitken", "looping.cache_strategy=last", *even]  # every grid even: aitken's K
+    assert load_config("smol-smoke", [*aitken, "adaptive.ladder=[2,4]"]).adaptive is not None
+    with pytest.raises(ConfigError, match="loops must be even"):  # so must every rung be
+        load_config("smol-smoke", [*aitken, "adaptive.ladder=[2,3]"])
+    only_ladder = load_config("smol-smoke", ["adaptive.k_max=null", "adaptive.ladder=[1,2]"])  # a family alone
+    assert only_ladder.adaptive is not None and only_ladder.adaptive.k_max is None
     assert RungLadder((2, 4, 8), 0.01).id == "ladder-2-4-8-kl0.01"
 
 

@@ -10,7 +10,15 @@ import torch
 from study.config import AdaptiveConfig
 from study.io import read_csv
 from study.looping.halting import Trace, halting_outcome, stop_steps
-from study.looping.policies import HaltingWindow, LadderTrace, RungLadder, WindowTrace
+from study.looping.policies import (
+    HaltingWindow,
+    LadderTrace,
+    LoopedWindow,
+    RungLadder,
+    WindowLadder,
+    WindowLadderTrace,
+    WindowTrace,
+)
 from study.looping.spec import LoopSpec
 from study.models.backbones import bind
 from study.pipeline import StudyError
@@ -93,6 +101,52 @@ def test_window_lookup_equals_the_halting_runner_for_every_rule_and_tau():
     assert min(executed) < SPEC.loops and len(executed) >= 3
 
 
+WINDOW_LADDER = (1, 2, 4)
+
+
+def test_window_ladder_lookup_equals_the_ladder_runner_at_every_tau():
+    model = tiny_llama(2)
+    examples = random_examples(9, model.config.vocab_size, seed=2)  # batches of 4: 4, 4, 1 rows
+    top = LoopSpec(window=(2, 3), loops=WINDOW_LADDER[-1], strategy="euler")
+    trace_policy = WindowLadderTrace(WINDOW_LADDER, top)
+    with one_thread():
+        traced = score_trace(bind(model, trace_policy), examples, 4)
+    trace = as_arrays(traced)
+    assert np.isnan(trace.signals["kl"][:, 0]).all() and np.isfinite(trace.signals["kl"][:, 1:]).all()
+    assert [t.depth for t in traced[0]] == list(WINDOW_LADDER)
+    policies = [WindowLadder(WINDOW_LADDER, tau, top) for tau in spread_taus(trace.signals["kl"])]
+    costs = assert_lookup_equals_runner(model, trace_policy, policies, examples, 4)
+    assert {1 + 2, 1 + 2 + 4} <= costs and len(costs) >= 2  # some rows stop early, some climb to the top
+    # tau 0 climbs to the top rung: its NLL is LoopedWindow(K = 4)'s at the cost of the whole ladder
+    with one_thread():
+        top_scores = score_continuations(bind(model, LoopedWindow(top)), examples, 4)
+    outcome = halting_outcome(trace, "kl", 0.0)
+    assert outcome.nll_sum.tolist() == [s.nll_sum for s in top_scores]
+    assert outcome.executed_loops.tolist() == [float(sum(WINDOW_LADDER))] * len(examples)
+
+
+def test_window_ladder_rungs_are_the_fixed_depth_sweep():
+    """Each rung's NLL is the fixed-depth sweep's at that K (same batches), bit for bit, and
+    the last prompt position's logits do not depend on the answer after it (causal; to
+    rounding only, hence the runner and the trace read them off the same whole-row forward)."""
+    model = tiny_llama(4)
+    examples = random_examples(6, model.config.vocab_size, seed=3)
+    top = LoopSpec(window=(1, 3), loops=4, strategy="euler", decode_mode="full")
+    with one_thread():
+        traced = score_trace(bind(model, WindowLadderTrace((1, 2, 4), top)), examples, 3)
+        for step, rung in enumerate(WindowLadder((1, 2, 4), 0.0, top).rungs):
+            fixed = score_continuations(bind(model, rung), examples, 3)
+            assert [steps[step].score.nll_sum for steps in traced] == [s.nll_sum for s in fixed], rung.id
+        runner = bind(model, LoopedWindow(top))
+        for example in examples[:3]:
+            whole = torch.tensor([example.input_ids])
+            prompt = whole[:, : example.answer_start]
+            at = example.answer_start - 1
+            with_answer = runner.head(runner.hidden(whole)[0][:, at])
+            alone = runner.head(runner.hidden(prompt)[0][:, at])
+            torch.testing.assert_close(alone, with_answer, rtol=1e-5, atol=1e-5)
+
+
 def test_stop_steps_compare_in_float32_and_skip_missing_signals():
     signal = np.array([[np.nan, 0.5, 0.01], [np.nan, np.float32(0.01), 0.2], [np.nan, 0.3, 0.4]])
     # float32(0.01) < 0.01 in float64, not in float32 (torch's comparison): row 1 does not stop there
@@ -105,6 +159,9 @@ def test_policies_name_their_trace():
     assert RungLadder((2, 4, 8), 0.01).trace == RungLadder((2, 4, 8), 0.3).trace == LadderTrace((2, 4, 8))
     assert HaltingWindow(SPEC, "kl", 0.1).trace == HaltingWindow(SPEC, "residual", 0.2).trace == WindowTrace(SPEC)
     assert LadderTrace((2, 4, 8)).id == "ladder-2-4-8-trace" and WindowTrace(SPEC).id == "euler-w2-3-K6-trace"
+    assert WindowLadder((1, 2, 6), 0.1, SPEC).trace == WindowLadderTrace((1, 2, 6), SPEC)
+    assert WindowLadderTrace((1, 2, 6), SPEC).id == "ladder-1-2-6-euler-w2-3-trace"
+    assert WindowLadderTrace((1, 2, 6), SPEC) != LadderTrace((1, 2, 6))  # one file name each
     with pytest.raises(ValueError, match="halt"):
         WindowTrace(LoopSpec(window=(2, 3), loops=4, strategy="naive"))  # a strategy that cannot halt
 
@@ -112,7 +169,7 @@ def test_policies_name_their_trace():
 @pytest.fixture(scope="module")
 def looped_run(tmp_path_factory):
     ctx = looped_context(tmp_path_factory.mktemp("adaptive-looped"), nll_loops=(1, 2), sft_loops=(2,))
-    section = AdaptiveConfig(k_max=3, rules=["residual", "kl"], taus=[0.0, 0.05, 0.2])
+    section = AdaptiveConfig(k_max=3, ladder=[1, 2], rules=["residual", "kl"], taus=[0.0, 0.05, 0.2])
     ctx.config = ctx.config.model_copy(update={"adaptive": section})
     with one_thread():
         nll.run(ctx)
@@ -121,18 +178,34 @@ def looped_run(tmp_path_factory):
 
 
 def test_stage_computes_one_trace_per_model_for_every_rule_and_tau(looped_run):
-    head = "euler-w2-3-K3-decode-full"
+    head, ladder = "euler-w2-3-K3-decode-full", "ladder-1-2-euler-w2-3-decode-full"
     cells = sorted(p.name for p in looped_run.cells_dir("adaptive").glob("*.csv"))
-    # one cell per (model, trace, split): the calibration slice (heldout) and the test slice
-    assert cells == [f"{m}-{split}-{head}-trace.csv" for m in ("base", "train2") for split in ("heldout", "test")]
+    # one cell per (model, split, trace): the calibration slice (heldout) and the test slice, both families
+    assert cells == sorted(
+        f"{m}-{split}-{t}-trace.csv"
+        for m in ("base", "train2")
+        for split in ("heldout", "test")
+        for t in (head, ladder)
+    )
     rows = read_csv(looped_run.results_path("adaptive.csv"))
+    taus = ("0", "0.05", "0.2")
     for split in ("heldout", "test"):
         halting = [r["policy"] for r in rows if (r["model"], r["split"], r["kind"]) == ("base", split, "halting")]
-        assert halting == [f"{head}-{rule}{tau}" for rule in ("residual", "kl") for tau in ("0", "0.05", "0.2")]
+        assert halting == [f"{head}-{rule}{tau}" for rule in ("residual", "kl") for tau in taus] + [
+            f"{ladder}-kl{tau}" for tau in taus
+        ]
+    # the ladder's tau 0 is the fixed-depth sweep's top rung (K = 2), paying 1 + 2 loops
+    test_rows = [r for r in rows if (r["model"], r["split"]) == ("base", "test")]
+    top = next(r for r in test_rows if r["policy"] == f"{ladder}-kl0")
+    fixed = next(r for r in test_rows if r["policy"] == "euler-w2-3-K2-decode-full")
+    assert float(top["mean_loops"]) == 3.0 and top["nll_per_token"] == fixed["nll_per_token"]
     calibrated = read_csv(looped_run.results_path("adaptive_calibrated.csv"))
-    # per (model, trace, rule): both rules of the one window trace are calibrated on their own signal
+    # per (model, trace, rule): each family's rules are calibrated on their own signal
     assert {(r["model"], r["family"], r["rule"]) for r in calibrated} == {
-        (m, f"{head}-trace", rule) for m in ("base", "train2") for rule in ("residual", "kl")
+        (m, f"{t}-trace", rule)
+        for m in ("base", "train2")
+        for t, rules in ((head, ("residual", "kl")), (ladder, ("kl",)))
+        for rule in rules
     }
 
 
@@ -155,14 +228,14 @@ def test_stage_reuses_its_trace_when_only_taus_or_rules_change(looped_run):
     ctx = looped_run
     cell = ctx.cells_dir("adaptive") / "base-test-euler-w2-3-K3-decode-full-trace.csv"
     stamp = cell.stat().st_mtime_ns
-    section = AdaptiveConfig(k_max=3, rules=["kl"], taus=[0.01])
+    section = AdaptiveConfig(k_max=3, ladder=[1, 2], rules=["kl"], taus=[0.01])
     ctx.config = ctx.config.model_copy(update={"adaptive": section})
     with one_thread():
         adaptive.run(ctx)
     assert cell.stat().st_mtime_ns == stamp  # read back, not recomputed
     rows = read_csv(ctx.results_path("adaptive.csv"))
     halting = [r["policy"] for r in rows if (r["model"], r["split"], r["kind"]) == ("base", "test", "halting")]
-    assert halting == ["euler-w2-3-K3-decode-full-kl0.01"]
+    assert halting == ["euler-w2-3-K3-decode-full-kl0.01", "ladder-1-2-euler-w2-3-decode-full-kl0.01"]
 
 
 def test_a_trace_cell_for_other_examples_is_recomputed(tmp_path):

@@ -6,7 +6,11 @@ weights, so one loaded model serves every policy. ``HaltingWindowRunner`` runs
 ``HaltingWindow``: the window's strategy (euler ...) with a ``PromptHalting`` rule that
 freezes a row once its signal falls below tau. ``WindowTraceRunner`` runs its
 ``WindowTrace``: every step of the K_max-step trajectory with both rules' signals, from
-which the adaptive stage reads every (rule, tau). Keys and values: the window's KV is
+which the adaptive stage reads every (rule, tau). ``WindowLadderRunner`` runs
+``WindowLadder`` (K per input from a ladder of fixed depths, each a finished
+``LoopedWindow(K)`` trajectory, as LoopFormer's ``RungLadder``) and
+``WindowLadderTraceRunner`` its ``WindowLadderTrace`` (every rung, with the KL between
+successive rungs). Keys and values: the window's KV is
 written after the loop by one more pass (``cache_strategy``), from each row's own final
 state, so a row that stopped early still leaves KV for every later token. In generation
 each call decides on its own new tokens (the prompt at prefill, the new token at each
@@ -19,7 +23,7 @@ token reads an exited token's missing passes from its last computed one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,12 +32,28 @@ from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 
 from study.errors import BackboneError
-from study.looping.policies import DepthPolicy, HaltingWindow, LoopedWindow, LoopFamily, WindowTrace
+from study.looping.policies import (
+    DepthPolicy,
+    HaltingWindow,
+    LoopedWindow,
+    LoopFamily,
+    WindowLadder,
+    WindowLadderTrace,
+    WindowTrace,
+)
 from study.looping.spec import LoopSpec
 from study.looping.strategies import Halting
-from study.models.adaptive import PromptHalting, SignalRecorder, TraceStep, prompt_mask
+from study.models.adaptive import (
+    PromptHalting,
+    Rung,
+    SignalRecorder,
+    TraceStep,
+    climb_ladder,
+    ladder_steps,
+    prompt_mask,
+)
 from study.models.backbone import Backbone, PolicyRunner
-from study.models.generation import DEFAULT_STOP_STRINGS, greedy_generate
+from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, greedy_generate
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
 from study.models.looped_decoder import (
     LoopedCausalLMOutput,
@@ -235,6 +255,111 @@ class WindowTraceRunner(PolicyRunner):
             yield TraceStep(step + 1, hidden, recorder.costs[step].float().cpu(), signals)
 
 
+class WindowLadderRunner(PolicyRunner):
+    """``WindowLadder``: K chosen per input from a ladder of fixed depths. Each rung is
+    ``LoopedWindow(K)`` run on the rows still climbing (``climb_ladder``, as LoopFormer's
+    ``LadderRunner``); a row is scored at the rung it stopped on, a finished K-step
+    trajectory, and pays for every rung it ran. Generation decides K on each prompt
+    alone, then decodes each group of equal K at that K."""
+
+    model: Any
+    policy: WindowLadder
+
+    def __init__(self, model: nn.Module, policy: WindowLadder) -> None:
+        super().__init__(model, policy)
+        self.rungs = [LoopedDecoderRunner(model, rung) for rung in policy.rungs]
+
+    @property
+    def context_limit(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.model.lm_head(hidden)
+
+    def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Each row's hidden states [B, T, H] at the rung it stopped on, and its cost [B]."""
+        if prompt_lengths is None:
+            raise ValueError(f"policy {self.policy.id} decides its depth from the prompt: give prompt_lengths")
+        hidden, cost, _ = self.climb(input_ids, prompt_lengths - 1)
+        return hidden, cost
+
+    def climb(self, input_ids: Tensor, decide_at: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(hidden [B, T, H] at each row's final rung, cost [B], final rung's K [B])."""
+
+        def rung(runner: LoopedDecoderRunner) -> Rung:
+            return runner.policy.inference_loops, lambda ids: runner.hidden(ids)[0]
+
+        rungs = [rung(runner) for runner in self.rungs]
+        return climb_ladder(rungs, self.model.lm_head, self.policy.tau, input_ids, decide_at)
+
+    def generate(self, tokenizer, prompts, max_new_tokens, stop_strings=DEFAULT_STOP_STRINGS, early_stop=True):
+        chosen = self.choose(tokenizer, prompts)
+        results: list[GenerationResult | None] = [None] * len(prompts)
+        for runner in self.rungs:
+            group = [i for i, k in enumerate(chosen) if k == runner.policy.inference_loops]
+            if group:
+                out = runner.generate(tokenizer, [prompts[i] for i in group], max_new_tokens, stop_strings, early_stop)
+                for i, result in zip(group, out, strict=True):
+                    results[i] = result
+        return results
+
+    @torch.inference_mode()
+    def choose(self, tokenizer, prompts: Sequence[str]) -> list[int]:
+        """The rung (K) each prompt stops on (each prompt alone: no padding, no batch mates)."""
+        chosen = []
+        for prompt in prompts:
+            ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=self.device)
+            _, _, rung = self.climb(ids, torch.tensor([ids.shape[1] - 1]))
+            chosen.append(int(rung[0]))
+        return chosen
+
+
+class WindowLadderTraceRunner(PolicyRunner):
+    """``WindowLadderTrace``: every rung of the ladder on every row, for the adaptive
+    stage's lookups. Per batch the layers below the window run once (``prefix``, as the
+    fixed-depth sweep shares them) and each rung K finishes them as ``LoopedWindow(K)``
+    (``forward_from_prefix``: ``base_forward`` op for op), so a rung's NLL is the
+    fixed-depth sweep's at K. The signal is read off those same forwards: the LM head at
+    each row's last prompt position (one [1, H] x [H, V] product per row and rung,
+    ``ladder_steps``, as ``climb_ladder`` computes it). Cost: the sweep of the ladder's
+    K (sum(ladder) window passes, the layers outside the window once per rung, those
+    below it once per batch) plus one head row per example and rung. A prompt-only
+    forward would give the signal for fewer tokens but not the NLL, which needs the
+    whole row at every rung anyway; and its logits equal the whole row's only to
+    rounding (on CPU, most rows differ in the last bits), which could move a row's
+    stopping rung away from the runner's."""
+
+    model: Any
+    policy: WindowLadderTrace
+
+    def __init__(self, model: nn.Module, policy: WindowLadderTrace) -> None:
+        super().__init__(model, policy)
+        try:
+            self.rungs = [(rung.inference_loops, loop_decoder(model, rung.spec)) for rung in policy.rungs]
+        except ValueError as error:
+            raise BackboneError(f"looping: {error}") from None
+
+    @property
+    def context_limit(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self.model.lm_head(hidden)
+
+    def trace(self, input_ids: Tensor, prompt_lengths: Tensor) -> Iterator[TraceStep]:
+        """One step per rung: its hidden states [B, T, H], the loops paid to stop there
+        (every rung so far) and the KL to the rung below (none at the first rung)."""
+        prefix = self.rungs[0][1].prefix(input_ids)  # [B, T, H] after the layers below the window
+
+        def rung_states() -> Iterator[tuple[int, Tensor]]:
+            for loops, looped in self.rungs:
+                hidden = looped.forward_from_prefix(prefix).last_hidden_state
+                assert hidden is not None
+                yield loops, hidden
+
+        yield from ladder_steps(rung_states(), self.model.lm_head, prompt_lengths - 1)
+
+
 # ---- loading ---------------------------------------------------------------------------------
 
 
@@ -325,7 +450,10 @@ class LoopedDecoderBackbone(Backbone):
     name = "looped_decoder"
     title = "a looped pretrained decoder"
     depth_symbol = "K"
-    runners = {LoopedWindow: LoopedDecoderRunner, HaltingWindow: HaltingWindowRunner, WindowTrace: WindowTraceRunner}
+    runners = {
+        LoopedWindow: LoopedDecoderRunner, HaltingWindow: HaltingWindowRunner, WindowTrace: WindowTraceRunner,
+        WindowLadder: WindowLadderRunner, WindowLadderTrace: WindowLadderTraceRunner,
+    }  # fmt: skip
 
     def accepts(self, model: nn.Module) -> bool:
         return has_layer_stack(model)
@@ -354,10 +482,18 @@ class LoopedDecoderBackbone(Backbone):
         return None
 
     def halting_policies(self, family: LoopFamily, section: AdaptiveConfig) -> list[DepthPolicy]:
-        assert section.k_max is not None  # the config requires k_max for a looped decoder
-        window = family.policy(section.k_max)
-        assert isinstance(window, LoopedWindow)
-        return [HaltingWindow(window.spec, rule, tau) for rule in section.rules for tau in section.taus]
+        """The window family (each rule x tau, halting a K_max-step trajectory) when ``k_max``
+        is given, then the ladder family (kl x tau over fixed depths) when ``ladder`` is."""
+        policies: list[DepthPolicy] = []
+        if section.k_max is not None:
+            window = family.policy(section.k_max)
+            assert isinstance(window, LoopedWindow)
+            policies += [HaltingWindow(window.spec, rule, tau) for rule in section.rules for tau in section.taus]
+        if section.ladder is not None:
+            top = family.policy(section.ladder[-1])
+            assert isinstance(top, LoopedWindow)
+            policies += [WindowLadder(tuple(section.ladder), tau, top.spec) for tau in section.taus]
+        return policies
 
     def depth_axis(self, looping: LoopingConfig | None) -> str:
         if looping is None:

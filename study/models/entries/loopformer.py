@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from study.errors import CheckpointError
 from study.looping.policies import DepthPolicy, LadderTrace, LoopFamily, RungLadder, StepSchedule, UniformLoops
-from study.models.adaptive import TraceStep, kl_rows, readout_rows
+from study.models.adaptive import Rung, TraceStep, climb_ladder, ladder_steps
 from study.models.backbone import Backbone, PolicyRunner
 from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, greedy_generate, preallocated_cache
 from study.models.loopformer import (
@@ -145,33 +145,13 @@ class LadderRunner(LoopFormerRunner):
 
     def climb(self, input_ids: Tensor, decide_at: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(hidden [B, T, H] at each row's final rung, cost [B], final rung [B])."""
-        batch = input_ids.shape[0]
-        device = input_ids.device
-        climbing = torch.ones(batch, dtype=torch.bool)  # rows still moving up the ladder
-        cost = torch.zeros(batch)
-        rung = torch.zeros(batch, dtype=torch.long)
-        previous: Tensor | None = None  # [B, V] logits at the decision position, previous rung
-        hidden: Tensor | None = None
-        for loops in self.policy.ladder:
-            rows = climbing.nonzero().squeeze(1)
-            # only the rows still climbing run this rung (their results do not depend on the others)
-            out = self.model.gpt(input_ids[rows.to(device)], use_cache=False, num_loops=loops).last_hidden_state
-            if hidden is None:
-                hidden = out.new_zeros(batch, *out.shape[1:])
-            hidden[rows.to(device)] = out
-            cost[rows] += loops
-            rung[rows] = loops
-            at = decide_at[rows].to(device)
-            logits = readout_rows(self.model.lm_head, out[torch.arange(len(rows), device=device), at])
-            if previous is not None:
-                agreed = (kl_rows(logits, previous[rows.to(device)]) < self.policy.tau).cpu()
-                climbing[rows[agreed]] = False
-            if not bool(climbing.any()):
-                break
-            previous = logits.new_zeros(batch, logits.shape[-1]) if previous is None else previous
-            previous[rows.to(device)] = logits
-        assert hidden is not None  # a ladder has at least two rungs
-        return hidden, cost, rung
+        gpt = self.model.gpt
+
+        def rung(loops: int) -> Rung:
+            return loops, lambda ids: gpt(ids, use_cache=False, num_loops=loops).last_hidden_state
+
+        rungs = [rung(loops) for loops in self.policy.ladder]
+        return climb_ladder(rungs, self.model.lm_head, self.policy.tau, input_ids, decide_at)
 
     def generate(self, tokenizer, prompts, max_new_tokens, stop_strings=DEFAULT_STOP_STRINGS, early_stop=True):
         """Decide M on each prompt alone, then decode each group of equal M at that M (per
@@ -219,18 +199,9 @@ class LadderTraceRunner(PolicyRunner):
         """One step per rung: its hidden states [B, T, H], the loops paid to stop there
         (every rung so far) and the KL of the first answer token's distribution to the
         rung below (none at the first rung)."""
-        device = input_ids.device
-        rows = torch.arange(input_ids.shape[0], device=device)
-        decide_at = (prompt_lengths - 1).to(device)
-        previous: Tensor | None = None  # [B, V] logits at the decision position, previous rung
-        paid = 0
-        for loops in self.policy.ladder:
-            hidden = self.model.gpt(input_ids, use_cache=False, num_loops=loops).last_hidden_state  # [B, T, H]
-            logits = readout_rows(self.model.lm_head, hidden[rows, decide_at])
-            paid += loops
-            signal = None if previous is None else kl_rows(logits, previous).cpu()
-            yield TraceStep(loops, hidden, torch.full((len(rows),), float(paid)), {"kl": signal})
-            previous = logits
+        gpt = self.model.gpt
+        rungs = ((m, gpt(input_ids, use_cache=False, num_loops=m).last_hidden_state) for m in self.policy.ladder)
+        yield from ladder_steps(rungs, self.model.lm_head, prompt_lengths - 1)
 
 
 # ---- analytic cost ----------------------------------------------------------------------
