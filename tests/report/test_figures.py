@@ -195,7 +195,7 @@ def test_adaptive_figures_draw_one_panel_per_model(fake_run: Path) -> None:
     assert [ax.get_title() for ax in figure.axes] == ["Base (test)", "Train8 (test)", "Train4 (test)"]
     frontier = pd.read_csv(fake_run / "results" / "oracle_frontier.csv")
     for ax, model in zip(figure.axes, ("base", "train8", "train4"), strict=True):
-        assert legend_texts(ax) == ["fixed depth", "oracle", "halting: kl (tau sweep)"]
+        assert legend_texts(ax) == ["fixed depth", "oracle", "halting: kl, ladder-2-4-8 (tau sweep)"]
         fixed, oracle, halting = ax.get_lines()
         assert list(fixed.get_xdata()) == [2.0, 4.0, 8.0] and list(halting.get_xdata()) == [7.0, 12.0]
         staircase = frontier[(frontier["model"] == model) & (frontier["split"] == "test")]
