@@ -229,7 +229,7 @@ def test_report_draws_the_stage_figures_with_fixed_oracle_and_halting_lines(stag
     assert len(figure.axes) == 2
     for ax in figure.axes:
         labels = [text.get_text() for text in ax.get_legend().get_texts()]
-        assert labels == ["fixed depth", "oracle", "halting: kl (tau sweep)"]
+        assert labels == ["fixed depth", "oracle", "halting: kl, ladder-1-2-4 (tau sweep)"]
         assert len(ax.get_lines()[2].get_xdata()) > 3  # one point per tau of the grid
     figure = plot_adaptive_depths(results)
     labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]

@@ -373,11 +373,13 @@ def _write_adaptive(
             oracle = nll[best] - 0.01
             for loops, value in nll.items():
                 rows.append({"model": model, "split": split, "policy": f"M{loops}", "kind": "fixed",
-                             "detail": f"M{loops}", "mean_loops": float(loops), "nll_per_token": value,
-                             "gap_to_best_fixed": value - nll[best]})  # fmt: skip
+                             "family": "fixed", "detail": f"M{loops}", "mean_loops": float(loops),
+                             "nll_per_token": value, "gap_to_best_fixed": value - nll[best]})  # fmt: skip
             rows.append({"model": model, "split": split, "policy": "best_fixed", "kind": "best_fixed",
-                         "detail": f"M{best}", "mean_loops": float(best), "nll_per_token": nll[best]})  # fmt: skip
-            rows.append({"model": model, "split": split, "policy": "oracle", "kind": "oracle", "mean_loops": 6.5,
+                         "family": "fixed", "detail": f"M{best}", "mean_loops": float(best),
+                         "nll_per_token": nll[best]})  # fmt: skip
+            rows.append({"model": model, "split": split, "policy": "oracle", "kind": "oracle", "family": "fixed",
+                         "mean_loops": 6.5,
                          "nll_per_token": oracle, "gap_to_best_fixed": -0.01, "gap_ci_low": -0.02,
                          "gap_ci_high": -0.001})  # fmt: skip
             frontier += [{"model": model, "split": split, "mean_loops": 2.0 + k, "nll_per_token": nll[2] - 0.02 * k}
@@ -393,7 +395,8 @@ def _write_adaptive(
                 # only the cheaper threshold fits a fixed depth's budget (M4): its equal-compute gap
                 equal = {} if fixed is None else {"equal_compute_fixed": fixed, "gap_to_equal_compute": value - nll[4],
                                                   "equal_ci_low": -0.2, "equal_ci_high": -0.01}  # fmt: skip
-                rows.append({"model": model, "split": split, "policy": policy, "kind": "halting", "detail": "kl",
+                rows.append({"model": model, "split": split, "policy": policy, "kind": "halting",
+                             "family": "ladder-2-4-8-trace", "detail": "kl",
                              "tau": tau, "mean_loops": mean_loops, "nll_per_token": value,
                              "gap_to_best_fixed": value - nll[best], "gap_ci_low": -0.01, "gap_ci_high": 0.02,
                              "oracle_nll_at_budget": oracle, **equal})  # fmt: skip

@@ -35,17 +35,25 @@ def plot_adaptive_frontier(results: Results, axes: Sequence[Axes] | None = None,
         ax.step(points["mean_loops"], points["nll_per_token"], where="post", color="black", lw=1.3, label="oracle")
         # halting rules in grey, told apart by marker: no colour here may read as another model's
         # one curve per (family, rule): a window's kl and a ladder's kl are different policies
-        halting = rows[rows["kind"] == "halting"].groupby(["family", "detail"], sort=True)
+        halting = rows[rows["kind"] == "halting"]
+        if "family" not in halting.columns:  # an adaptive.csv from before the families: one per rule
+            halting = halting.assign(family="")
+        halting = halting.groupby(["family", "detail"], sort=True, dropna=False)
         for index, ((family, detail), curve) in enumerate(halting):
             curve = curve.sort_values("mean_loops")
             shape = HALTING_MARKERS[index % len(HALTING_MARKERS)]
             ax.plot(curve["mean_loops"], curve["nll_per_token"], ls="--", marker=shape, ms=5, color="0.45",
-                    label=f"halting: {detail}, {str(family).removesuffix('-trace')} (tau sweep)")  # fmt: skip
+                    label=f"halting: {detail}{_family_text(family)} (tau sweep)")  # fmt: skip
         ax.set_title(f"{results.model(name).label} ({split})")
         ax.set_xlabel("mean executed loops per example")
         ax.set_ylabel("NLL per token (nats/token)")
         ax.legend(loc="upper right")
     return figure
+
+
+def _family_text(family: object) -> str:
+    """ ", ladder-2-4-8" for the trace id ``ladder-2-4-8-trace``; nothing when unknown."""
+    return f", {family.removesuffix('-trace')}" if isinstance(family, str) and family else ""
 
 
 FIGURE = FigureSpec(
