@@ -57,6 +57,7 @@ from transformers import PreTrainedTokenizerBase
 from study import bench_bf16, bench_smol, bench_threads
 from study.bench_probes import GIB, PeakRSS, best_time, matmul_gflops, spread, stream_copy_gbs
 from study.io import atomic_write_json
+from study.manifest import cpu_model, git_commit
 from study.models.generation import greedy_generate, recompute_generate
 from study.models.loopformer import LoopFormerConfig, LoopFormerForCausalLM
 from study.pipeline import EMBEDDED_DIR
@@ -402,6 +403,8 @@ def run_bench(args: argparse.Namespace) -> dict:
         "generate_vs_decoder": generate_ratio,
         "details": {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "git_commit": git_commit(),
+            "cpu_model": cpu_model(),
             "model": bench.source,
             "shape": args.shape,
             "config": {k: getattr(config, k) for k in SHAPE_FIELDS},

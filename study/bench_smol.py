@@ -49,6 +49,7 @@ from torch import nn
 
 from study.bench_probes import best_time, matmul_gflops, spread, stream_copy_gbs, torch_threads
 from study.looping.policies import DepthPolicy, LoopedWindow, WindowFamily
+from study.manifest import cpu_model, git_commit
 from study.models.backbone import cast_weights
 from study.models.backbones import bind
 from study.models.entries.looped_decoder import WINDOW_EVALUATIONS_PER_LOOP, decoder_layer_flops
@@ -386,7 +387,8 @@ def run_smol(args: argparse.Namespace) -> dict[str, Any]:
         "smol_sft_step_speedup": sft["speedup"],
         "smol_decode_bandwidth_fraction": decode["fraction"],
         "details": {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "git_commit": git_commit(),
+            "cpu_model": cpu_model(),
             "shape": args.shape, "config": LLAMA_SHAPES[args.shape][0], "window": list(family.window),
             "strategy": STRATEGY, "tokenizer": tokenizer_name, "machine": platform.machine(),
             "cpu_count": psutil.cpu_count(), "torch": torch.__version__, "threads": threads,

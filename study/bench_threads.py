@@ -39,6 +39,7 @@ from study.bench_probes import best_time, torch_threads
 from study.bench_smol import DEVICE, bench_tokenizer, looped_family, median_batch, random_llama
 from study.io import atomic_write_json
 from study.looping.policies import DepthPolicy, UniformLoops
+from study.manifest import cpu_model, git_commit
 from study.models.backbones import bind
 from study.models.loopformer import LoopFormerForCausalLM
 from study.pipeline import EMBEDDED_DIR
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{timed['speedup']:.2f}x", flush=True)  # fmt: skip
     elapsed = time.perf_counter() - start
     details = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "git_commit": git_commit(), "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
         "load_before": list(load_before), "load_after": list(os.getloadavg()), "repeats": args.repeats,
         "torch": torch.__version__, "shapes": described, "seconds": elapsed,
     }  # fmt: skip

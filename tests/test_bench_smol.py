@@ -42,6 +42,7 @@ def test_every_headline_figure_is_there(results: dict) -> None:
         assert positive(results[key]), key
     details = results["details"]
     assert details["shape"] == "tiny-llama" and details["threads"] == 1
+    assert details["cpu_model"] and "git_commit" in details  # a quoted figure names its machine and code
     assert details["tokenizer"].startswith("GPT-2") and "folded" in details["tokenizer"]
 
 

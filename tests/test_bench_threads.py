@@ -30,6 +30,7 @@ def test_every_kind_is_timed_at_one_and_two_threads(shape: str, tmp_path) -> Non
         assert figures["speedup"] == pytest.approx(figures["1"] / figures["2"])
     details = results["details"]
     assert len(details["load_before"]) == 3 and len(details["load_after"]) == 3 and details["cpu_count"] >= 1
+    assert details["cpu_model"] and "git_commit" in details
     shape_details = details["shapes"][shape]
     assert shape_details["nll_batch"] == 2 and shape_details["em_batch"] == 2 and shape_details["sft_tokens"] == 24
     expected = ("M8", "M8") if shape == "mini" else ("euler-w2-3-K4", "euler-w2-3-K2")
