@@ -291,7 +291,9 @@ def quality_value(runner: PolicyRunner, examples: list, progress=None) -> dict:
     }
 
 
-def adaptive_latency_row(model: str, policy: DepthPolicy, cell: dict, decode_halting: str, bootstrap) -> dict:
+def adaptive_latency_row(
+    model: str, policy: DepthPolicy, cell: dict, decode_halting: str, bootstrap: tuple[int, float, int]
+) -> dict:
     """One row of adaptive_latency.csv: the policy's time per sample (median; p10/p90 from
     ``PERCENTILE_MIN_SAMPLES`` samples on, else empty and said in ``note``), the loops
     its generated tokens ran, and its quality: NLL per token of the gold solutions it
@@ -367,8 +369,16 @@ def read_cell(
         return None
     try:
         cell = read_json(path)
-        expected = (policy.id, policy.inference_loops, new_tokens, samples, warmup, samples, samples)
-        found = (
+        expected: tuple[object, ...] = (
+            policy.id,
+            policy.inference_loops,
+            new_tokens,
+            samples,
+            warmup,
+            samples,
+            samples,
+        )
+        found: tuple[object, ...] = (
             cell["policy"], cell["inference_loops"], cell["new_tokens"], cell["samples"], cell["warmup"],
             len(cell["seconds"]), len(cell["order_position"]),
         )  # fmt: skip

@@ -67,6 +67,7 @@ def test_a_halting_window_decodes_each_gold_token_at_its_own_depth(examples):
 
 def looped_latency_context(tmp_path, samples: int = 3, cache_strategy: str = "per_loop"):
     ctx = looped_context(tmp_path, nll_loops=(1, 2), sft_loops=(2,))
+    assert ctx.config.looping is not None
     looping = ctx.config.looping.model_copy(update={"cache_strategy": cache_strategy, "decode_mode": "full"})
     update = {
         "looping": looping,
@@ -183,3 +184,23 @@ def test_percentiles_need_ten_samples():
     assert ten["nll_per_token"] == 0.5 and ten["loops_per_token"] == 1.5 and ten["quality_examples"] == 2
     assert ten["gold_loops_per_token"] == pytest.approx((2.0 * 3 + 1.5 * 5) / 8)  # weighted by tokens fed back
     assert (ten["halting"], ten["rule"], ten["tau"]) == ("true", "kl", 0.01)
+
+
+def test_report_draws_the_frontier_and_tables_the_policies(looped_run, tmp_path):
+    from study.report import load_results, plot_adaptive_latency, render_report, write_figures
+
+    results = load_results(looped_run.run_dir, models=looped_run.model_specs(), config=looped_run.config)
+    assert results.adaptive_latency is not None and results.adaptive_latency["halting"].dtype == bool
+    figure = plot_adaptive_latency(results)
+    assert len(figure.axes) == 2
+    for ax in figure.axes:
+        legend = ax.get_legend()
+        assert legend is not None
+        assert [text.get_text() for text in legend.get_texts()] == ["fixed depth", "halting: kl (label: tau)"]
+        assert "(3 questions)" in ax.get_title()
+    figures = write_figures(results, tmp_path)
+    assert figures["adaptive_latency"] is not None
+    report = render_report(results, figures)
+    assert "## Time at equal quality: halting in decoding" in report
+    assert "| halting kl, tau = 0.05 |" in report and "Source: `results/adaptive_latency.csv`" in report
+    assert "](figures/adaptive_latency.png)" in report
