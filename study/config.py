@@ -133,6 +133,10 @@ class ExactMatchConfig(Section):
 
 
 class LatencyConfig(Section):
+    """Timings at batch 1 of every depth of ``inference_loops`` (``latency.csv``) and, with an
+    ``adaptive`` section whose backbone halts while decoding, of its halting policies too,
+    each scored by its gold NLL on the ``samples`` questions timed (``adaptive_latency.csv``)."""
+
     inference_loops: LoopGrid = Field(default_factory=lambda: [2, 4, 6, 8, 10, 12, 16])
     # the first token comes from the prefill: a decode rate needs at least one more
     new_tokens: Annotated[int, Field(ge=2)] = 64

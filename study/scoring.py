@@ -17,6 +17,9 @@ whole solution (tokens from ``answer_start``) and the final answer alone (from `
   ``score_policies``: a whole sweep of one model, grouped or not (same scores).
 - ``score_trace``: every step a family of halting policies may stop at (its trace runner),
   scored as ``score_continuations`` scores each of those policies, with the signals.
+- ``score_decoding``: the gold solution fed through the decoding path token by token
+  (``PolicyRunner.forced_decode``): what a policy that halts per generated token scores
+  (the latency stage's quality); at a fixed depth it equals ``score_continuations``.
 - ``right_pad``, ``length_batches`` and ``gold_token_nll``: its pieces, for a forward
   that is not a runner's (the training-free looping table of ``study.pilot``).
 
@@ -216,6 +219,33 @@ def score_policies(
             values = score_continuations_group(runners, examples, batch_size, progress=progress)
         by_id.update({policy.id: value for policy, value in zip(group, values, strict=True)})
     return {policy.id: by_id[policy.id] for policy in policies}
+
+
+@torch.inference_mode()
+def score_decoding(
+    runner: PolicyRunner, examples: Sequence[EncodedExample], progress: Callable[..., Any] | None = None
+) -> list[ContinuationScore]:
+    """Each example's gold-solution NLL as decoding computes it, one example at a time
+    (batch 1, as the latency stage times generation): the prompt prefilled, then every
+    solution token fed back in place of the greedy one, so a halting policy halts each
+    token as it would while generating. ``executed_loops``: the mean loops of the fed
+    tokens (the prompt's prefill and the first solution token's prediction run at the
+    policy's full depth; an example with a one-token solution feeds none: its depth)."""
+    examples = [fit_to_window(e, runner.context_limit) for e in examples]
+    scores: list[ContinuationScore | None] = [None] * len(examples)
+    bar = progress(total=len(examples), desc="examples", inner=True) if progress is not None else None
+    for index, example in enumerate(examples):
+        input_ids = torch.tensor([example.input_ids], device=runner.device)  # [1, T]
+        logits, loops = runner.forced_decode(input_ids, example.answer_start)  # [T - P, V]
+        targets = input_ids[0, example.answer_start :]
+        token_nll = F.cross_entropy(logits.float(), targets, reduction="none").double().cpu()
+        executed = sum(loops) / len(loops) if loops else float(runner.policy.inference_loops)
+        _store_batch(scores, [index], [example], [token_nll], torch.tensor([executed], dtype=torch.float64))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return scores  # type: ignore[return-value]
 
 
 def _store_batch(

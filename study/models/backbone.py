@@ -33,6 +33,9 @@ class PolicyRunner:
     - ``head(hidden)``: the LM head on selected positions;
     - ``generate(...)``: greedy decoding with the KV cache (``study.models.generation``);
     - ``prefill(input_ids, new_tokens)``: the prompt's forward pass as ``generate`` runs it;
+    - ``forced_decode(input_ids, prompt_tokens)``: a gold continuation fed through the
+      decoding path token by token (``study.models.generation.forced_decode``), with the
+      loops each fed token ran: how a policy that halts while decoding scores it;
     - ``context_limit``: the longest sequence the backbone takes;
     - ``prefix_key(policy)``, ``prefix(input_ids)``, ``hidden_from_prefix(prefix, ...)``
       (optional): a policy whose first layers do not depend on its depth names them by a
@@ -89,6 +92,12 @@ class PolicyRunner:
     def prefill(self, input_ids: Tensor, new_tokens: int) -> None:
         raise NotImplementedError
 
+    def forced_decode(self, input_ids: Tensor, prompt_tokens: int) -> tuple[Tensor, list[float]]:
+        """Logits [T - P, V] of one row ``input_ids`` [1, T] after its first ``prompt_tokens``
+        (P), decoded as ``generate`` decodes with the gold tokens fed back, and the loops
+        each of the T - P - 1 fed tokens ran."""
+        raise NotImplementedError
+
 
 class Backbone(ABC):
     """One registry entry: everything the pipeline, the stages and the validation ask of a
@@ -135,6 +144,12 @@ class Backbone(ABC):
     @abstractmethod
     def depth_axis(self, looping: LoopingConfig | None) -> str:
         """The x-axis label of the depth figures."""
+
+    def decode_halting(self, looping: LoopingConfig | None) -> str | None:
+        """How its halting policies halt while generating: "token" (each generated token
+        stops its own loop), "prompt" (the depth is chosen once per prompt) or None (not
+        comparable with teacher forcing: the latency stage then times no halting policy)."""
+        return None
 
     def module_names(self) -> tuple[str, ...] | None:
         """Names of a model's modules, which ``sft.lora.target_modules`` must match; None:

@@ -141,6 +141,32 @@ def greedy_generate(
     )
 
 
+@torch.inference_mode()
+def forced_decode(
+    model, input_ids: torch.Tensor, prompt_tokens: int, cache: Cache, **loop_kwargs
+) -> tuple[torch.Tensor, list[float] | None]:
+    """Teacher forcing through the decoding path: the logits [T - P, V] that predict
+    tokens P..T-1 of one row ``input_ids`` [1, T] (P = ``prompt_tokens``), computed as
+    ``greedy_generate`` computes them: the prompt prefilled into ``cache``, then tokens
+    P..T-2 fed one call each (the gold tokens in place of the greedy ones). Also the
+    loops the model reported for each fed token (None when it reports none): a policy
+    that halts per generated token scores the gold answer at the depths it halts at."""
+    if input_ids.shape[0] != 1 or not 0 < prompt_tokens < input_ids.shape[1]:
+        raise ValueError(f"forced_decode takes one row of prompt + continuation, got {list(input_ids.shape)}")
+    mask = input_ids.new_ones(1, prompt_tokens)
+    call = {"cache": cache, "use_cache": True, "logits_to_keep": 1, **loop_kwargs}
+    out = model(input_ids[:, :prompt_tokens], attention_mask=mask, **call)
+    logits, loops = [out.logits[:, -1]], []  # [1, V] each
+    for t in range(prompt_tokens, input_ids.shape[1] - 1):
+        mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+        out = model(input_ids[:, t : t + 1], attention_mask=mask, **call)
+        logits.append(out.logits[:, -1])
+        executed = getattr(out, "executed_loops", None)  # [1]: the looped decoder reports them
+        if executed is not None:
+            loops.append(float(executed[0]))
+    return torch.cat(logits), (loops if len(loops) == len(logits) - 1 else None)
+
+
 def recompute_generate(
     model,
     tokenizer,

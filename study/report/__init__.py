@@ -20,6 +20,7 @@ from study.report.compare import compare, plot_compare
 from study.report.figures import FIGURES, figure_number, figure_spec, write_figures
 from study.report.figures.adaptive_depths import plot_adaptive_depths
 from study.report.figures.adaptive_frontier import plot_adaptive_frontier
+from study.report.figures.adaptive_latency import plot_adaptive_latency
 from study.report.figures.benchmarks import plot_benchmarks
 from study.report.figures.depth_shift import plot_depth_shift
 from study.report.figures.exact_match import EXTRACTION_TITLES, plot_exact_match
@@ -40,7 +41,8 @@ __all__ = [
     "TEST", "FigureSpec",
     "ModelInfo", "Results", "build_compare_parser", "build_parser", "compare", "figure_number", "figure_spec",
     "format_nll", "format_percent", "format_seconds", "frontier_points", "load_results", "main", "markdown_table",
-    "model_colors", "pareto_front", "plot_adaptive_depths", "plot_adaptive_frontier", "plot_benchmarks", "plot_compare",
-    "plot_depth_shift", "plot_exact_match", "plot_frontier", "plot_latency", "plot_nll_vs_loops", "plot_schedules",
-    "plot_sft_loss", "regenerate", "render_report", "save_figure", "table1", "write_figures", "write_report",
+    "model_colors", "pareto_front", "plot_adaptive_depths", "plot_adaptive_frontier", "plot_adaptive_latency",
+    "plot_benchmarks", "plot_compare", "plot_depth_shift", "plot_exact_match", "plot_frontier", "plot_latency",
+    "plot_nll_vs_loops", "plot_schedules", "plot_sft_loss", "regenerate", "render_report", "save_figure", "table1",
+    "write_figures", "write_report",
 ]  # fmt: skip

@@ -352,6 +352,41 @@ def _latency_section(results: Results, figures: Figures, rel: str) -> list[str]:
     return lines + _figure_block(results, "latency", figures, rel) + _figure_block(results, "frontier", figures, rel)
 
 
+def _adaptive_latency_section(results: Results, figures: Figures, rel: str) -> list[str]:
+    """Time at equal quality: the halting policies timed beside the fixed depths (only when
+    the latency stage timed some: ``adaptive_latency.csv``), after the adaptive section
+    that introduces them (its figure is the last of ``FIGURES``)."""
+    frame = results.adaptive_latency
+    if frame is None:
+        return []
+    rows = []
+    for name in results.models_in(frame):
+        for _, row in frame[frame["model"] == name].iterrows():
+            kind = f"halting {row['rule']}, tau = {row['tau']:g}" if row["halting"] else "fixed"
+            ci = format_ci(row["nll_ci_low"], row["nll_ci_high"]) if pd.notna(row.get("nll_ci_low")) else ""
+            nll = f"{format_nll(row['nll_per_token'])} {ci}".strip()
+            seconds = format_seconds(float(row["s_per_sample"]))
+            rows.append(
+                [results.model(name).label, f"`{row['policy']}`", kind, f"{row['loops_per_token']:.2f}", seconds, nll]
+            )
+    headers = ["Model", "Policy", "Kind", "Loops per token", "Median s/sample", "Gold NLL/token (CI)"]
+    examples = ", ".join(str(int(n)) for n in frame["quality_examples"].unique())
+    return [
+        "## Time at equal quality: halting in decoding",
+        "",
+        markdown_table(headers, rows),
+        "",
+        f"Every policy timed at batch 1 in the same interleaved rounds; gold NLL on the {examples} test "
+        "questions timed, the gold solution fed back token by token through the decoding path (a halting "
+        "policy halts each token as it would while generating; LoopFormer picks M once per prompt). Loops per "
+        "token: of the generated tokens. Source: `results/adaptive_latency.csv`.",
+        "",
+        # shown as the adaptive section shows its figures: after the numbered ones, unnumbered
+        *([f"![adaptive_latency]({rel}/adaptive_latency.png)", "", figure_spec("adaptive_latency").caption, ""]
+          if figures.get("adaptive_latency") is not None else []),
+    ]  # fmt: skip
+
+
 def _latency_rates(results: Results, latency: pd.DataFrame) -> list[str]:
     """Prefill seconds and decode tokens per second apart, and the machine's load."""
     if not {"prefill_s", "decode_tokens_per_s"} <= set(latency.columns):
@@ -534,6 +569,7 @@ def render_report(results: Results, figures: Figures, figures_rel: str = "figure
     lines += _schedules_section(results, figures, figures_rel)
     lines += benchmarks_section(results, lambda name: _figure_block(results, name, figures, figures_rel))
     lines += _adaptive_section(results, figures, figures_rel)
+    lines += _adaptive_latency_section(results, figures, figures_rel)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -48,6 +48,22 @@ RESULT_FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "latency.csv": ("latency", "latency", ("model", "inference_loops", "median_s", "p10_s", "p90_s")),
     "latency_fit.csv": ("latency_fit", "latency", ("model", "slope_s_per_loop", "intercept_s", "r_squared")),
+    # halting policies timed beside the fixed depths, each with its gold NLL (study.stages.latency)
+    "adaptive_latency.csv": (
+        "adaptive_latency",
+        "latency",
+        (
+            "model",
+            "policy",
+            "halting",
+            "rule",
+            "tau",
+            "loops_per_token",
+            "s_per_sample",
+            "nll_per_token",
+            "quality_examples",
+        ),
+    ),
     "schedules.csv": (
         "schedules",
         "nll",
@@ -83,7 +99,7 @@ RESULT_FILES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 ADAPTIVE_FILES = ("adaptive.csv", "oracle_frontier.csv", "adaptive_depths.csv")
 # the files the depth-shift figure and report sections read (the nll stage writes them together)
 SHIFT_FILES = ("depth_shift.csv", "replication.csv")
-BOOL_COLUMNS = ("is_best", "train_test_match", "uniform", "preferred", "target_met")
+BOOL_COLUMNS = ("is_best", "train_test_match", "uniform", "preferred", "target_met", "halting")
 # read as text, an empty field as "": seeds ("all", "2026", "" for the base), notes and three-way flags
 TEXT_COLUMNS = ("seed", "note", "best_is_train_loops", "pairing")
 
@@ -123,6 +139,7 @@ class Results:
     exact_match: pd.DataFrame | None = None
     latency: pd.DataFrame | None = None
     latency_fit: pd.DataFrame | None = None
+    adaptive_latency: pd.DataFrame | None = None
     schedules: pd.DataFrame | None = None
     adaptive: pd.DataFrame | None = None
     adaptive_calibrated: pd.DataFrame | None = None

@@ -60,6 +60,14 @@ def test_smol_smoke_runs_offline_end_to_end(tmp_path: Path) -> None:
     assert halting == {"euler-w12-15-K4-cache-per_loop-decode-full-kl0.01", f"{ladder}-kl0.01"}
     assert (run_dir / "results" / "cells" / "adaptive" / f"base-test-{ladder}-trace.csv").is_file()
     assert len(list((run_dir / "figures").glob("*.png"))) >= 5
+    # halting in decoding timed beside the fixed depths, each with its gold NLL (one sample: medians only)
+    timed = read_csv(run_dir / "results" / "adaptive_latency.csv")
+    assert len(timed) == 5 * (3 + 1)  # (base + 2 depths x 2 seeds) x (K = 1, 2, 4 and kl 0.01 at K_max 4)
+    halting = [r for r in timed if r["halting"] == "true"]
+    assert [r["policy"] for r in halting] == ["euler-w12-15-K4-cache-per_loop-decode-full-kl0.01"] * 5
+    assert all(r["decode_halting"] == "token" and float(r["loops_per_token"]) <= 4 for r in halting)
+    assert all(r["s_p10"] == "" and r["quality_examples"] == "1" and float(r["nll_per_token"]) > 0 for r in timed)
+    assert "## Time at equal quality: halting in decoding" in report
     check_benchmarks(run_dir, report)
 
 

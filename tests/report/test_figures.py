@@ -21,7 +21,7 @@ from .helpers import PNG_MAGIC, curves, legend_texts
 
 ALL_FIGURES = (
     "nll_vs_loops", "exact_match", "latency", "frontier", "sft_loss", "depth_shift", "schedules", "benchmarks",
-    "adaptive_frontier", "adaptive_depths",
+    "adaptive_frontier", "adaptive_depths", "adaptive_latency",
 )  # fmt: skip
 
 

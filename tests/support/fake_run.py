@@ -35,7 +35,7 @@ from study.stages.adaptive import (  # noqa: E402
 from study.stages.benchmarks import BENCHMARK_COLUMNS, accuracy_rows, depth_rows  # noqa: E402
 from study.stages.benchmarks import DEPTH_COLUMNS as BENCHMARK_DEPTH_COLUMNS  # noqa: E402
 from study.stages.exact_match import EM_COLUMNS  # noqa: E402
-from study.stages.latency import FIT_COLUMNS, LATENCY_COLUMNS  # noqa: E402
+from study.stages.latency import ADAPTIVE_LATENCY_COLUMNS, FIT_COLUMNS, LATENCY_COLUMNS  # noqa: E402
 from study.stages.nll import NOT_IN_GRID, PREFERRED_COLUMNS, SPLITS  # noqa: E402
 from study.stages.nll import SUMMARY_COLUMNS as NLL_COLUMNS  # noqa: E402
 from study.stages.nll_shift import (  # noqa: E402
@@ -56,6 +56,7 @@ RESULT_FILES = (
     "exact_match.csv",
     "latency.csv",
     "latency_fit.csv",
+    "adaptive_latency.csv",
     "schedules.csv",
     "adaptive.csv",
     "adaptive_calibrated.csv",
@@ -326,7 +327,29 @@ def make_fake_run(
     _write_adaptive(write, models, rng)
     _write_shift(write, models, grid, np.random.default_rng(seed + 1))  # its own stream: the numbers above stay
     _write_benchmarks(write, models, config, rng)
+    _write_adaptive_latency(write, models, np.random.default_rng(seed + 2))  # its own stream too
     return run_dir
+
+
+def _write_adaptive_latency(
+    write: Callable[[str, list[dict], Sequence[str]], None], models: list[str], rng: np.random.Generator
+) -> None:
+    """The latency stage's time at equal quality: fixed depths 2, 4, 8 (seconds linear in
+    loops, NLL falling) and a ladder at two thresholds, 12 samples each (p10/p90 filled)."""
+    rows = []
+    for model in models:
+        fixed = [(f"M{m}", float(m), None) for m in (2, 4, 8)]
+        policies = fixed + [(f"ladder-2-4-8-kl{t}", m, t) for t, m in ((0.01, 5.0), (0.1, 7.5))]
+        for policy, loops, tau in policies:
+            seconds = 0.05 + 0.02 * loops + rng.normal(0, 0.002)
+            value = 2.0 + 0.1 * (8 / loops - 1) + rng.normal(0, 0.002)
+            rows.append({"model": model, "policy": policy, "halting": "false" if tau is None else "true",
+                         "decode_halting": "" if tau is None else "prompt", "rule": "" if tau is None else "kl",
+                         "tau": "" if tau is None else tau, "loops_per_token": float(loops), "s_per_sample": seconds,
+                         "s_p10": seconds - 0.004, "s_p90": seconds + 0.006, "samples": 12, "new_tokens": 64,
+                         "nll_per_token": value, "nll_ci_low": value - 0.05, "nll_ci_high": value + 0.05,
+                         "gold_loops_per_token": float(loops), "quality_examples": 12, "note": ""})  # fmt: skip
+    write("adaptive_latency.csv", rows, ADAPTIVE_LATENCY_COLUMNS)
 
 
 def _write_benchmarks(

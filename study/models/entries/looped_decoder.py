@@ -53,7 +53,7 @@ from study.models.adaptive import (
     prompt_mask,
 )
 from study.models.backbone import Backbone, PolicyRunner
-from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, greedy_generate
+from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, forced_decode, greedy_generate
 from study.models.hf_compat import cache_kwargs, output_cache, take_cache
 from study.models.looped_decoder import (
     LoopedCausalLMOutput,
@@ -163,6 +163,11 @@ class LoopedDecoderRunner(PolicyRunner):
     @torch.inference_mode()
     def prefill(self, input_ids: Tensor, new_tokens: int) -> None:
         self.causal_lm(input_ids, use_cache=True, logits_to_keep=1)
+
+    def forced_decode(self, input_ids: Tensor, prompt_tokens: int) -> tuple[Tensor, list[float]]:
+        logits, loops = forced_decode(self.causal_lm, input_ids, prompt_tokens, DynamicCache())
+        fed = input_ids.shape[1] - prompt_tokens - 1
+        return logits, loops if loops is not None else [float(self.policy.inference_loops)] * fed
 
 
 class HaltingWindowRunner(LoopedDecoderRunner):
@@ -494,6 +499,11 @@ class LoopedDecoderBackbone(Backbone):
             assert isinstance(top, LoopedWindow)
             policies += [WindowLadder(tuple(section.ladder), tau, top.spec) for tau in section.taus]
         return policies
+
+    def decode_halting(self, looping: LoopingConfig | None) -> str | None:
+        # per_loop: each generated token halts on its own and the gold answer fed token by token
+        # scores what teacher forcing scores; other cache strategies write KV the sweep never sees
+        return "token" if looping is not None and looping.cache_strategy == "per_loop" else None
 
     def depth_axis(self, looping: LoopingConfig | None) -> str:
         if looping is None:

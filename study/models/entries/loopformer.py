@@ -14,6 +14,7 @@ before a token's first step, and a token cannot stop its own loop part way throu
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,13 @@ from study.errors import CheckpointError
 from study.looping.policies import DepthPolicy, LadderTrace, LoopFamily, RungLadder, StepSchedule, UniformLoops
 from study.models.adaptive import Rung, TraceStep, climb_ladder, ladder_steps
 from study.models.backbone import Backbone, PolicyRunner
-from study.models.generation import DEFAULT_STOP_STRINGS, GenerationResult, greedy_generate, preallocated_cache
+from study.models.generation import (
+    DEFAULT_STOP_STRINGS,
+    GenerationResult,
+    forced_decode,
+    greedy_generate,
+    preallocated_cache,
+)
 from study.models.loopformer import (
     LoopFormerConfig,
     LoopFormerForCausalLM,
@@ -90,6 +97,16 @@ class LoopFormerRunner(PolicyRunner):
         cache = preallocated_cache(self.model, steps, input_ids.shape[1] + new_tokens - 1)
         kwargs = self.policy.loopformer_kwargs()
         self.model(input_ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
+
+    def forced_decode(self, input_ids: Tensor, prompt_tokens: int) -> tuple[Tensor, list[float]]:
+        return self.decode_at(input_ids, prompt_tokens, self.policy.loopformer_kwargs())
+
+    def decode_at(self, input_ids: Tensor, prompt_tokens: int, kwargs: dict[str, Any]) -> tuple[Tensor, list[float]]:
+        """``forced_decode`` at the depth ``kwargs`` give (``num_loops`` or ``schedule``)."""
+        steps = len(resolve_schedule(kwargs.get("schedule"), kwargs.get("num_loops"), self.model.config.train_loops))
+        cache = preallocated_cache(self.model, steps, input_ids.shape[1] - 1)
+        logits, _ = forced_decode(self.model, input_ids, prompt_tokens, cache, **kwargs)
+        return logits, [float(steps)] * (input_ids.shape[1] - prompt_tokens - 1)
 
 
 class ScheduleStates:
@@ -164,9 +181,15 @@ class LadderRunner(LoopFormerRunner):
                 self.model, tokenizer, [prompts[i] for i in group], max_new_tokens, stop_strings=stop_strings,
                 early_stop=early_stop, num_loops=loops,
             )  # fmt: skip
-            for i, result in zip(group, out, strict=True):
-                results[i] = result
+            for i, result in zip(group, out, strict=True):  # every token fed back ran M loops
+                results[i] = replace(result, token_loops=[float(loops)] * max(len(result.token_ids) - 1, 0))
         return results
+
+    def forced_decode(self, input_ids: Tensor, prompt_tokens: int) -> tuple[Tensor, list[float]]:
+        """The rung the prompt stops on (``climb`` on the prompt alone, as ``generate``
+        decides it), then the gold continuation decoded at that M."""
+        _, _, rung = self.climb(input_ids[:, :prompt_tokens], torch.tensor([prompt_tokens - 1]))
+        return self.decode_at(input_ids, prompt_tokens, {"num_loops": int(rung[0])})
 
     @torch.inference_mode()
     def choose(self, tokenizer, prompts: Sequence[str]) -> list[int]:
@@ -285,6 +308,9 @@ class LoopFormerBackbone(Backbone):
     def halting_policies(self, family: LoopFamily, section: AdaptiveConfig) -> list[DepthPolicy]:
         assert section.ladder is not None  # the config requires a ladder for LoopFormer
         return [RungLadder(tuple(section.ladder), tau) for tau in section.taus]
+
+    def decode_halting(self, looping: LoopingConfig | None) -> str | None:
+        return "prompt"  # a ladder picks M per prompt: the schedule needs M before a token's first step
 
     def depth_axis(self, looping: LoopingConfig | None) -> str:
         return "inference loops (test-time depth)"

@@ -12,6 +12,7 @@ from pathlib import Path
 from study.report.figures import (
     adaptive_depths,
     adaptive_frontier,
+    adaptive_latency,
     benchmarks,
     depth_shift,
     exact_match,
@@ -35,6 +36,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     benchmarks.FIGURE,
     adaptive_frontier.FIGURE,
     adaptive_depths.FIGURE,
+    adaptive_latency.FIGURE,
 )
 
 

@@ -4,6 +4,7 @@ the halting policies and the per-example oracle."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -38,9 +39,9 @@ def plot_adaptive_frontier(results: Results, axes: Sequence[Axes] | None = None,
         halting = rows[rows["kind"] == "halting"]
         if "family" not in halting.columns:  # an adaptive.csv from before the families: one per rule
             halting = halting.assign(family="")
-        halting = halting.groupby(["family", "detail"], sort=True, dropna=False)
-        for index, ((family, detail), curve) in enumerate(halting):
-            curve = curve.sort_values("mean_loops")
+        for index, (key, group) in enumerate(halting.groupby(["family", "detail"], sort=True, dropna=False)):
+            family, detail = cast("tuple[object, object]", key)
+            curve = group.sort_values("mean_loops")
             shape = HALTING_MARKERS[index % len(HALTING_MARKERS)]
             ax.plot(curve["mean_loops"], curve["nll_per_token"], ls="--", marker=shape, ms=5, color="0.45",
                     label=f"halting: {detail}{_family_text(family)} (tau sweep)")  # fmt: skip
