@@ -7,7 +7,7 @@ import pytest
 
 from study.config import AdaptiveConfig, LatencyConfig
 from study.io import read_csv, read_json
-from study.looping.policies import HaltingWindow, LoopedWindow, RungLadder, UniformLoops
+from study.looping.policies import HaltingWindow, LoopedWindow, RungLadder, UniformLoops, WindowLadder
 from study.looping.spec import LoopSpec
 from study.models.backbones import bind
 from study.scoring import score_continuations, score_decoding
@@ -35,8 +35,9 @@ def examples():
     [
         (tiny_model, UniformLoops(4), RungLadder((1, 2, 4), 0.0)),
         (tiny_llama, LoopedWindow(PER_LOOP), HaltingWindow(PER_LOOP, "kl", 0.0)),
+        (tiny_llama, LoopedWindow(PER_LOOP), WindowLadder((1, 3), 0.0, PER_LOOP)),
     ],
-    ids=["loopformer", "looped-decoder"],
+    ids=["loopformer", "looped-decoder", "looped-decoder-ladder"],
 )
 def test_decoding_the_gold_answer_scores_the_nll_stage_value_and_tau_zero_is_fixed_depth(
     examples, model, fixed, halting

@@ -308,6 +308,13 @@ class WindowLadderRunner(PolicyRunner):
                     results[i] = result
         return results
 
+    def forced_decode(self, input_ids: Tensor, prompt_tokens: int) -> tuple[Tensor, list[float]]:
+        """The rung the prompt stops on (``climb`` on the prompt alone, as ``generate``
+        decides it), then the gold continuation decoded at that K."""
+        _, _, rung = self.climb(input_ids[:, :prompt_tokens], torch.tensor([prompt_tokens - 1]))
+        chosen = next(runner for runner in self.rungs if runner.policy.inference_loops == int(rung[0]))
+        return chosen.forced_decode(input_ids, prompt_tokens)
+
     @torch.inference_mode()
     def choose(self, tokenizer, prompts: Sequence[str]) -> list[int]:
         """The rung (K) each prompt stops on (each prompt alone: no padding, no batch mates)."""
