@@ -130,6 +130,10 @@ def test_looped_decoder_entry_loads_runs_costs_and_names_its_depth(llama, llama_
     head = 2 * 32 * c.vocab_size
     assert entry.token_flops(c, WINDOW.policy(3), 10.0) == (4 + (3 + 1) * 2) * layer + head
     assert entry.token_flops(c, WINDOW.policy(1), 10.0) < entry.token_flops(c, WINDOW.policy(3), 10.0)
+    # a ladder decodes at most at its top rung: counted there, like a halting window at its K_max
+    assert entry.token_flops(c, WindowLadder((1, 3), 0.0, WINDOW.policy(3).spec), 10.0) == entry.token_flops(
+        c, WINDOW.policy(3), 10.0
+    )
     assert entry.depth_axis(None) == "inference loops (test-time depth)"
     assert entry.module_names() is None  # no LoRA: the looped decoder trains every weight
 

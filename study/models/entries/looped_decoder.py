@@ -408,13 +408,13 @@ def decoder_layer_flops(config, context: float) -> float:
 
 
 def looped_decoder_token_flops(
-    config, policy: LoopedWindow | HaltingWindow, context: float, decoding: bool = True
+    config, policy: LoopedWindow | HaltingWindow | WindowLadder, context: float, decoding: bool = True
 ) -> float:
     """Forward FLOPs for one token of a looped decoder: the layers outside the window
     once, the window K times (x evaluations per step of the strategy), plus the pass
     that writes the window's KV when a cache is kept (not under per_loop, whose passes
     write their own); bypassed decode steps run the window once. The LM head (2 d V)
-    is included. A halting policy counts at its K_max."""
+    is included. A halting policy counts at its K_max, a ladder at its top rung."""
     spec = policy.spec
     width = spec.window[1] - spec.window[0] + 1
     if decoding and spec.decode_mode == "bypass":
@@ -482,7 +482,7 @@ class LoopedDecoderBackbone(Backbone):
         return 1  # a pretrained decoder runs its window once: K = 1 is its training depth
 
     def token_flops(self, model_config: Any, policy: DepthPolicy, context: float) -> float:
-        assert isinstance(policy, LoopedWindow | HaltingWindow)
+        assert isinstance(policy, LoopedWindow | HaltingWindow | WindowLadder)
         return looped_decoder_token_flops(model_config, policy, context)
 
     def sft_trainer(self, policy: DepthPolicy) -> type:
