@@ -58,7 +58,7 @@ import torch
 from scipy import stats
 
 from study.io import atomic_write_csv, atomic_write_json, read_json
-from study.looping.policies import DepthPolicy
+from study.looping.policies import DepthPolicy, RungLadder
 from study.manifest import cpu_model, load_average
 from study.models.backbones import PolicyRunner, get_backbone
 from study.models.entries.loopformer import block_matmul_flops, token_flops  # noqa: F401  (bench imports it here)
@@ -467,7 +467,9 @@ def run_policies(ctx: RunContext, halting: Sequence[DepthPolicy]) -> None:
             assert decode_halting is not None  # checked with the policies
             for policy in timed:
                 cell = values[Cell(spec, policy)]
-                adaptive_rows.append(adaptive_latency_row(spec.name, policy, cell, decode_halting, bootstrap))
+                # a ladder (either backbone's) chooses its depth once per prompt, whatever the backbone's tokens can do
+                how = "prompt" if isinstance(policy, RungLadder) else decode_halting
+                adaptive_rows.append(adaptive_latency_row(spec.name, policy, cell, how, bootstrap))
     atomic_write_csv(ctx.results_path("latency.csv"), rows, LATENCY_COLUMNS)
     atomic_write_csv(ctx.results_path("latency_fit.csv"), fits, FIT_COLUMNS)
     if scored:

@@ -57,15 +57,26 @@ def test_smol_smoke_runs_offline_end_to_end(tmp_path: Path) -> None:
     adaptive = list(csv.DictReader((run_dir / "results" / "adaptive.csv").open()))
     ladder = "ladder-1-2-4-euler-w12-15-cache-per_loop-decode-full"
     halting = {r["policy"] for r in adaptive if r["model"] == "base" and r["kind"] == "halting"}
-    assert halting == {"euler-w12-15-K4-cache-per_loop-decode-full-kl0.01", f"{ladder}-kl0.01"}
+    window = "euler-w12-15-K4-cache-per_loop-decode-full"
+    # the config's tau and the heldout quantiles of each family's own signal, every one tried
+    assert {f"{window}-kl0.01", f"{ladder}-kl0.01"} < halting
+    assert all(p.startswith((f"{window}-kl", f"{ladder}-kl")) for p in halting)
+    calibrated = read_csv(run_dir / "results" / "adaptive_calibrated.csv")
+    assert {r["family"] for r in calibrated} == {f"{window}-trace", f"{ladder}-trace"}
+    assert {(r["calibration_split"], r["split"]) for r in calibrated} == {("heldout", "test")}
     assert (run_dir / "results" / "cells" / "adaptive" / f"base-test-{ladder}-trace.csv").is_file()
     assert len(list((run_dir / "figures").glob("*.png"))) >= 5
     # halting in decoding timed beside the fixed depths, each with its gold NLL (one sample: medians only)
     timed = read_csv(run_dir / "results" / "adaptive_latency.csv")
-    assert len(timed) == 5 * (3 + 1)  # (base + 2 depths x 2 seeds) x (K = 1, 2, 4 and kl 0.01 at K_max 4)
+    assert len(timed) == 5 * (3 + 2)  # (base + 2 depths x 2 seeds) x (K = 1, 2, 4; window and ladder at kl 0.01)
     halting = [r for r in timed if r["halting"] == "true"]
-    assert [r["policy"] for r in halting] == ["euler-w12-15-K4-cache-per_loop-decode-full-kl0.01"] * 5
-    assert all(r["decode_halting"] == "token" and float(r["loops_per_token"]) <= 4 for r in halting)
+    assert sorted(r["policy"] for r in halting) == [f"{window}-kl0.01"] * 5 + [f"{ladder}-kl0.01"] * 5
+    # the window halts each generated token; the ladder picks K once per prompt
+    assert {(r["policy"], r["decode_halting"]) for r in halting} == {
+        (f"{window}-kl0.01", "token"),
+        (f"{ladder}-kl0.01", "prompt"),
+    }
+    assert all(float(r["loops_per_token"]) <= 4 for r in halting)
     assert all(r["s_p10"] == "" and r["quality_examples"] == "1" and float(r["nll_per_token"]) > 0 for r in timed)
     assert "## Time at equal quality: halting in decoding" in report
     check_benchmarks(run_dir, report)
