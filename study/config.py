@@ -357,6 +357,13 @@ class StudyConfig(Section):
                     family.policy(loops)
                 except (ValueError, TypeError) as error:
                     raise ValueError(f"looping: {error}") from None
+        if adaptive is not None and looped and adaptive.ladder is not None:
+            off = [k for k in adaptive.ladder if k not in self.nll.inference_loops]
+            if off:  # a rung's NLL is read from the fixed-depth sweep (the adaptive stage computes signals only)
+                raise ValueError(
+                    f"adaptive.ladder {adaptive.ladder}: rungs {off} are not on nll.inference_loops "
+                    f"{self.nll.inference_loops}; a looped decoder's rung NLL is the fixed-depth sweep's"
+                )
         return self
 
     def loop_family(self):

@@ -270,11 +270,15 @@ def _store_batch(
 
 @dataclass(frozen=True)
 class TracedScore:
-    """One example scored at one step of a halting trace (``study.looping.policies.HaltingTrace``)."""
+    """One example at one step of a halting trace (``study.looping.policies.HaltingTrace``)."""
 
     step: int  # 0-based index of the step
     depth: int  # the step's depth (rung M, window step k)
-    score: ContinuationScore  # its executed_loops: the loops paid to stop here
+    example_id: int
+    executed_loops: float  # the loops paid to stop here
+    # its scores there; None where the trace leaves the NLL to the fixed-depth sweep at ``depth``
+    # (a looped decoder's ladder: the rung is ``LoopedWindow(depth)``, already in nll.csv)
+    score: ContinuationScore | None
     signals: dict[str, float | None]  # rule -> its signal at this step (None: none here)
 
 
@@ -285,7 +289,9 @@ def score_trace(
     """Each example's scores at every step of a halting trace, in input order: the same
     batches, forwards and head calls as ``score_continuations`` of each halting policy
     the trace serves, so a policy's scores read off it are that policy's, bit for bit.
-    ``runner`` is a trace runner (``trace(input_ids, prompt_lengths)`` yields its steps)."""
+    ``runner`` is a trace runner (``trace(input_ids, prompt_lengths)`` yields its steps).
+    A step without hidden states (``TraceStep.hidden`` None) has no scores here: its
+    NLL is the fixed-depth sweep's at its depth (the caller reads it from there)."""
     device = runner.device
     examples = [fit_to_window(e, runner.context_limit) for e in examples]
     traced: list[list[TracedScore]] = [[] for _ in examples]
@@ -295,13 +301,14 @@ def score_trace(
         input_ids, _ = right_pad(rows)
         prompt_lengths = torch.tensor([e.answer_start for e in rows])
         for step, found in enumerate(runner.trace(input_ids.to(device), prompt_lengths)):
-            token_nll = gold_token_nll(found.hidden, runner.head, rows)
             scores: list[ContinuationScore | None] = [None] * len(rows)
-            _store_batch(scores, range(len(rows)), rows, token_nll, found.executed)
-            for r, (index, score) in enumerate(zip(batch, scores, strict=True)):
-                assert score is not None
+            if found.hidden is not None:
+                token_nll = gold_token_nll(found.hidden, runner.head, rows)
+                _store_batch(scores, range(len(rows)), rows, token_nll, found.executed)
+            for r, (index, example, score) in enumerate(zip(batch, rows, scores, strict=True)):
                 signals = {rule: None if value is None else float(value[r]) for rule, value in found.signals.items()}
-                traced[index].append(TracedScore(step, found.depth, score, signals))
+                executed = float(found.executed[r])
+                traced[index].append(TracedScore(step, found.depth, example.example_id, executed, score, signals))
         if bar is not None:
             bar.update(len(rows))
     if bar is not None:

@@ -15,7 +15,10 @@ What is shared, and what is not:
 - Looped-decoder ladder (``WindowLadder``): the same with rungs ``LoopedWindow(K)`` of
   one spec (window, strategy, cache and decode modes): one trace per (ladder, spec)
   serves every tau; a rung's NLL is the fixed-depth sweep's at K (a finished K-step
-  trajectory), and stopping at a rung pays for every rung below it too.
+  trajectory), and stopping at a rung pays for every rung below it too. Its signal
+  is read off a forward of each prompt alone (what generation sees), so the trace
+  computes only costs and signals, over prompt tokens; each rung's NLL is read from
+  ``results/nll.csv`` (every rung must be on ``nll.inference_loops``).
 - Looped-decoder window (``HaltingWindow``): one trace per spec (window, strategy,
   K_max) serves both rules and every tau. Its steps are steps of size 1/K_max: a row
   stopped at step k has *not* run ``LoopedWindow(K=k)`` (step 1/k), so its NLL is not

@@ -342,8 +342,10 @@ class WindowLadder(RungLadder):
     ``LoopedWindow(K)`` exactly (steps of 1/K), the fixed-depth sweep's NLL, and it pays
     for every rung run (stopping at 4 of 1, 2, 4 costs 1 + 2 + 4 loops). The signal is
     the KL of the first answer token's distribution (the last prompt position) to the
-    rung below. Id: ``ladder-1-2-4-8-euler-w12-15-decode-full-kl0.01`` (the spec's id
-    without its K)."""
+    rung below, read off a forward of the prompt alone at each rung: the decision reads
+    the prompt only, exactly what generation sees, so scoring, the adaptive stage's
+    trace and generation stop a row on the same rung. Id:
+    ``ladder-1-2-4-8-euler-w12-15-decode-full-kl0.01`` (the spec's id without its K)."""
 
     spec: LoopSpec
     backbone: ClassVar[str] = LOOPED_DECODER
@@ -391,6 +393,13 @@ class HaltingTrace(DepthPolicy):
     def halting(self) -> Any | None:
         return None  # it never stops: the policies it serves do
 
+    @property
+    def sweep_steps(self) -> tuple[DepthPolicy, ...] | None:
+        """The fixed-depth policy each step's NLL is, where the trace leaves its NLL to the
+        fixed-depth sweep (``results/nll.csv``) and computes only cost and signals; None:
+        the trace scores every step itself."""
+        return None
+
 
 @dataclass(frozen=True)
 class LadderTrace(HaltingTrace):
@@ -421,7 +430,10 @@ class LadderTrace(HaltingTrace):
 @dataclass(frozen=True)
 class WindowLadderTrace(LadderTrace):
     """Every rung of a looped decoder's ladder (``WindowLadder``) on every example: rung
-    K's NLL is ``LoopedWindow(K)``'s, with the KL to the rung below (none at the first)."""
+    K's NLL is ``LoopedWindow(K)``'s, with the KL to the rung below (none at the first),
+    read off the prompt alone as the ladder decides. The trace computes only costs and
+    signals (prompt-only forwards); each rung's NLL is the fixed-depth sweep's at K
+    (``sweep_steps``), so every rung must be on ``nll.inference_loops``."""
 
     spec: LoopSpec  # the top rung's
     backbone: ClassVar[str] = LOOPED_DECODER
@@ -433,6 +445,10 @@ class WindowLadderTrace(LadderTrace):
     @property
     def rungs(self) -> tuple[LoopedWindow, ...]:
         return WindowLadder(self.ladder, 0.0, self.spec).rungs
+
+    @property
+    def sweep_steps(self) -> tuple[DepthPolicy, ...]:
+        return self.rungs
 
     @property
     def id(self) -> str:

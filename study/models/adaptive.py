@@ -8,7 +8,9 @@ or the padding of the batch. The runners live with their backbones
 (``study.models.entries``): ``HaltingWindowRunner`` (looped decoder) halts its window
 by a ``PromptHalting`` rule; the ladders (``LadderRunner``: LoopFormer's M,
 ``WindowLadderRunner``: the looped decoder's K) climb rungs while the ``kl_rows`` of
-successive rungs is at least tau (``climb_ladder``; their traces: ``ladder_steps``).
+successive rungs is at least tau. LoopFormer's reads the whole teacher-forced row
+(``climb_ladder``; its trace: ``ladder_steps``); the looped decoder's reads a forward
+of each prompt alone (``prompt_ladder``), the same in scoring, tracing and generation.
 
 The adaptive stage computes the steps a family of halting policies may stop at once
 (``study.looping.policies.HaltingTrace``): the trace runners yield one ``TraceStep``
@@ -86,7 +88,9 @@ class TraceStep:
     """One step a halting policy may stop at, for a batch (``HaltingTrace``)."""
 
     depth: int  # the step's depth: the rung M of a ladder, the step k of a window's K_max steps
-    hidden: Tensor  # [B, T, H] final hidden states of a row that stops here
+    # [B, T, H] final hidden states of a row that stops here; None where the step's NLL is the
+    # fixed-depth sweep's at ``depth`` (a looped decoder's rung), which the trace leaves to it
+    hidden: Tensor | None
     executed: Tensor  # [B] loops a row stopping here has paid (a ladder: every rung so far)
     signals: dict[str, Tensor | None]  # rule -> [B] its signal here (None: no signal, e.g. a first rung)
 
@@ -169,4 +173,24 @@ def ladder_steps(
         paid += loops
         signal = None if previous is None else kl_rows(logits, previous).cpu()
         yield TraceStep(loops, hidden, torch.full((len(rows),), float(paid)), {"kl": signal})
+        previous = logits
+
+
+def prompt_ladder(
+    rung_logits: Iterable[tuple[int, Tensor]], tau: float | None
+) -> Iterator[tuple[int, float, Tensor | None]]:
+    """One prompt's climb of a ladder, from each rung's (loops, logits [1, V] of the prompt's
+    last position, i.e. the first answer token's distribution): per rung run, (its loops,
+    the loops paid so far, the KL [1] to the rung below; None at the first). Stops after
+    the first rung whose KL is < tau (compared in float32, as ``climb_ladder``); tau None
+    never stops (a trace). ``rung_logits`` is consumed lazily: a rung above the stop is
+    never run."""
+    previous: Tensor | None = None  # [1, V] logits of the rung below
+    paid = 0
+    for loops, logits in rung_logits:
+        paid += loops
+        signal = None if previous is None else kl_rows(logits, previous).cpu()
+        yield loops, float(paid), signal
+        if tau is not None and signal is not None and bool(signal[0] < tau):
+            return
         previous = logits

@@ -12,7 +12,10 @@ several families; each (model, trace, rule) is handled alike. The trace is one c
 the calibration set) and the ``test`` slice (``results/cells/adaptive/``, e.g.
 ``base-test-ladder-2-4-8-16-trace.csv``: one row per example and step), computed by the
 NLL stage's batching through the one sweep-cell loop (resumes, fingerprinted by its
-examples and trace id; neutral to taus, rules and targets). Each (rule, tau) is then a
+examples and trace id; neutral to taus, rules and targets). A looped decoder's ladder
+trace computes only each rung's cost and signal (prompt-only forwards) and copies each
+rung's NLL from ``nll.csv`` (``HaltingTrace.sweep_steps``: a rung off
+``nll.inference_loops`` is refused). Each (rule, tau) is then a
 lookup (``study.looping.halting``) equal, bit for bit, to running that policy's own
 runner (``tests/stages/test_adaptive_trace.py``). The taus tried per (model, trace, rule)
 are ``adaptive.taus`` and the ``adaptive.tau_quantiles`` of that rule's signal on heldout
@@ -228,8 +231,54 @@ def read_trace_cell(path: Path, example_ids: list[int], policy: HaltingTrace) ->
     return rows if [(r["example_id"], r["step"]) for r in rows] == expected else None
 
 
-def trace_rows(cell: Cell, loaded: Loaded, examples: list, batch_size: int, progress=None) -> list[dict]:
-    """A trace cell's rows, refusing (before anything is written) a non-finite NLL or signal."""
+def check_sweep_steps(ctx: RunContext, trace: HaltingTrace) -> None:
+    """Refuse a trace that leaves its NLL to the fixed-depth sweep at a depth the sweep
+    does not score (a looped decoder's ladder rung off ``nll.inference_loops``)."""
+    steps = trace.sweep_steps
+    grid = ctx.config.nll.inference_loops
+    off = [] if steps is None else [p.inference_loops for p in steps if p.inference_loops not in grid]
+    if off:
+        raise StudyError(
+            f"adaptive: {trace.id}: rungs {off} are not on nll.inference_loops {grid}; "
+            "a rung's NLL is the fixed-depth sweep's (add them there)"
+        )
+
+
+SWEEP_SCORES = ("answer_tokens", "nll_sum", "final_tokens", "final_nll_sum")  # what a rung reads from nll.csv
+
+
+def sweep_scores(ctx: RunContext, name: str, split: str, trace: HaltingTrace, example_ids: list[int]) -> dict:
+    """(depth, example id) -> its ``SWEEP_SCORES`` in nll.csv, for a trace whose steps are
+    fixed depths of the sweep (``HaltingTrace.sweep_steps``); empty for one that scores
+    its steps itself."""
+    steps = trace.sweep_steps
+    if steps is None:
+        return {}
+    check_sweep_steps(ctx, trace)
+    path = ctx.results_path("nll.csv")
+    if not path.is_file():
+        raise StudyError(f"adaptive: {path} is missing; run the nll stage first")
+    by = {(r["policy"], int(r["example_id"])): r for r in read_csv(path) if r["model"] == name and r["split"] == split}
+    found = {}
+    for policy in steps:
+        for i in example_ids:
+            row = by.get((policy.id, i))
+            if row is None:
+                raise StudyError(
+                    f"adaptive: {path} lacks {name}/{split} example {i} at {policy.id}; rerun the nll stage"
+                )
+            found[policy.inference_loops, i] = {
+                "answer_tokens": int(row["answer_tokens"]), "nll_sum": float(row["nll_sum"]),
+                "final_tokens": int(row["final_tokens"]), "final_nll_sum": float(row["final_nll_sum"]),
+            }  # fmt: skip
+    return found
+
+
+def trace_rows(
+    cell: Cell, loaded: Loaded, examples: list, batch_size: int, progress=None, sweep: dict | None = None
+) -> list[dict]:
+    """A trace cell's rows, refusing (before anything is written) a non-finite NLL or signal.
+    ``sweep``: (depth, example id) -> scores of the steps the trace leaves to the sweep."""
     split = cell.split
     assert split is not None  # a trace cell is scored on its slice
     encoded = loaded.cache.get(split)
@@ -239,16 +288,19 @@ def trace_rows(cell: Cell, loaded: Loaded, examples: list, batch_size: int, prog
     for steps in score_trace(loaded.runner(cell.policy), encoded, batch_size, progress=progress):
         for found in steps:
             s = found.score
-            values = [s.nll_sum, s.final_nll_sum, *(v for v in found.signals.values() if v is not None)]
+            scores = (sweep or {})[found.depth, found.example_id] if s is None else {
+                "answer_tokens": s.answer_tokens, "nll_sum": s.nll_sum,
+                "final_tokens": s.final_tokens, "final_nll_sum": s.final_nll_sum,
+            }  # fmt: skip
+            values = [scores["nll_sum"], scores["final_nll_sum"], *(v for v in found.signals.values() if v is not None)]
             if not all(math.isfinite(v) for v in values):
-                where = f"{cell.model.name}/{cell.policy.id} example {s.example_id} step {found.step}"
+                where = f"{cell.model.name}/{cell.policy.id} example {found.example_id} step {found.step}"
                 raise StudyError(f"adaptive: {where}: non-finite NLL or halting signal; refusing to write it")
             rows.append(
                 {
                     "model": cell.model.name, "split": cell.split, "policy": cell.policy.id,
-                    "example_id": s.example_id, "step": found.step, "depth": found.depth,
-                    "executed_loops": s.executed_loops, "answer_tokens": s.answer_tokens, "nll_sum": s.nll_sum,
-                    "final_tokens": s.final_tokens, "final_nll_sum": s.final_nll_sum,
+                    "example_id": found.example_id, "step": found.step, "depth": found.depth,
+                    "executed_loops": found.executed_loops, **scores,
                     **{rule: "" if found.signals.get(rule) is None else found.signals[rule] for rule in HALTING_RULES},
                 }
             )  # fmt: skip
@@ -276,11 +328,15 @@ def run(ctx: RunContext) -> None:
             fixed_depth_table(ctx, spec.name, split, example_ids[split])
     families = halting_families(ctx)
     traces = list(dict.fromkeys(trace for trace, _ in families))
+    for trace in traces:
+        check_sweep_steps(ctx, trace)
     cells = [Cell(spec, trace, split) for spec in specs for trace in traces for split in HALTING_SPLITS]
 
     def compute(cell: Cell, loaded: Loaded, progress) -> list[dict]:
         assert cell.split is not None  # a trace cell is scored on its slice
-        return trace_rows(cell, loaded, examples[cell.split], config.batch_size, progress)
+        trace = trace_of(cell.policy)
+        sweep = sweep_scores(ctx, cell.model.name, cell.split, trace, example_ids[cell.split])
+        return trace_rows(cell, loaded, examples[cell.split], config.batch_size, progress, sweep)
 
     def describe(cell: Cell, rows: list[dict]) -> str:
         last = [r for r in rows if r["step"] == max(row["step"] for row in rows)]

@@ -251,3 +251,11 @@ def test_stage_refuses_non_finite_sweep(stage_run, tmp_path):
         assert stage_run.results_path("adaptive.csv").read_bytes() == before  # nothing changed
     finally:
         path.write_bytes(original)
+
+
+def test_a_looped_decoder_ladder_must_lie_on_the_nll_grid():
+    for name in ("smol", "smol-smoke", "smol-bench"):  # the shipped ladders are on their grids
+        load_config(name, [])
+    with pytest.raises(ConfigError, match=r"adaptive.ladder \[1, 2, 8\]: rungs \[8\] are not on nll.inference_loops"):
+        load_config("smol-smoke", ["adaptive.ladder=[1,2,8]"])
+    assert load_config("smoke", ["adaptive.ladder=[2,4,32]"]).adaptive is not None  # LoopFormer's may lie off it

@@ -3,6 +3,8 @@ once, each (rule, tau) a lookup that equals running that policy's own runner bit
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -20,9 +22,11 @@ from study.looping.policies import (
     WindowTrace,
 )
 from study.looping.spec import LoopSpec
+from study.models.adaptive import kl_rows
 from study.models.backbones import bind
+from study.models.looped_decoder import LoopedDecoder
 from study.pipeline import StudyError
-from study.scoring import score_continuations, score_trace
+from study.scoring import score_continuations, score_policies, score_trace
 from study.stages import adaptive, nll
 from study.tasks.gsm8k import EncodedExample, encode_example
 from tests.support.helpers_looped import looped_context, tiny_llama
@@ -43,16 +47,20 @@ def random_examples(count: int, vocab: int, seed: int = 0) -> list[EncodedExampl
     return examples
 
 
-def as_arrays(traced) -> Trace:
-    """score_trace's output as the stage's lookup reads it."""
-    cost = np.array([[t.score.executed_loops for t in steps] for steps in traced])
-    nll_sum = np.array([[t.score.nll_sum for t in steps] for steps in traced])
+def as_arrays(traced, sweep: dict[int, list] | None = None) -> Trace:
+    """score_trace's output as the stage's lookup reads it; ``sweep`` (depth -> the fixed-depth
+    sweep's scores there) fills the NLL of steps the trace leaves to the sweep, as the stage does."""
+    cost = np.array([[t.executed_loops for t in steps] for steps in traced])
+    nll_sum = np.array(
+        [[(sweep[t.depth][i] if t.score is None else t.score).nll_sum for t in steps]  # type: ignore[index]
+         for i, steps in enumerate(traced)]
+    )  # fmt: skip
     rules = traced[0][0].signals
     signals = {
         rule: np.array([[np.nan if t.signals[rule] is None else t.signals[rule] for t in steps] for steps in traced])
         for rule in rules
     }
-    return Trace([steps[0].score.example_id for steps in traced], cost, nll_sum, signals)
+    return Trace([steps[0].example_id for steps in traced], cost, nll_sum, signals)
 
 
 def spread_taus(signal: np.ndarray) -> list[float]:
@@ -64,10 +72,20 @@ def spread_taus(signal: np.ndarray) -> list[float]:
     return [0.0, *inner, float(finite.max()) * 2]
 
 
-def assert_lookup_equals_runner(model, trace_policy, policies, examples, batch_size) -> set[float]:
+def window_ladder_trace(model, trace_policy: WindowLadderTrace, examples, batch_size) -> tuple[list, Trace]:
+    """A looped decoder's ladder trace with each rung's NLL from the fixed-depth sweep, scored
+    as the NLL stage scores it (``score_policies``: the K of one window share a prefix)."""
     with one_thread():
         traced = score_trace(bind(model, trace_policy), examples, batch_size)
-        trace = as_arrays(traced)
+        swept = score_policies(model, trace_policy.rungs, examples, batch_size)
+    sweep = {rung.inference_loops: swept[rung.id] for rung in trace_policy.rungs}
+    return traced, as_arrays(traced, sweep)
+
+
+def assert_lookup_equals_runner(model, trace_policy, policies, examples, batch_size, trace=None) -> set[float]:
+    with one_thread():
+        if trace is None:
+            trace = as_arrays(score_trace(bind(model, trace_policy), examples, batch_size))
         depths = set()
         for policy in policies:
             rule, tau = policy.halting
@@ -109,14 +127,13 @@ def test_window_ladder_lookup_equals_the_ladder_runner_at_every_tau():
     examples = random_examples(9, model.config.vocab_size, seed=2)  # batches of 4: 4, 4, 1 rows
     top = LoopSpec(window=(2, 3), loops=WINDOW_LADDER[-1], strategy="euler")
     trace_policy = WindowLadderTrace(WINDOW_LADDER, top)
-    with one_thread():
-        traced = score_trace(bind(model, trace_policy), examples, 4)
-    trace = as_arrays(traced)
+    traced, trace = window_ladder_trace(model, trace_policy, examples, 4)
+    assert all(t.score is None for steps in traced for t in steps)  # the trace leaves every NLL to the sweep
     assert np.isnan(trace.signals["kl"][:, 0]).all() and np.isfinite(trace.signals["kl"][:, 1:]).all()
     assert [t.depth for t in traced[0]] == list(WINDOW_LADDER)
     policies = [WindowLadder(WINDOW_LADDER, tau, top) for tau in spread_taus(trace.signals["kl"])]
-    costs = assert_lookup_equals_runner(model, trace_policy, policies, examples, 4)
-    assert {1 + 2, 1 + 2 + 4} <= costs and len(costs) >= 2  # some rows stop early, some climb to the top
+    costs = assert_lookup_equals_runner(model, trace_policy, policies, examples, 4, trace)
+    assert {1 + 2, 1 + 2 + 4} <= costs  # some rows stop early, some climb to the top
     # tau 0 climbs to the top rung: its NLL is LoopedWindow(K = 4)'s at the cost of the whole ladder
     with one_thread():
         top_scores = score_continuations(bind(model, LoopedWindow(top)), examples, 4)
@@ -125,26 +142,71 @@ def test_window_ladder_lookup_equals_the_ladder_runner_at_every_tau():
     assert outcome.executed_loops.tolist() == [float(sum(WINDOW_LADDER))] * len(examples)
 
 
-def test_window_ladder_rungs_are_the_fixed_depth_sweep():
-    """Each rung's NLL is the fixed-depth sweep's at that K (same batches), bit for bit, and
-    the last prompt position's logits do not depend on the answer after it (causal; to
-    rounding only, hence the runner and the trace read them off the same whole-row forward)."""
+class IdsTokenizer:
+    """A prompt is its token ids written out ("17 4 301"): generation's encoding of it is
+    exactly the ids the scorer's example holds."""
+
+    eos_token_id = pad_token_id = 0
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [int(t) for t in text.split()]
+
+
+def test_window_ladder_generation_and_scoring_pick_the_same_rung():
+    """The decision reads the prompt alone: a row's rung in teacher-forced scoring (padded,
+    batched, answer after it) is the rung ``generate`` picks for its prompt, at every tau."""
+    model = tiny_llama(5)
+    examples = random_examples(10, model.config.vocab_size, seed=4)
+    top = LoopSpec(window=(1, 3), loops=4, strategy="euler", decode_mode="full")
+    _, trace = window_ladder_trace(model, WindowLadderTrace((1, 2, 4), top), examples, 4)
+    prompts = [" ".join(map(str, e.input_ids[: e.answer_start])) for e in examples]
+    picked = set()
+    for tau in spread_taus(trace.signals["kl"]):
+        policy = WindowLadder((1, 2, 4), tau, top)
+        runner = bind(model, policy)
+        with one_thread():
+            scored = score_continuations(runner, examples, 4)
+            generated = runner.choose(IdsTokenizer(), prompts)
+        assert [adaptive.chosen_depth(policy, s.executed_loops) for s in scored] == generated, tau
+        picked |= set(generated)
+    assert picked == {2, 4}  # the taus separate rows (a first rung never stops)
+
+
+def test_window_ladder_trace_runs_prompt_tokens_only(monkeypatch):
+    """The trace's forwards see each prompt alone: per example, its prompt tokens once below
+    the window and once per rung above it (no answer token, no padding), and the signal is
+    what a forward of the prompt alone gives."""
     model = tiny_llama(4)
     examples = random_examples(6, model.config.vocab_size, seed=3)
     top = LoopSpec(window=(1, 3), loops=4, strategy="euler", decode_mode="full")
+    seen: dict[str, list[int]] = {"prefix": [], "rung": []}
+    real_prefix, real_rest = LoopedDecoder.prefix, LoopedDecoder.forward_from_prefix
+
+    def prefix(self, input_ids, *args, **kwargs):
+        seen["prefix"].append(input_ids.shape[0] * input_ids.shape[1])  # positions run
+        return real_prefix(self, input_ids, *args, **kwargs)
+
+    def rest(self, states, *args, **kwargs):
+        seen["rung"].append(states.hidden.shape[0] * states.hidden.shape[1])
+        return real_rest(self, states, *args, **kwargs)
+
+    monkeypatch.setattr(LoopedDecoder, "prefix", prefix)
+    monkeypatch.setattr(LoopedDecoder, "forward_from_prefix", rest)
     with one_thread():
         traced = score_trace(bind(model, WindowLadderTrace((1, 2, 4), top)), examples, 3)
-        for step, rung in enumerate(WindowLadder((1, 2, 4), 0.0, top).rungs):
-            fixed = score_continuations(bind(model, rung), examples, 3)
-            assert [steps[step].score.nll_sum for steps in traced] == [s.nll_sum for s in fixed], rung.id
-        runner = bind(model, LoopedWindow(top))
-        for example in examples[:3]:
-            whole = torch.tensor([example.input_ids])
-            prompt = whole[:, : example.answer_start]
-            at = example.answer_start - 1
-            with_answer = runner.head(runner.hidden(whole)[0][:, at])
-            alone = runner.head(runner.hidden(prompt)[0][:, at])
-            torch.testing.assert_close(alone, with_answer, rtol=1e-5, atol=1e-5)
+    prompts = sorted(e.answer_start for e in examples)
+    assert sorted(seen["prefix"]) == prompts  # the layers below the window: once per prompt
+    assert sorted(seen["rung"]) == sorted(3 * prompts)  # each rung: the prompt's tokens
+    whole = sum(len(e.input_ids) - 1 for e in examples)  # what the old trace ran per rung (before padding)
+    assert sum(seen["rung"]) < 3 * whole
+    monkeypatch.undo()
+    example = examples[0]
+    with one_thread(), torch.inference_mode():
+        rungs = [bind(model, rung) for rung in WindowLadder((1, 2, 4), 0.0, top).rungs]
+        prompt = torch.tensor([example.input_ids[: example.answer_start]])
+        logits = [runner.head(runner.hidden(prompt)[0][:, -1]) for runner in rungs]  # base_forward, alone
+    assert traced[0][1].signals["kl"] == float(kl_rows(logits[1], logits[0])[0])
+    assert traced[0][2].signals["kl"] == float(kl_rows(logits[2], logits[1])[0])
 
 
 def test_stop_steps_compare_in_float32_and_skip_missing_signals():
@@ -276,3 +338,11 @@ def test_a_non_finite_signal_is_refused_before_the_cell_is_written(tmp_path, mon
     with one_thread(), pytest.raises(StudyError, match="non-finite NLL or halting signal"):
         adaptive.run(ctx)
     assert not list(ctx.cells_dir("adaptive").glob("*-trace.csv"))
+
+
+def test_a_window_ladder_rung_off_the_nll_grid_is_refused(looped_run):
+    ctx = copy.copy(looped_run)  # nll.csv holds K = 1, 2 only
+    ctx.config = ctx.config.model_copy(update={"adaptive": AdaptiveConfig(ladder=[1, 2, 4], taus=[0.0])})
+    with one_thread(), pytest.raises(StudyError, match=r"rungs \[4\] are not on nll.inference_loops \[1, 2\]"):
+        adaptive.run(ctx)
+    assert not (ctx.cells_dir("adaptive") / "base-test-ladder-1-2-4-euler-w2-3-decode-full-trace.csv").exists()

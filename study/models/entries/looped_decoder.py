@@ -8,9 +8,10 @@ freezes a row once its signal falls below tau. ``WindowTraceRunner`` runs its
 ``WindowTrace``: every step of the K_max-step trajectory with both rules' signals, from
 which the adaptive stage reads every (rule, tau). ``WindowLadderRunner`` runs
 ``WindowLadder`` (K per input from a ladder of fixed depths, each a finished
-``LoopedWindow(K)`` trajectory, as LoopFormer's ``RungLadder``) and
-``WindowLadderTraceRunner`` its ``WindowLadderTrace`` (every rung, with the KL between
-successive rungs). Keys and values: the window's KV is
+``LoopedWindow(K)`` trajectory, as LoopFormer's ``RungLadder``; the rung is decided on
+the prompt alone, the same in scoring and generation) and ``WindowLadderTraceRunner``
+its ``WindowLadderTrace`` (every rung's cost and KL to the rung below, from the
+prompts; each rung's NLL is the fixed-depth sweep's). Keys and values: the window's KV is
 written after the loop by one more pass (``cache_strategy``), from each row's own final
 state, so a row that stopped early still leaves KV for every later token. In generation
 each call decides on its own new tokens (the prompt at prefill, the new token at each
@@ -45,11 +46,9 @@ from study.looping.spec import LoopSpec
 from study.looping.strategies import Halting
 from study.models.adaptive import (
     PromptHalting,
-    Rung,
     SignalRecorder,
     TraceStep,
-    climb_ladder,
-    ladder_steps,
+    prompt_ladder,
     prompt_mask,
 )
 from study.models.backbone import Backbone, PolicyRunner
@@ -260,12 +259,40 @@ class WindowTraceRunner(PolicyRunner):
             yield TraceStep(step + 1, hidden, recorder.costs[step].float().cpu(), signals)
 
 
+def ladder_decoders(model: nn.Module, rungs: Sequence[LoopedWindow]) -> list[tuple[int, LoopedDecoder]]:
+    """(K, the looped decoder of ``LoopedWindow(K)``) per rung of a looped decoder's ladder."""
+    try:
+        return [(rung.inference_loops, loop_decoder(model, rung.spec)) for rung in rungs]
+    except ValueError as error:  # e.g. a window outside the model's layers
+        raise BackboneError(f"looping: {error}") from None
+
+
+def prompt_rung_logits(
+    model: Any, decoders: Sequence[tuple[int, LoopedDecoder]], prompt: Tensor
+) -> Iterator[tuple[int, Tensor]]:
+    """Per rung (K, logits [1, V] at the last position) of one prompt [1, P] alone: the
+    layers below the window once, then each rung's window and the layers above it, on
+    the prompt's tokens only (no answer, no padding, no batch mates). Lazy: a rung is
+    run only when asked for."""
+    # contiguous: a row sliced from a padded batch runs as the same ids given alone
+    prefix = decoders[0][1].prefix(prompt.contiguous())  # [1, P, H]: the rungs share the window's start
+    for loops, looped in decoders:
+        hidden = looped.forward_from_prefix(prefix).last_hidden_state  # [1, P, H]
+        assert hidden is not None
+        yield loops, model.lm_head(hidden[:, -1])
+
+
 class WindowLadderRunner(PolicyRunner):
-    """``WindowLadder``: K chosen per input from a ladder of fixed depths. Each rung is
-    ``LoopedWindow(K)`` run on the rows still climbing (``climb_ladder``, as LoopFormer's
-    ``LadderRunner``); a row is scored at the rung it stopped on, a finished K-step
-    trajectory, and pays for every rung it ran. Generation decides K on each prompt
-    alone, then decodes each group of equal K at that K."""
+    """``WindowLadder``: K chosen per input from a ladder of fixed depths. The decision
+    reads the prompt only, exactly what generation sees: each row's prompt alone
+    (``prompt_rung_logits``: a forward of its prompt tokens per rung, the layers below
+    the window once) climbs while the KL of the first answer token's distribution to the
+    rung below is >= tau (``prompt_ladder``), so a row stops on the same rung in
+    scoring, in the adaptive stage's trace and in generation, whatever its batch. It is
+    then scored at that rung as ``LoopedWindow(K)`` on the whole batch (the fixed-depth
+    sweep's forward: its NLL is the sweep's at K, bit for bit), and pays for every rung
+    its prompt ran (stopping at 4 of 1, 2, 4 costs 1 + 2 + 4 loops). Generation decides
+    K on each prompt, then decodes each group of equal K at that K."""
 
     model: Any
     policy: WindowLadder
@@ -273,6 +300,7 @@ class WindowLadderRunner(PolicyRunner):
     def __init__(self, model: nn.Module, policy: WindowLadder) -> None:
         super().__init__(model, policy)
         self.rungs = [LoopedDecoderRunner(model, rung) for rung in policy.rungs]
+        self.decoders = [(runner.policy.inference_loops, runner.looped) for runner in self.rungs]
 
     @property
     def context_limit(self) -> int:
@@ -281,21 +309,28 @@ class WindowLadderRunner(PolicyRunner):
     def head(self, hidden: Tensor) -> Tensor:
         return self.model.lm_head(hidden)
 
+    def decide(self, prompt: Tensor) -> tuple[int, float]:
+        """(the rung K one prompt [1, P] stops on, the loops it paid to get there)."""
+        *_, (loops, paid, _) = prompt_ladder(prompt_rung_logits(self.model, self.decoders, prompt), self.policy.tau)
+        return loops, paid
+
     def hidden(self, input_ids: Tensor, prompt_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Each row's hidden states [B, T, H] at the rung it stopped on, and its cost [B]."""
+        """Each row's hidden states [B, T, H] at the rung its prompt stopped on (``input_ids``
+        right-padded: row r's prompt is its first ``prompt_lengths[r]`` tokens), and its cost [B]."""
         if prompt_lengths is None:
             raise ValueError(f"policy {self.policy.id} decides its depth from the prompt: give prompt_lengths")
-        hidden, cost, _ = self.climb(input_ids, prompt_lengths - 1)
-        return hidden, cost
-
-    def climb(self, input_ids: Tensor, decide_at: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(hidden [B, T, H] at each row's final rung, cost [B], final rung's K [B])."""
-
-        def rung(runner: LoopedDecoderRunner) -> Rung:
-            return runner.policy.inference_loops, lambda ids: runner.hidden(ids)[0]
-
-        rungs = [rung(runner) for runner in self.rungs]
-        return climb_ladder(rungs, self.model.lm_head, self.policy.tau, input_ids, decide_at)
+        decisions = [self.decide(input_ids[r : r + 1, : int(n)]) for r, n in enumerate(prompt_lengths.tolist())]
+        prefix = self.rungs[0].prefix(input_ids)  # [B, T, H]: as the sweep shares it across K
+        hidden: Tensor | None = None
+        for runner in self.rungs:  # only the rungs some row stopped on, each on the whole batch
+            rows = [r for r, (loops, _) in enumerate(decisions) if loops == runner.policy.inference_loops]
+            if rows:
+                out, _ = runner.hidden_from_prefix(prefix)  # [B, T, H]
+                hidden = torch.zeros_like(out) if hidden is None else hidden
+                index = torch.tensor(rows, device=out.device)
+                hidden[index] = out[index]
+        assert hidden is not None  # every row stops on some rung
+        return hidden, torch.tensor([paid for _, paid in decisions])
 
     def generate(self, tokenizer, prompts, max_new_tokens, stop_strings=DEFAULT_STOP_STRINGS, early_stop=True):
         chosen = self.choose(tokenizer, prompts)
@@ -317,39 +352,33 @@ class WindowLadderRunner(PolicyRunner):
 
     @torch.inference_mode()
     def choose(self, tokenizer, prompts: Sequence[str]) -> list[int]:
-        """The rung (K) each prompt stops on (each prompt alone: no padding, no batch mates)."""
+        """The rung (K) each prompt stops on, decided on its ids as ``greedy_generate``
+        encodes them (``decide``: the same rule as scoring)."""
         chosen = []
         for prompt in prompts:
-            ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=self.device)
-            _, _, rung = self.climb(ids, torch.tensor([ids.shape[1] - 1]))
-            chosen.append(int(rung[0]))
+            ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)], device=self.device)
+            chosen.append(self.decide(ids)[0])
         return chosen
 
 
 class WindowLadderTraceRunner(PolicyRunner):
-    """``WindowLadderTrace``: every rung of the ladder on every row, for the adaptive
-    stage's lookups. Per batch the layers below the window run once (``prefix``, as the
-    fixed-depth sweep shares them) and each rung K finishes them as ``LoopedWindow(K)``
-    (``forward_from_prefix``: ``base_forward`` op for op), so a rung's NLL is the
-    fixed-depth sweep's at K. The signal is read off those same forwards: the LM head at
-    each row's last prompt position (one [1, H] x [H, V] product per row and rung,
-    ``ladder_steps``, as ``climb_ladder`` computes it). Cost: the sweep of the ladder's
-    K (sum(ladder) window passes, the layers outside the window once per rung, those
-    below it once per batch) plus one head row per example and rung. A prompt-only
-    forward would give the signal for fewer tokens but not the NLL, which needs the
-    whole row at every rung anyway; and its logits equal the whole row's only to
-    rounding (on CPU, most rows differ in the last bits), which could move a row's
-    stopping rung away from the runner's."""
+    """``WindowLadderTrace``: every rung of the ladder on every row's prompt, for the
+    adaptive stage's lookups. The signal is ``WindowLadderRunner``'s, computed the same
+    way (``prompt_rung_logits`` of each prompt alone, ``prompt_ladder`` never stopping),
+    so a ``WindowLadder``'s stopping rung read off the trace is its runner's, bit for
+    bit. The trace yields only cost and signal (``TraceStep.hidden`` None): a rung's NLL
+    is ``LoopedWindow(K)``'s, which the fixed-depth sweep has already scored
+    (``results/nll.csv``), and the stage reads it from there. Cost: per example, the
+    prompt's tokens through the layers below the window once and through each rung's
+    window and the layers above it (sum(ladder) window passes over the prompt), plus one
+    head row per rung; no answer token is run."""
 
     model: Any
     policy: WindowLadderTrace
 
     def __init__(self, model: nn.Module, policy: WindowLadderTrace) -> None:
         super().__init__(model, policy)
-        try:
-            self.rungs = [(rung.inference_loops, loop_decoder(model, rung.spec)) for rung in policy.rungs]
-        except ValueError as error:
-            raise BackboneError(f"looping: {error}") from None
+        self.decoders = ladder_decoders(model, policy.rungs)
 
     @property
     def context_limit(self) -> int:
@@ -359,17 +388,17 @@ class WindowLadderTraceRunner(PolicyRunner):
         return self.model.lm_head(hidden)
 
     def trace(self, input_ids: Tensor, prompt_lengths: Tensor) -> Iterator[TraceStep]:
-        """One step per rung: its hidden states [B, T, H], the loops paid to stop there
-        (every rung so far) and the KL to the rung below (none at the first rung)."""
-        prefix = self.rungs[0][1].prefix(input_ids)  # [B, T, H] after the layers below the window
-
-        def rung_states() -> Iterator[tuple[int, Tensor]]:
-            for loops, looped in self.rungs:
-                hidden = looped.forward_from_prefix(prefix).last_hidden_state
-                assert hidden is not None
-                yield loops, hidden
-
-        yield from ladder_steps(rung_states(), self.model.lm_head, prompt_lengths - 1)
+        """One step per rung (hidden None: the sweep's NLL at K), with the loops paid to
+        stop there (every rung so far) and the KL to the rung below (none at the first)."""
+        climbs = [
+            list(prompt_ladder(prompt_rung_logits(self.model, self.decoders, input_ids[r : r + 1, : int(n)]), None))
+            for r, n in enumerate(prompt_lengths.tolist())
+        ]  # per row, per rung: (K, paid, KL [1] or None)
+        for step, loops in enumerate(self.policy.ladder):
+            executed = torch.tensor([climb[step][1] for climb in climbs])
+            signals = [climb[step][2] for climb in climbs]
+            kl = None if step == 0 else torch.cat([s for s in signals if s is not None])
+            yield TraceStep(loops, None, executed, {"kl": kl})
 
 
 # ---- loading ---------------------------------------------------------------------------------
