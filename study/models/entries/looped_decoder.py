@@ -344,10 +344,11 @@ class WindowLadderRunner(PolicyRunner):
         return results
 
     def forced_decode(self, input_ids: Tensor, prompt_tokens: int) -> tuple[Tensor, list[float]]:
-        """The rung the prompt stops on (``climb`` on the prompt alone, as ``generate``
-        decides it), then the gold continuation decoded at that K."""
-        _, _, rung = self.climb(input_ids[:, :prompt_tokens], torch.tensor([prompt_tokens - 1]))
-        chosen = next(runner for runner in self.rungs if runner.policy.inference_loops == int(rung[0]))
+        """The rung the prompt stops on (``decide``: the prompt alone, as ``generate`` and
+        scoring decide it), then the gold continuation decoded at that K."""
+        with torch.inference_mode():
+            loops, _ = self.decide(input_ids[:, :prompt_tokens])
+        chosen = next(runner for runner in self.rungs if runner.policy.inference_loops == loops)
         return chosen.forced_decode(input_ids, prompt_tokens)
 
     @torch.inference_mode()
