@@ -388,7 +388,8 @@ def calibrated(
     one evaluation on the test slice. The fixed depth it is compared with is chosen on
     heldout too: nothing here is picked by a test number."""
     section = ctx.config.adaptive
-    assert section is not None
+    if section is None or not families:  # no halting policy (e.g. no adaptive section): nothing to calibrate
+        return []
     resamples, confidence, seed = ctx.config.nll.bootstrap_resamples, ctx.config.nll.confidence, ctx.config.seed
     policies, held_loops, held_nll, held_tokens = fixed_depth_table(ctx, name, CALIBRATION_SPLIT,
                                                                     example_ids[CALIBRATION_SPLIT])  # fmt: skip

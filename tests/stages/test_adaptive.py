@@ -18,7 +18,7 @@ from study.models.adaptive import kl_rows
 from study.models.backbones import bind
 from study.pipeline import StudyError
 from study.stages import adaptive, nll
-from study.stages.adaptive import ADAPTIVE_COLUMNS
+from study.stages.adaptive import ADAPTIVE_COLUMNS, CALIBRATED_COLUMNS
 from tests.support.helpers_looped import tiny_llama
 from tests.support.helpers_sweep import make_context, one_thread, tiny_model
 
@@ -259,3 +259,16 @@ def test_a_looped_decoder_ladder_must_lie_on_the_nll_grid():
     with pytest.raises(ConfigError, match=r"adaptive.ladder \[1, 2, 8\]: rungs \[8\] are not on nll.inference_loops"):
         load_config("smol-smoke", ["adaptive.ladder=[1,2,8]"])
     assert load_config("smoke", ["adaptive.ladder=[2,4,32]"]).adaptive is not None  # LoopFormer's may lie off it
+
+
+def test_a_run_without_an_adaptive_section_has_fixed_rows_and_nothing_to_calibrate(tmp_path):
+    """No halting policy (v17 has no ``adaptive`` section): fixed depths and the oracle,
+    and an adaptive_calibrated.csv of its header alone."""
+    ctx = make_context(tmp_path, nll_loops=(1, 2), sft_loops=(2,))
+    assert ctx.config.adaptive is None
+    with one_thread():
+        nll.run(ctx)
+        adaptive.run(ctx)
+    rows = read_csv(ctx.results_path("adaptive.csv"))
+    assert rows and {r["kind"] for r in rows} == {"fixed", "best_fixed", "oracle"}
+    assert ctx.results_path("adaptive_calibrated.csv").read_text().strip() == ",".join(CALIBRATED_COLUMNS)
