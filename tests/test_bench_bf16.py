@@ -26,6 +26,7 @@ def tiny_looped_config(tmp_path: Path) -> Path:
     config["model"] = {"source": str(base), "backbone": "looped_decoder", "tokenizer": "auto"}
     config["looping"]["window"] = [2, 3]
     config["nll"]["inference_loops"] = [1, 2, 3]
+    config["adaptive"]["ladder"] = [1, 2]  # a looped decoder's ladder rungs lie on the NLL grid
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

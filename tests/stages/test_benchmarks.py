@@ -174,7 +174,7 @@ def test_config_section_is_optional_and_validated():
         load_config("smoke", ["benchmarks.tasks=[piqa]", "benchmarks.limit=0"])
     # every K of the grid must make a valid loop of the window: aitken takes an even number of passes
     even = ["looping.strategy=aitken", "nll.inference_loops=[2,4]", "exact_match.inference_loops=[2]",
-            "latency.inference_loops=[2]", "benchmarks.tasks=[piqa]"]  # fmt: skip
+            "latency.inference_loops=[2]", "adaptive.ladder=[2,4]", "benchmarks.tasks=[piqa]"]  # fmt: skip
     assert load_config("smol-smoke", [*even, "benchmarks.inference_loops=[2,4]"]).benchmarks is not None
     with pytest.raises(ConfigError, match="loops must be even, got 3"):
         load_config("smol-smoke", [*even, "benchmarks.inference_loops=[2,3]"])
