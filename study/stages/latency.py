@@ -222,6 +222,14 @@ def measure_depths(
     return values
 
 
+def timing_spread(seconds: np.ndarray) -> tuple[tuple[float | str, float | str], list[str]]:
+    """(p10, p90) of the timings from ``PERCENTILE_MIN_SAMPLES`` samples on, else two empty
+    cells and the note saying why: the one rule of latency.csv and adaptive_latency.csv."""
+    if len(seconds) >= PERCENTILE_MIN_SAMPLES:
+        return (float(np.percentile(seconds, 10)), float(np.percentile(seconds, 90))), []
+    return ("", ""), [f"median only (n = {len(seconds)} < {PERCENTILE_MIN_SAMPLES})"]
+
+
 def latency_row(model: str, cell: dict) -> dict:
     """One row of latency.csv. Empty cells are values that do not exist: percentiles of
     fewer than ``PERCENTILE_MIN_SAMPLES`` samples, a decode rate whose generation was no
@@ -231,12 +239,7 @@ def latency_row(model: str, cell: dict) -> dict:
     prefill = np.asarray(cell["prefill_seconds"], dtype=float)
     if not (len(seconds) and np.isfinite(seconds).all() and np.isfinite(prefill).all()):
         raise StudyError(f"latency: {model} at {cell['inference_loops']} loops has no finite timings to summarise")
-    notes = []
-    spread: tuple[float | str, float | str] = ("", "")
-    if len(seconds) >= PERCENTILE_MIN_SAMPLES:
-        spread = (float(np.percentile(seconds, 10)), float(np.percentile(seconds, 90)))
-    else:
-        notes.append(f"median only (n = {len(seconds)} < {PERCENTILE_MIN_SAMPLES})")
+    spread, notes = timing_spread(seconds)
     decode_s = float(np.median(seconds - prefill))  # the new_tokens - 1 forwards after the prefill
     decode_rate: float | str = (cell["new_tokens"] - 1) / decode_s if decode_s > 0 else ""
     if decode_rate == "":
@@ -304,12 +307,7 @@ def adaptive_latency_row(
     nll, tokens = np.asarray(quality["nll_sum"], dtype=float), np.asarray(quality["answer_tokens"], dtype=float)
     if not (len(seconds) and len(nll) and np.isfinite(seconds).all() and np.isfinite(nll).all()):
         raise StudyError(f"latency: {model} at {policy.id} has no finite timings or gold NLL to summarise")
-    notes = []
-    spread: tuple[float | str, float | str] = ("", "")
-    if len(seconds) >= PERCENTILE_MIN_SAMPLES:
-        spread = (float(np.percentile(seconds, 10)), float(np.percentile(seconds, 90)))
-    else:
-        notes.append(f"median only (n = {len(seconds)} < {PERCENTILE_MIN_SAMPLES})")
+    spread, notes = timing_spread(seconds)
     ci = ci_cells(*ratio_ci(nll, tokens, *bootstrap, what=f"latency: gold NLL of {model} at {policy.id}"))
     halting = policy.halting
     rule, tau = halting if isinstance(halting, tuple) else ("", "")
